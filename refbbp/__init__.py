@@ -1,0 +1,23 @@
+"""refbbp: the reference implementation of bias attribution for piecewise-linear
+neural networks.
+
+A model exported to ONNX with piecewise-linear activations is, at any input ``x``,
+exactly a linear model ``f(x) = w . x + b^x``. refbbp loads the model into a graph of
+local affine maps (:func:`load`), computes the local linear model in float64
+(:func:`linearize`) and distributes the bias ``b^x`` over the input features by bias
+backpropagation. The semantics are fixed in SPEC.md.
+"""
+
+from .errors import (InputShapeError, MemoryBudgetError, ModelFormatError,
+                     NotPiecewiseLinearError, RefbbpError, UnsupportedOpError)
+from .linearize import LocalLinearModel, linearize
+from .network import Network, Node, PiecewiseLinear, Trace
+from .onnx import ImportNotice, load, supported_ops
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ImportNotice", "InputShapeError", "LocalLinearModel", "MemoryBudgetError",
+    "ModelFormatError", "Network", "Node", "NotPiecewiseLinearError", "PiecewiseLinear",
+    "RefbbpError", "Trace", "UnsupportedOpError", "linearize", "load", "supported_ops",
+]

@@ -1,0 +1,314 @@
+"""The :class:`Network`: a DAG of local affine maps and its float64 forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import InputShapeError
+from .nodes import Node
+
+__all__ = ["Network", "Trace"]
+
+
+def matmul_rows(u, a):
+    """``u @ a.T`` for a batch of row vectors ``u`` (batch, n) and a dense or CSR ``a``."""
+    if sp.issparse(a):
+        return np.asarray((a @ u.T).T)
+    return u @ a.T
+
+
+@dataclass(eq=False)
+class Trace:
+    """Everything a forward pass computed, for one input or a batch.
+
+    Attributes
+    ----------
+    values : list of ndarray, shape (batch, node.size)
+        ``h_n``, the output of every node (after its activation).
+    pre : list of ndarray or None
+        ``y_n``, the pre-activation of activated affine nodes (``None`` otherwise).
+    pieces : list of ndarray of int8 or None
+        The activation pattern: the piece every activated element fell in.
+    selected : list of ndarray of int64 or None
+        Max nodes: the input element each output selected (first maximum in window order).
+    batched : bool
+        Whether the input carried a batch dimension.
+    """
+
+    network: "Network"
+    values: list
+    pre: list
+    pieces: list
+    selected: list
+    batched: bool
+
+    @property
+    def logits(self):
+        """Network output, shape (batch, n_outputs)."""
+        return self.values[self.network.output]
+
+    def slopes_offsets(self, n):
+        """Local slopes ``c`` and offsets ``d`` of node ``n``, each (batch, size), or ``None``."""
+        act = self.network.nodes[n].activation
+        if act is None:
+            return None
+        return act.local(self.pieces[n])
+
+    def local_bias(self, n):
+        """``b^x_n = c * b + d`` (SPEC section 2), shape (batch, size)."""
+        node = self.network.nodes[n]
+        batch = self.values[0].shape[0]
+        if node.kind != "affine":
+            return np.zeros((batch, node.size))
+        cd = self.slopes_offsets(n)
+        if cd is None:
+            return np.broadcast_to(node.bias, (batch, node.size)).copy()
+        c, d = cd
+        return c * node.bias + d
+
+
+class Network:
+    """A model as a DAG of local affine maps (SPEC section 1).
+
+    Build one with :func:`refbbp.load`. Nodes are in topological order; node 0 is the
+    input and ``output`` the node whose value is the logits vector.
+
+    Attributes
+    ----------
+    nodes : list of Node
+    output : int
+    input_shape : tuple of int
+        Shape of one input, without a batch dimension.
+    input_name, output_name : str
+        Names of the ONNX graph input and output.
+    batch_axis : bool
+        Whether the ONNX input has a leading batch dimension.
+    notices : list of str
+        What the importer did that a user should know (e.g. a final Softmax dropped).
+    """
+
+    def __init__(self, nodes, output, input_shape, *, input_name="input",
+                 output_name="output", batch_axis=True, notices=(), source=None):
+        self.nodes = list(nodes)
+        self.output = int(output)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.input_name = input_name
+        self.output_name = output_name
+        self.batch_axis = batch_axis
+        self.notices = list(notices)
+        self.source = source
+        self._check()
+
+    def _check(self):
+        if not self.nodes or self.nodes[0].kind != "input":
+            raise ValueError("node 0 must be the input node")
+        for k, node in enumerate(self.nodes):
+            for i, w in zip(node.inputs, node.weights):
+                if not 0 <= i < k:
+                    raise ValueError(f"node {k} ({node.name}) reads node {i}: not topological")
+                if w.shape != (node.size, self.nodes[i].size):
+                    raise ValueError(
+                        f"node {k} ({node.name}): weight shape {w.shape}, expected "
+                        f"{(node.size, self.nodes[i].size)}")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_inputs(self):
+        return self.nodes[0].size
+
+    @property
+    def n_outputs(self):
+        return self.nodes[self.output].size
+
+    def consumers(self):
+        """For each node, the nodes that read it."""
+        out = [[] for _ in self.nodes]
+        for k, node in enumerate(self.nodes):
+            for i in node.inputs:
+                out[i].append(k)
+        return out
+
+    def cut_nodes(self):
+        """Nodes that every input-to-output path passes through (SPEC section 3).
+
+        Returns
+        -------
+        list of int
+            In topological order; includes the input and the output node.
+        """
+        # A node n is a cut iff no edge (i -> k) with i < n < k skips over it, among
+        # nodes on input-to-output paths (nodes are in topological order).
+        live = self._live_nodes()
+        consumers = self.consumers()
+        reach = 0  # furthest node read by an edge leaving a live node before k
+        cuts = []
+        for k in np.flatnonzero(live):
+            if reach <= k:
+                cuts.append(int(k))
+            reach = max([reach] + [c for c in consumers[k] if live[c]])
+        return cuts
+
+    def _live_nodes(self):
+        live = np.zeros(len(self.nodes), bool)
+        live[self.output] = True
+        for k in range(self.output, -1, -1):
+            if live[k]:
+                live[list(self.nodes[k].inputs)] = True
+        return live
+
+    # ---------------------------------------------------------------- forward
+    def as_batch(self, x):
+        """Validate ``x`` and return it as a float64 array (batch, n_inputs) and whether
+        it carried a batch dimension."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise InputShapeError(f"input must be numeric, got dtype {x.dtype}")
+        if x.shape == self.input_shape:
+            batched = False
+            xb = x.reshape(1, -1)
+        elif x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1:
+            batched = True
+            xb = x.reshape(x.shape[0], -1)
+        else:
+            raise InputShapeError(
+                f"input of shape {x.shape} does not fit the network: expected "
+                f"{self.input_shape} (one input) or (batch, {', '.join(map(str, self.input_shape))})")
+        xb = np.ascontiguousarray(xb, dtype=np.float64)
+        if not np.all(np.isfinite(xb)):
+            raise InputShapeError("input contains NaN or infinite values")
+        return xb, batched
+
+    def trace(self, x):
+        """Run the network on ``x`` in float64 and record every node's value and the
+        activation pattern.
+
+        Parameters
+        ----------
+        x : array_like, shape input_shape or (batch, *input_shape)
+
+        Returns
+        -------
+        Trace
+        """
+        xb, batched = self.as_batch(x)
+        n = len(self.nodes)
+        values, pre, pieces, selected = [None] * n, [None] * n, [None] * n, [None] * n
+        values[0] = xb
+        for k in range(1, n):
+            node = self.nodes[k]
+            if node.kind == "max":
+                values[k], selected[k] = _max_forward(values[node.inputs[0]], node.window)
+                continue
+            y = np.broadcast_to(node.bias, (xb.shape[0], node.size)).copy()
+            for i, w in zip(node.inputs, node.weights):
+                y += matmul_rows(values[i], w)
+            if node.activation is None:
+                values[k] = y
+            else:
+                pieces[k] = node.activation.pieces(y)
+                c, d = node.activation.local(pieces[k])
+                pre[k] = y
+                values[k] = c * y + d
+        return Trace(self, values, pre, pieces, selected, batched)
+
+    def forward(self, x):
+        """Logits of the network at ``x``, computed in float64.
+
+        Parameters
+        ----------
+        x : array_like, shape input_shape or (batch, *input_shape)
+
+        Returns
+        -------
+        ndarray, shape (n_outputs,) or (batch, n_outputs)
+        """
+        t = self.trace(x)
+        return t.logits if t.batched else t.logits[0]
+
+    __call__ = forward
+
+    def frozen_forward(self, trace, x):
+        """Evaluate the network at ``x`` with the activation pattern (pieces and max
+        selections) of ``trace`` frozen: the local affine model of every output.
+
+        At ``x = 0`` this is the local bias of all outputs at once (SPEC section 2).
+
+        Returns
+        -------
+        ndarray, shape (batch, n_outputs)
+        """
+        xb = np.broadcast_to(np.asarray(x, np.float64).reshape(-1, self.n_inputs),
+                             trace.values[0].shape)
+        values = [None] * len(self.nodes)
+        values[0] = xb
+        for k in range(1, len(self.nodes)):
+            node = self.nodes[k]
+            if node.kind == "max":
+                u = values[node.inputs[0]]
+                values[k] = np.take_along_axis(u, trace.selected[k], axis=1)
+                continue
+            y = np.broadcast_to(node.bias, (xb.shape[0], node.size)).copy()
+            for i, w in zip(node.inputs, node.weights):
+                y += matmul_rows(values[i], w)
+            cd = trace.slopes_offsets(k)
+            values[k] = y if cd is None else cd[0] * y + cd[1]
+        return values[self.output]
+
+    def linearize(self, x, target=None):
+        """The local linear model ``f(x) = w . x + b^x`` at ``x`` (SPEC section 2).
+
+        See :func:`refbbp.linearize`.
+        """
+        from ..linearize import linearize
+
+        return linearize(self, x, target)
+
+    # ---------------------------------------------------------------- display
+    def summary(self):
+        """A table of the nodes: kind, op, inputs, shape, activation, non-zeros, bytes."""
+        rows = [("#", "name", "op", "kind", "inputs", "shape", "act", "storage", "nnz", "bytes")]
+        for k, node in enumerate(self.nodes):
+            act = "" if node.activation is None else node.activation.name
+            rows.append((str(k), _clip(node.name, 32), node.op, node.kind,
+                         ",".join(map(str, node.inputs)), "x".join(map(str, node.shape)),
+                         act, node.describe_storage(), f"{node.nnz:,}", _fmt_bytes(node.nbytes)))
+        widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        total = sum(n.nbytes for n in self.nodes)
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"{len(self.nodes)} nodes, input {self.input_shape}, "
+                     f"{self.n_outputs} outputs (node {self.output}), {_fmt_bytes(total)} in all")
+        lines += [f"note: {m}" for m in self.notices]
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+    def __repr__(self):
+        return (f"<Network {len(self.nodes)} nodes, input {self.input_shape}, "
+                f"{self.n_outputs} outputs>")
+
+
+def _clip(s, n):
+    return s if len(s) <= n else s[: n - 1] + "~"
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _max_forward(u, window):
+    """Max over windows with padding (-1) excluded; ties go to the first in window order."""
+    batch = u.shape[0]
+    safe = np.where(window >= 0, window, 0)
+    cand = u[:, safe]  # (batch, size, K)
+    cand = np.where(window >= 0, cand, -np.inf)
+    arg = np.argmax(cand, axis=2)
+    sel = np.take_along_axis(np.broadcast_to(safe, (batch,) + safe.shape), arg[..., None], 2)[..., 0]
+    return np.take_along_axis(u, sel, axis=1), sel

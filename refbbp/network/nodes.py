@@ -1,0 +1,108 @@
+"""The nodes of a network of local affine maps (SPEC section 1).
+
+Three kinds of node, each producing one flat float64 vector:
+
+* ``"input"``: the network input, flattened in C order.
+* ``"affine"``: ``y = sum_i A_i u_i + b``, optionally followed by an elementwise
+  piecewise-linear activation ``h = psi(y)``. ``A_i`` is a dense ``ndarray`` or a
+  ``scipy.sparse.csr_array`` of shape ``(size, inputs[i].size)``.
+* ``"max"``: ``h[p] = max_{q in window[p]} u[q]`` (MaxPool). Locally a selection.
+
+Index ops (Reshape, Transpose, Slice, Concat, ...) are relabellings: the importer folds
+them into the matrices of the nodes that consume them, so they leave no node behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+from .activations import PiecewiseLinear
+
+__all__ = ["Node", "matrix_nbytes", "matrix_nnz"]
+
+
+def matrix_nnz(a):
+    """Stored entries of a dense or CSR matrix."""
+    return a.nnz if sp.issparse(a) else a.size
+
+
+def matrix_nbytes(a):
+    """Bytes a dense or CSR matrix occupies."""
+    if sp.issparse(a):
+        return a.data.nbytes + a.indices.nbytes + a.indptr.nbytes
+    return a.nbytes
+
+
+@dataclass(eq=False)
+class Node:
+    """One node of a :class:`~refbbp.Network`.
+
+    Attributes
+    ----------
+    name : str
+        Names of the ONNX nodes it was built from, joined by ``+``.
+    kind : {"input", "affine", "max"}
+    op : str
+        What it computes, for people: "Conv", "Gemm", "Add", "Elementwise", ...
+    shape : tuple of int
+        Output shape as in the ONNX graph, batch dimension (if any) set to 1.
+    inputs : list of int
+        Indices of the nodes it reads.
+    weights : list of (ndarray or csr_array)
+        ``A_i``, shape ``(size, nodes[inputs[i]].size)`` (affine nodes).
+    bias : ndarray, shape (size,)
+        ``b`` (affine nodes; zero for the others).
+    activation : PiecewiseLinear or None
+        Applied after the affine map.
+    window : ndarray of int64, shape (size, K)
+        Max nodes: candidate input elements of each output in row-major window order,
+        ``-1`` for padding (which never wins).
+    """
+
+    name: str
+    kind: str
+    op: str
+    shape: tuple
+    inputs: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    bias: np.ndarray = None
+    activation: PiecewiseLinear = None
+    window: np.ndarray = None
+
+    def __post_init__(self):
+        self.shape = tuple(int(s) for s in self.shape)
+        if self.bias is None:
+            self.bias = np.zeros(self.size)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @cached_property
+    def weights_t(self):
+        """``A_i^T`` as CSR (or dense ``A_i.T``): the reverse pass reads these rows."""
+        return [w.T.tocsr() if sp.issparse(w) else np.ascontiguousarray(w.T) for w in self.weights]
+
+    @property
+    def nnz(self):
+        if self.kind == "max":
+            return int(np.count_nonzero(self.window >= 0))
+        return sum(matrix_nnz(w) for w in self.weights)
+
+    @property
+    def nbytes(self):
+        if self.kind == "max":
+            return self.window.nbytes
+        extra = 0 if self.activation is None else (
+            self.activation.breaks.nbytes + self.activation.slopes.nbytes
+            + self.activation.offsets.nbytes)
+        return sum(matrix_nbytes(w) for w in self.weights) + self.bias.nbytes + extra
+
+    def describe_storage(self):
+        if self.kind != "affine":
+            return "-"
+        return ",".join("csr" if sp.issparse(w) else "dense" for w in self.weights)

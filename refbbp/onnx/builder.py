@@ -1,0 +1,296 @@
+"""Building a :class:`~refbbp.Network` from ONNX ops: tensors as views, and the
+canonical-form folding rules of SPEC section 1.
+
+During import every ONNX tensor that depends on the input is a :class:`Var`: for each
+of its elements, which node element it is (``src``, ``idx``) or, with ``src == -1``, the
+constant it holds (``const``, e.g. padding). Index ops only relabel elements, so they
+are applied to the element ids and leave no node behind; the nodes that consume a view
+get matrices whose columns are mapped through it, and any constant elements of the view
+go into their bias.
+
+Folding (the canonical form) is one mechanism: an elementwise affine op
+``z = s * t + c`` on a tensor ``t`` folds into the node ``t`` views when the view is a
+one-to-one relabelling of that whole node, the node is a matrix op or an elementwise
+node, it has no activation yet, and no other consumer reads it (directly or through
+index ops). Otherwise the op becomes an elementwise node of its own, into which
+later elementwise ops fold in turn (so Sub/Mul/Add written out equals one
+BatchNormalization). Folding only ever goes backwards into a producer, never forwards
+into a following (possibly zero-padded) convolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import MemoryBudgetError
+from ..network.activations import PiecewiseLinear
+from ..network.nodes import Node, matrix_nbytes
+
+__all__ = ["Builder", "Var", "diagonal"]
+
+
+class Var:
+    """An input-dependent tensor: a view on node elements, with constants mixed in.
+
+    Attributes
+    ----------
+    shape : tuple of int
+    src : ndarray of int64, shape (n,)
+        Node each element comes from, ``-1`` for a constant element.
+    idx : ndarray of int64, shape (n,)
+        Element of that node (0 for constants).
+    const : ndarray of float64, shape (n,)
+        Value of constant elements (0 elsewhere).
+    """
+
+    __slots__ = ("shape", "src", "idx", "const")
+
+    def __init__(self, shape, src, idx, const=None):
+        self.shape = tuple(int(s) for s in shape)
+        self.src = np.asarray(src, np.int64).ravel()
+        self.idx = np.asarray(idx, np.int64).ravel()
+        self.const = np.zeros(self.src.size) if const is None else np.asarray(const, np.float64).ravel()
+        assert self.src.size == self.idx.size == self.const.size == self.size, (
+            self.shape, self.src.size)
+
+    @classmethod
+    def of_node(cls, k, shape):
+        n = int(np.prod(shape, dtype=np.int64))
+        return cls(shape, np.full(n, k), np.arange(n))
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def select(self, ids, shape, fill=0.0):
+        """The view whose element ``j`` is element ``ids[j]`` of this one (``-1``: the
+        constant ``fill``)."""
+        ids = np.asarray(ids, np.int64).ravel()
+        pad = ids < 0
+        safe = np.where(pad, 0, ids)
+        src = np.where(pad, -1, self.src[safe])
+        idx = np.where(pad, 0, self.idx[safe])
+        const = np.where(pad, fill, self.const[safe])
+        return Var(shape, src, idx, const)
+
+    @staticmethod
+    def concat(parts):
+        """The elements of several views (or constant arrays) one after the other,
+        as a flat view: the element table index ops are applied to."""
+        vs = [p if isinstance(p, Var) else Var(np.shape(p), np.full(np.size(p), -1),
+                                                np.zeros(np.size(p)), p) for p in parts]
+        n = sum(v.size for v in vs)
+        return Var((n,), np.concatenate([v.src for v in vs]), np.concatenate([v.idx for v in vs]),
+                   np.concatenate([v.const for v in vs]))
+
+    def sources(self):
+        return np.unique(self.src[self.src >= 0])
+
+
+def diagonal(values):
+    """A CSR diagonal matrix that keeps zero entries as structural non-zeros."""
+    n = len(values)
+    return sp.csr_array((np.asarray(values, np.float64), np.arange(n, dtype=np.int32),
+                         np.arange(n + 1, dtype=np.int32)), shape=(n, n))
+
+
+def _scale_rows(a, s):
+    if sp.issparse(a):
+        a = a.copy()
+        a.data *= np.repeat(s, np.diff(a.indptr))
+        return a
+    return a * s[:, None]
+
+
+class Builder:
+    """Collects the nodes of a network while an importer walks an ONNX graph.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Budget for the matrices of all nodes together; a node that would exceed it is
+        refused with :class:`~refbbp.errors.MemoryBudgetError` before it is allocated.
+    """
+
+    def __init__(self, input_shape, input_name="input", max_bytes=4 << 30):
+        self.max_bytes = int(max_bytes)
+        self.total_bytes = 0
+        self.nodes = [Node(input_name, "input", "Input", input_shape)]
+        # open: no activation yet and nobody else reads the pre-activation value.
+        # foldable: a matrix op or an elementwise node (accepts elementwise folds).
+        self.open = [False]
+        self.foldable = [False]
+
+    # ------------------------------------------------------------ bookkeeping
+    def reserve(self, name, nbytes):
+        """Refuse a layer whose estimated size would exceed the memory budget."""
+        if self.total_bytes + nbytes > self.max_bytes:
+            raise MemoryBudgetError(
+                f"layer {name!r} needs about {nbytes / 2**20:,.1f} MiB, and the network "
+                f"already holds {self.total_bytes / 2**20:,.1f} MiB: over the budget of "
+                f"max_bytes={self.max_bytes:,} ({self.max_bytes / 2**20:,.1f} MiB). "
+                f"Pass a larger max_bytes= to load() to allow it.")
+
+    def _add(self, node, open_, foldable):
+        nbytes = node.nbytes
+        self.reserve(node.name, nbytes)
+        self.total_bytes += nbytes
+        self.nodes.append(node)
+        self.open.append(open_)
+        self.foldable.append(foldable)
+        return len(self.nodes) - 1
+
+    def seal(self, var):
+        """Mark the nodes ``var`` views as read by more than one consumer."""
+        for k in var.sources():
+            self.open[k] = False
+
+    def whole(self, var):
+        """``(k, perm)`` if ``var`` is a one-to-one relabelling of all of node ``k``
+        (element ``e`` of ``var`` is element ``perm[e]`` of the node), else ``None``."""
+        if var.size == 0 or var.src[0] < 0 or not np.all(var.src == var.src[0]):
+            return None
+        k = int(var.src[0])
+        if self.nodes[k].size != var.size:
+            return None
+        if np.bincount(var.idx, minlength=var.size).max() != 1:
+            return None
+        return k, var.idx
+
+    # ------------------------------------------------------------- node types
+    def affine(self, parts, bias, shape, op, name, foldable=False, activation=None):
+        """Add ``y = sum_j M_j t_j + bias`` for views ``t_j`` and matrices ``M_j``.
+
+        Parameters
+        ----------
+        parts : list of (Var, matrix)
+            ``M_j`` has shape ``(prod(shape), t_j.size)``, dense or CSR.
+        bias : ndarray, shape (prod(shape),) or broadcastable
+        foldable : bool
+            True for matrix ops and elementwise nodes (SPEC section 1).
+
+        Returns
+        -------
+        Var
+            A view of the new node.
+        """
+        m = int(np.prod(shape, dtype=np.int64))
+        bias = np.broadcast_to(np.asarray(bias, np.float64), (m,)).copy()
+        by_src = {}
+        for var, mat in parts:
+            assert mat.shape == (m, var.size), (name, mat.shape, (m, var.size))
+            for k in var.sources():
+                a = self._columns_to_node(mat, var, int(k), name)
+                by_src[k] = a if k not in by_src else by_src[k] + a
+            cmask = var.src < 0
+            if cmask.any() and np.any(var.const[cmask] != 0):
+                cols = np.flatnonzero(cmask)
+                bias += np.asarray(mat[:, cols] @ var.const[cols]).ravel()
+        inputs = sorted(by_src)
+        weights = [by_src[k] for k in inputs]
+        for w in weights:
+            if sp.issparse(w):
+                w.sort_indices()
+        node = Node(name, "affine", op, shape, [int(k) for k in inputs], weights, bias, activation)
+        k = self._add(node, activation is None, foldable and activation is None)
+        return Var.of_node(k, shape)
+
+    def _columns_to_node(self, mat, var, k, name):
+        """The columns of ``mat`` that read node ``k``, as a matrix over node ``k``."""
+        n_k = self.nodes[k].size
+        cols = np.flatnonzero(var.src == k)
+        tgt = var.idx[cols]
+        if sp.issparse(mat):
+            mat = mat.tocsr()
+            keep_col = np.full(var.size, -1, np.int64)
+            keep_col[cols] = tgt
+            new_cols = keep_col[mat.indices]
+            keep = new_cols >= 0
+            rows = np.repeat(np.arange(mat.shape[0]), np.diff(mat.indptr))[keep]
+            counts = np.bincount(rows, minlength=mat.shape[0])
+            indptr = np.concatenate([[0], np.cumsum(counts)])
+            self.reserve(name, keep.sum() * 12 + indptr.size * 4)
+            a = sp.csr_array((mat.data[keep], new_cols[keep].astype(np.int32),
+                              indptr.astype(np.int32)), shape=(mat.shape[0], n_k))
+            if np.bincount(tgt, minlength=n_k).max(initial=0) > 1:
+                a.sum_duplicates()
+            return a
+        self.reserve(name, mat.shape[0] * n_k * 8)
+        a = np.zeros((mat.shape[0], n_k))
+        if np.bincount(tgt, minlength=n_k).max(initial=0) <= 1:
+            a[:, tgt] = mat[:, cols]
+        else:
+            sel = sp.csr_array((np.ones(len(cols)), (np.arange(len(cols)), tgt)),
+                               shape=(len(cols), n_k))
+            a = np.asarray((sel.T @ mat[:, cols].T).T)
+        return a
+
+    def elementwise(self, var, scale, shift, op, name):
+        """``z = scale * t + shift`` elementwise over the elements of ``var``.
+
+        Folds into the node ``var`` views when the canonical form allows it (module
+        docstring); otherwise adds an elementwise node.
+        """
+        scale = np.broadcast_to(np.asarray(scale, np.float64), (var.size,))
+        shift = np.broadcast_to(np.asarray(shift, np.float64), (var.size,))
+        if np.all(scale == 1) and np.all(shift == 0):
+            return var
+        w = self.whole(var)
+        if w is not None and self.open[w[0]] and self.foldable[w[0]]:
+            k, perm = w
+            node = self.nodes[k]
+            s = np.empty(node.size)
+            t = np.empty(node.size)
+            s[perm], t[perm] = scale, shift
+            node.weights = [_scale_rows(a, s) for a in node.weights]
+            node.bias = s * node.bias + t
+            node.__dict__.pop("weights_t", None)
+            if name not in node.name.split("+"):
+                node.name = f"{node.name}+{name}"
+            return var
+        return self.affine([(var, diagonal(scale))], shift, var.shape, op, name, foldable=True)
+
+    def activate(self, var, activation, name):
+        """Apply an elementwise piecewise-linear activation (given over ``var``'s
+        elements): attached to the node ``var`` views when it is open, else on a new
+        identity node."""
+        w = self.whole(var)
+        if w is not None and self.open[w[0]] and self.nodes[w[0]].kind == "affine":
+            k, perm = w
+            node = self.nodes[k]
+            node.activation = activation.permuted(np.argsort(perm))
+            self.open[k] = self.foldable[k] = False
+            self.total_bytes += 3 * activation.slopes.nbytes
+            if name not in node.name.split("+"):
+                node.name = f"{node.name}+{name}"
+            return var
+        n = var.size
+        return self.affine([(var, diagonal(np.ones(n)))], 0.0, var.shape, activation.name,
+                           name, activation=activation)
+
+    def max_pool(self, var, window, shape, name):
+        """A max node: ``h[p] = max over window[p]`` of ``var``'s elements (``-1``: padding)."""
+        srcs = var.sources()
+        if len(srcs) != 1 or np.any(var.src < 0):
+            var = self.identity(var, name + "/gather")
+        window = np.asarray(window, np.int64)
+        node_window = np.where(window >= 0, var.idx[np.maximum(window, 0)], -1)
+        node = Node(name, "max", "MaxPool", shape, [int(var.src[0])], window=node_window)
+        return Var.of_node(self._add(node, False, False), shape)
+
+    def identity(self, var, name, op="Gather"):
+        """A node that copies ``var`` (a selection matrix, constants as bias)."""
+        return self.affine([(var, diagonal(np.ones(var.size)))], 0.0, var.shape, op, name)
+
+    def finish(self, var, name):
+        """The node holding ``var`` in element order, creating a copy node if needed."""
+        w = self.whole(var)
+        if w is not None and w[0] > 0 and np.array_equal(w[1], np.arange(var.size)):
+            return w[0]
+        return int(self.identity(var, name, "Output").src[0])
+
+
+def make_activation(name, var_size, breaks, slopes, offsets):
+    """Helper for converters: an activation over ``var_size`` elements."""
+    return PiecewiseLinear.uniform(name, var_size, breaks, slopes, offsets)

@@ -1,0 +1,97 @@
+"""Converters for matrix ops with a constant side: Gemm and MatMul.
+
+A product with a constant is a linear map of the input-dependent side's elements.
+Written over flat C-order elements it is ``I_L (x) W (x) I_N`` for the right ``L``
+(leading batch dimensions), ``W`` and ``N``; with ``L = N = 1`` the matrix is ``W``
+itself and stays dense, otherwise it is built as CSR with every entry of ``W`` kept as
+a structural non-zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .builder import Var
+from .index import transpose
+from .registry import converter
+
+__all__ = ["kron_eye"]
+
+
+def kron_eye(w, left, right):
+    """``I_left (x) w (x) I_right`` for a dense ``w`` (m, k).
+
+    Dense when ``left == right == 1``; otherwise CSR keeping zeros of ``w`` as entries
+    (a layer's structural non-zeros are its receptive field, SPEC section 3.6).
+    """
+    w = np.asarray(w, np.float64)
+    m, k = w.shape
+    if left == right == 1:
+        return w.copy()
+    # Row (l, i, j) holds entries (l, kk, j) for every kk, valued w[i, kk].
+    cols = (np.arange(left)[:, None, None, None] * (k * right)
+            + np.arange(k)[None, None, None, :] * right
+            + np.arange(right)[None, None, :, None])
+    cols = np.broadcast_to(cols, (left, m, right, k))
+    data = np.broadcast_to(w[None, :, None, :], (left, m, right, k))
+    n_rows = left * m * right
+    indptr = np.arange(n_rows + 1, dtype=np.int64) * k
+    return sp.csr_array((data.ravel().copy(), cols.ravel().astype(np.int32),
+                         indptr.astype(np.int32)), shape=(n_rows, left * k * right))
+
+
+def matmul_constant(b, node, x, w, var_left, bias=0.0):
+    """``x @ w`` (``var_left``) or ``w @ x`` for an input-dependent ``x`` and a constant
+    ``w``, with NumPy's matmul semantics (1-D operands promoted)."""
+    w = np.asarray(w, np.float64)
+    if w.ndim > 2:
+        raise node.unsupported(f"a constant operand with batch dimensions {w.shape}")
+    a_shape = x.shape if var_left else w.shape
+    c_shape = w.shape if var_left else x.shape
+    try:
+        out_shape = np.matmul(np.empty(a_shape), np.empty(c_shape)).shape
+    except ValueError:
+        raise node.unsupported(f"operand shapes {a_shape} and {c_shape} do not multiply") from None
+    if var_left:
+        w2 = w if w.ndim == 2 else w[:, None]
+        lead = x.size // w2.shape[0]              # all rows of x: L * M
+        mat = kron_eye(w2.T, lead, 1)              # (lead * N, lead * K)
+    else:
+        w2 = w if w.ndim == 2 else w[None, :]
+        xs = x.shape if len(x.shape) >= 2 else x.shape + (1,)
+        n = xs[-1]
+        lead = x.size // (xs[-2] * n)
+        mat = kron_eye(w2, lead, n)                # (lead * M * N, lead * K * N)
+    bias = np.broadcast_to(np.asarray(bias, np.float64), out_shape).ravel()
+    return b.affine([(x, mat)], bias, out_shape, node.op_type, node.name, foldable=True)
+
+
+@converter("MatMul", first=1)
+def convert_matmul(b, node, ins):
+    a, c = ins
+    if isinstance(a, Var) and isinstance(c, Var):
+        raise node.not_piecewise_linear("MatMul of two input-dependent tensors")
+    if isinstance(a, Var):
+        return [matmul_constant(b, node, a, c, var_left=True)]
+    return [matmul_constant(b, node, c, a, var_left=False)]
+
+
+@converter("Gemm", first=7)
+def convert_gemm(b, node, ins):
+    a, bb = ins[0], ins[1]
+    c = ins[2] if len(ins) > 2 and ins[2] is not None else 0.0
+    attrs = node.attrs
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    if isinstance(c, Var):
+        raise node.unsupported("an input-dependent C operand (write it as a separate Add)")
+    if isinstance(a, Var) and isinstance(bb, Var):
+        raise node.not_piecewise_linear("Gemm of two input-dependent tensors")
+    if attrs.get("transA", 0):
+        a = transpose(a, (1, 0)) if isinstance(a, Var) else np.asarray(a).T
+    if attrs.get("transB", 0):
+        bb = transpose(bb, (1, 0)) if isinstance(bb, Var) else np.asarray(bb).T
+    bias = beta * np.asarray(c, np.float64)
+    if isinstance(a, Var):
+        return [matmul_constant(b, node, a, alpha * np.asarray(bb, np.float64), True, bias)]
+    return [matmul_constant(b, node, bb, alpha * np.asarray(a, np.float64), False, bias)]

@@ -1,0 +1,147 @@
+"""Converters for index ops: relabellings of elements that leave no node behind.
+
+One mechanism serves them all: the op is applied, by ONNX's own reference evaluator,
+to an array of element ids in place of its data input(s); the ids it returns say which
+input element each output element is. Padding gets the id -1 and becomes a constant
+element of the view (SPEC section 1: constant-mode padding adds bias-free zero rows,
+or a constant when the pad value is not 0; edge and reflect modes copy elements).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .builder import Var
+from .registry import converter, run_node
+
+__all__ = ["apply_index_op", "transpose"]
+
+PAD_ID = -1.0
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16}
+
+
+def transpose(var, perm):
+    """``var`` with its axes permuted."""
+    ids = np.arange(var.size).reshape(var.shape).transpose(perm)
+    return var.select(ids, ids.shape)
+
+
+def apply_index_op(node, ins, data_inputs=(0,), proto=None, fill=0.0):
+    """Run the ONNX node on element ids in place of its data inputs.
+
+    Parameters
+    ----------
+    node : OnnxNode
+    ins : list
+        The node's inputs: ``Var``, constant arrays or ``None``.
+    data_inputs : tuple of int
+        Positions of the inputs that carry elements (the rest are parameters, which
+        must be constant).
+    proto : onnx.NodeProto, optional
+        A modified copy of the node to run (e.g. with the pad value set to -1).
+    fill : float
+        Value of the elements that come out as -1 (padding).
+    """
+    proto = node.proto if proto is None else proto
+    for i, v in enumerate(ins):
+        if i not in data_inputs and isinstance(v, Var):
+            raise node.unsupported(f"input {i} ({proto.input[i]!r}) must be constant, "
+                                   f"but it depends on the input")
+    table = Var.concat([ins[i] for i in data_inputs])
+    feeds, offset = {}, 0
+    for i, name in enumerate(proto.input):
+        if not name:
+            continue
+        v = ins[i]
+        if i in data_inputs:
+            size = int(np.prod(np.shape(v) if not isinstance(v, Var) else v.shape))
+            shape = v.shape if isinstance(v, Var) else np.shape(v)
+            feeds[name] = (offset + np.arange(size, dtype=np.float64)).reshape(shape)
+            offset += size
+        else:
+            feeds[name] = np.asarray(v)
+    try:
+        outs = run_node(proto, node.opset, node.domain, feeds)
+    except Exception as exc:
+        raise node.unsupported(f"could not apply it to the tensor's shape: {exc}") from None
+    result = []
+    for o in outs:
+        o = np.asarray(o)
+        ids = np.rint(o).astype(np.int64)
+        result.append(table.select(ids, o.shape, fill))
+    return result
+
+
+def _register_index_op(op_type, first, data_inputs=(0,)):
+    @converter(op_type, first=first)
+    def convert(b, node, ins):
+        return apply_index_op(node, ins, data_inputs)
+
+    convert.__name__ = f"convert_{op_type.lower()}"
+    convert.__qualname__ = convert.__name__
+    return convert
+
+
+# Explicit list of pure relabellings and the opset their supported definitions start at.
+convert_identity = _register_index_op("Identity", 1)
+convert_flatten = _register_index_op("Flatten", 1)
+convert_reshape = _register_index_op("Reshape", 5)
+convert_transpose = _register_index_op("Transpose", 1)
+convert_squeeze = _register_index_op("Squeeze", 1)
+convert_unsqueeze = _register_index_op("Unsqueeze", 1)
+convert_slice = _register_index_op("Slice", 1)
+convert_gather = _register_index_op("Gather", 1)
+convert_expand = _register_index_op("Expand", 8)
+convert_tile = _register_index_op("Tile", 6)
+convert_split = _register_index_op("Split", 2)
+convert_depth_to_space = _register_index_op("DepthToSpace", 11)
+convert_space_to_depth = _register_index_op("SpaceToDepth", 1)
+
+
+@converter("Concat", first=4)
+def convert_concat(b, node, ins):
+    return apply_index_op(node, ins, tuple(range(len(ins))))
+
+
+@converter("Pad", first=2)
+def convert_pad(b, node, ins):
+    proto = onnx.NodeProto()
+    proto.CopyFrom(node.proto)
+    attrs = node.attrs
+    if node.opset < 11:
+        fill = float(attrs.get("value", 0.0))
+        for a in proto.attribute:
+            if a.name == "value":
+                proto.attribute.remove(a)
+                break
+        proto.attribute.append(helper.make_attribute("value", PAD_ID))
+        return apply_index_op(node, ins, (0,), proto, fill)
+    ins = list(ins) + [None] * (3 - len(ins))
+    if isinstance(ins[2], Var):
+        raise node.unsupported("an input-dependent pad value")
+    fill = 0.0 if ins[2] is None or np.size(ins[2]) == 0 else float(np.asarray(ins[2]).ravel()[0])
+    while len(proto.input) < 3:
+        proto.input.append("")
+    proto.input[2] = "__refbbp_pad_value"
+    ins[2] = np.array(PAD_ID)
+    return apply_index_op(node, ins[: len(proto.input)], (0,), proto, fill)
+
+
+@converter("Dropout", first=7)
+def convert_dropout(b, node, ins):
+    if len(ins) > 2 and ins[2] is not None and bool(np.asarray(ins[2])):
+        raise node.unsupported("training_mode=True (random) is not an inference op")
+    return [ins[0], np.ones(ins[0].shape, bool)]
+
+
+@converter("Cast", first=6)
+def convert_cast(b, node, ins):
+    to = node.attrs.get("to")
+    if to not in FLOAT_TYPES:
+        raise node.unsupported(
+            f"Cast to {onnx.TensorProto.DataType.Name(to)}: only casts between float types "
+            f"keep the network piecewise linear")
+    return [ins[0]]

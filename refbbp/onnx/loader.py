@@ -1,0 +1,292 @@
+"""``refbbp.load``: an ONNX model -> a :class:`~refbbp.Network`.
+
+The walk: sort the graph's nodes topologically, keep those the chosen output needs,
+drop a final Softmax/LogSoftmax (the logits are explained), then visit each node. A
+node whose inputs are all constant is evaluated once with ONNX's reference evaluator
+and becomes a constant (shape chains, ConstantOfShape, arithmetic on initializers).
+``Shape`` of an input-dependent tensor is known statically. Every other node goes to
+the converter registered for its op and opset (``registry.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import InputShapeError, ModelFormatError, UnsupportedOpError
+from ..network.graph import Network
+from . import registry
+from .builder import Builder, Var
+
+__all__ = ["load", "ImportNotice"]
+
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+class ImportNotice(UserWarning):
+    """Something the importer did that changes what is explained (e.g. a dropped Softmax)."""
+
+
+def _read_model(model):
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no ONNX model at {path!r}")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        proto = onnx.load_from_string(raw)
+    except Exception as exc:  # protobuf raises several types
+        raise ModelFormatError(f"{path!r} is not a readable ONNX model: {exc}") from None
+    if not proto.graph.node:
+        raise ModelFormatError(f"{path!r} holds no graph nodes: is it an ONNX model?")
+    return proto, {"path": path, "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def _topological(nodes, available):
+    """Kahn's algorithm over ONNX nodes; raises on cycles or missing inputs."""
+    produced_by = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                produced_by[o] = i
+    deps = []
+    for n in nodes:
+        d = set()
+        for name in n.input:
+            if not name or name in available:
+                continue
+            if name not in produced_by:
+                raise ModelFormatError(
+                    f"node {n.name or n.op_type!r} reads {name!r}, which no node, initializer "
+                    f"or graph input provides")
+            d.add(produced_by[name])
+        deps.append(d)
+    users = [[] for _ in nodes]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    pending = [len(d) for d in deps]
+    ready = [i for i, p in enumerate(pending) if p == 0]
+    order = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for j in users[i]:
+            pending[j] -= 1
+            if pending[j] == 0:
+                ready.append(j)
+    if len(order) != len(nodes):
+        raise ModelFormatError("the ONNX graph has a cycle")
+    nodes = [nodes[i] for i in order]
+    return nodes, {o: i for i, n in enumerate(nodes) for o in n.output if o}
+
+
+def _dims(value_info):
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in t.shape.dim]
+
+
+def _input_shape(vi, input_shape):
+    """(onnx_shape with batch 1, per-input shape, has batch axis)."""
+    dims = _dims(vi)
+    if input_shape is not None:
+        given = tuple(int(s) for s in input_shape)
+        if dims is None:
+            return given, given, False
+        if len(given) == len(dims) - 1:
+            onnx_shape, batch = (1,) + given, True
+        elif len(given) == len(dims):
+            onnx_shape, batch = given, False
+        else:
+            raise InputShapeError(
+                f"input_shape={given} has {len(given)} dimensions; the model's input "
+                f"{vi.name!r} has shape {dims}: give its shape without the batch dimension")
+        for axis, (d, g) in enumerate(zip(dims, onnx_shape)):
+            if isinstance(d, int) and d > 0 and d != g and not (axis == 0 and batch):
+                raise InputShapeError(
+                    f"input_shape={given} disagrees with the model's input {vi.name!r} "
+                    f"of shape {dims} at axis {axis}")
+        return onnx_shape, given, batch
+    if dims is None or not dims:
+        raise InputShapeError(f"the model does not declare the shape of input {vi.name!r}: "
+                              f"pass input_shape= (without the batch dimension)")
+    batch = len(dims) >= 2 and (not isinstance(dims[0], int) or dims[0] in (0, 1))
+    rest = dims[1:] if batch else dims
+    bad = [i for i, d in enumerate(rest) if not isinstance(d, int) or d <= 0]
+    if bad:
+        raise InputShapeError(
+            f"input {vi.name!r} has shape {dims} with symbolic dimensions: pass "
+            f"input_shape= (the shape of one input, without the batch dimension)")
+    return ((1,) + tuple(rest) if batch else tuple(rest)), tuple(rest), batch
+
+
+def _strip_final_softmax(output, produced_by, nodes):
+    """Follow the output back over a final Softmax/LogSoftmax (or Softmax -> Log)."""
+    dropped = []
+    while output in produced_by:
+        p = nodes[produced_by[output]]
+        if p.op_type in ("Softmax", "LogSoftmax"):
+            dropped.append(p)
+        elif (p.op_type == "Log" and p.input[0] in produced_by
+              and nodes[produced_by[p.input[0]]].op_type == "Softmax"):
+            dropped.append(p)
+        elif p.op_type == "Identity" and dropped:
+            dropped.append(p)
+        else:
+            break
+        output = p.input[0]
+    return output, dropped
+
+
+def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
+    """Load an ONNX model into a network of local affine maps.
+
+    Parameters
+    ----------
+    model : str, path-like or onnx.ModelProto
+    input_shape : tuple of int, optional
+        Shape of one input without the batch dimension. Needed only when the model's
+        input has symbolic dimensions other than the leading batch dimension.
+    output : str, optional
+        Name of the graph output to explain; default the first.
+    max_bytes : int, optional
+        Memory budget for all layer matrices together (default 4 GiB). A layer that
+        would exceed it is refused, naming the layer and its estimated size.
+
+    Returns
+    -------
+    Network
+
+    Raises
+    ------
+    NotPiecewiseLinearError
+        An op in the graph is not piecewise linear (names op, node and opset).
+    UnsupportedOpError
+        An op or attribute refbbp does not convert.
+    ModelFormatError, InputShapeError, MemoryBudgetError
+    """
+    from . import CONVERTER_MODULES  # noqa: F401  (registers the converters)
+
+    proto, source = _read_model(model)
+    graph = proto.graph
+    opsets = {(o.domain or ""): o.version for o in proto.opset_import}
+    if "" not in opsets and "ai.onnx" in opsets:
+        opsets[""] = opsets["ai.onnx"]
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for sparse in graph.sparse_initializer:
+        consts[sparse.values.name] = numpy_helper.to_array(numpy_helper.to_array(sparse))
+    data_inputs = [vi for vi in graph.input if vi.name not in consts]
+    if len(data_inputs) != 1:
+        raise ModelFormatError(
+            f"expected exactly one data input (graph inputs that are not initializers), "
+            f"found {len(data_inputs)}: {[vi.name for vi in data_inputs]}")
+    vin = data_inputs[0]
+    onnx_shape, sample_shape, batch_axis = _input_shape(vin, input_shape)
+
+    outputs = [o.name for o in graph.output]
+    if output is None:
+        output = outputs[0]
+    elif output not in outputs:
+        raise ModelFormatError(f"no graph output named {output!r}; outputs: {outputs}")
+    out_name = output
+
+    nodes, produced_by = _topological(list(graph.node), set(consts) | {vin.name})
+    output, dropped = _strip_final_softmax(output, produced_by, nodes)
+    notices = []
+    if dropped:
+        notices.append(
+            f"dropped the final {' -> '.join(p.op_type for p in reversed(dropped))} "
+            f"({', '.join(p.name or p.op_type for p in reversed(dropped))}): the logits "
+            f"{output!r} are explained")
+        warnings.warn(notices[-1], ImportNotice, stacklevel=2)
+
+    # Keep only the nodes the output depends on.
+    needed, stack = set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in produced_by and produced_by[name] not in needed:
+            needed.add(produced_by[name])
+            stack.extend(i for i in nodes[produced_by[name]].input if i)
+    todo = [n for i, n in enumerate(nodes) if i in needed]
+    uses = {}
+    for n in todo:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    uses[output] = uses.get(output, 0) + 1
+
+    b = Builder(onnx_shape, vin.name, max_bytes)
+    values = dict(consts)
+    values[vin.name] = Var.of_node(0, onnx_shape)
+    for proto_node in todo:
+        domain = proto_node.domain or ""
+        node = registry.OnnxNode(proto_node, opsets.get(domain if domain != "ai.onnx" else "",
+                                                        opsets.get("", 1)))
+        ins = [values[i] if i else None for i in proto_node.input]
+        if all(not isinstance(v, Var) for v in ins):
+            outs = _evaluate_constant(node, ins)
+        elif node.op_type == "Shape":
+            outs = [_shape_of(node, ins[0])]
+        elif node.op_type == "Size":
+            outs = [np.array(ins[0].size, np.int64)]
+        else:
+            outs = registry.lookup(node)(b, node, ins)
+        for name, val in zip(proto_node.output, outs):
+            if not name:
+                continue
+            if val is None:
+                raise node.unsupported(f"output {name!r} is used but not produced")
+            values[name] = val
+            if isinstance(val, Var) and uses.get(name, 0) != 1:
+                b.seal(val)
+
+    result = values[output]
+    if not isinstance(result, Var):
+        raise ModelFormatError(f"output {output!r} does not depend on the input {vin.name!r}")
+    out = b.finish(result, output)
+    kept_nodes, out = _prune(b.nodes, out)
+    return Network(kept_nodes, out, sample_shape, input_name=vin.name,
+                   output_name=out_name, batch_axis=batch_axis, notices=notices,
+                   source=source)
+
+
+def _prune(nodes, out):
+    """Drop nodes the output does not depend on; renumber the rest."""
+    live = np.zeros(len(nodes), bool)
+    live[out] = live[0] = True
+    for k in range(out, 0, -1):
+        if live[k]:
+            live[nodes[k].inputs] = True
+    new_index = np.cumsum(live) - 1
+    kept = []
+    for k in np.flatnonzero(live):
+        node = nodes[k]
+        node.inputs = [int(new_index[i]) for i in node.inputs]
+        kept.append(node)
+    return kept, int(new_index[out])
+
+
+def _evaluate_constant(node, ins):
+    """Evaluate a node whose inputs are all constant, with ONNX's reference evaluator."""
+    feeds = {n: v for n, v in zip(node.proto.input, ins) if n}
+    try:
+        return registry.run_node(node.proto, node.opset, node.domain, feeds)
+    except Exception as exc:
+        raise UnsupportedOpError(node.op_type, node.domain, node.opset, node.name,
+                                 f"could not evaluate it on constant inputs: {exc}") from None
+
+
+def _shape_of(node, var):
+    shape = np.array(var.shape, np.int64)
+    attrs = node.attrs
+    start, end = attrs.get("start", 0), attrs.get("end", None)
+    return shape[start:end]

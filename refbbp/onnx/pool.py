@@ -1,0 +1,163 @@
+"""Converters for pooling and reductions.
+
+MaxPool and GlobalMaxPool become max nodes (a window of candidates per output, padding
+never wins). AveragePool, GlobalAveragePool, ReduceMean and ReduceSum are affine maps,
+unrolled to CSR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .builder import Var
+from .registry import converter
+from .windows import geometry, windows
+
+__all__ = ["reduction_matrix"]
+
+
+def _pool_setup(node, x):
+    if not isinstance(x, Var):
+        raise node.unsupported("expected an input-dependent tensor")
+    if len(x.shape) < 3:
+        raise node.unsupported(f"expected an input of shape (N, C, *spatial), got {x.shape}")
+    a = node.attrs
+    spatial = x.shape[2:]
+    n = len(spatial)
+    kernel = list(a["kernel_shape"])
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    geom = geometry(node, spatial, kernel, strides, dilations, bool(a.get("ceil_mode", 0)))
+    return spatial, kernel, strides, dilations, geom
+
+
+@converter("MaxPool", first=1)
+def convert_maxpool(b, node, ins):
+    x = ins[0]
+    if len([o for o in node.proto.output if o]) > 1:
+        raise node.unsupported("the Indices output is not supported")
+    if node.attrs.get("storage_order", 0):
+        raise node.unsupported("storage_order=1")
+    spatial, kernel, strides, dilations, geom = _pool_setup(node, x)
+    pos, _ = windows(spatial, kernel, strides, dilations, geom)
+    if np.any(np.all(pos < 0, axis=1)):
+        raise node.unsupported("a pooling window lies entirely in the padding")
+    channels = x.size // int(np.prod(spatial))
+    s_prod = int(np.prod(spatial))
+    win = np.where(pos[None] >= 0, pos[None] + (np.arange(channels) * s_prod)[:, None, None], -1)
+    out_shape = x.shape[:2] + geom.out
+    return [b.max_pool(x, win.reshape(-1, pos.shape[1]), out_shape, node.name)]
+
+
+@converter("GlobalMaxPool", first=1)
+def convert_global_maxpool(b, node, ins):
+    x = ins[0]
+    s_prod = int(np.prod(x.shape[2:]))
+    channels = x.size // s_prod
+    win = np.arange(channels * s_prod).reshape(channels, s_prod)
+    return [b.max_pool(x, win, x.shape[:2] + (1,) * (len(x.shape) - 2), node.name)]
+
+
+@converter("AveragePool", first=7)
+def convert_average_pool(b, node, ins):
+    x = ins[0]
+    spatial, kernel, strides, dilations, geom = _pool_setup(node, x)
+    a = node.attrs
+    n = len(spatial)
+    pads = list(a.get("pads", [0] * (2 * n)))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad == "NOTSET":
+        pad_end = [s + p for s, p in zip(spatial, pads[n:])]
+    else:  # auto_pad: the padding is implied and counted up to its end
+        pad_end = [(o - 1) * st + (k - 1) * d + 1 - pb
+                   for o, st, k, d, pb in zip(geom.out, strides, kernel, dilations, geom.pads_begin)]
+    pos, in_pad = windows(spatial, kernel, strides, dilations, geom, pad_end)
+    valid = pos >= 0
+    if a.get("count_include_pad", 0):
+        # Positions in the begin padding and up to the end padding count; ceil_mode's
+        # overhang past the padded input does not.
+        divisor = in_pad.sum(1)
+    else:
+        divisor = valid.sum(1)
+    if np.any(divisor == 0):
+        raise node.unsupported("a pooling window lies entirely in the padding")
+    mat = _window_matrix(pos, 1.0 / divisor, x.size // int(np.prod(spatial)), int(np.prod(spatial)))
+    return [b.affine([(x, mat)], 0.0, x.shape[:2] + geom.out, "AveragePool", node.name)]
+
+
+def _window_matrix(pos, row_value, channels, s_prod):
+    """CSR: output (c, o) reads input (c, pos[o, k]) for valid k, valued row_value[o]."""
+    valid = pos >= 0
+    per_row = valid.sum(1)
+    cols1 = pos[valid]
+    vals1 = np.repeat(row_value, per_row)
+    indices = (cols1[None, :] + (np.arange(channels) * s_prod)[:, None]).ravel()
+    data = np.tile(vals1, channels)
+    indptr = np.zeros(channels * pos.shape[0] + 1, np.int64)
+    np.cumsum(np.tile(per_row, channels), out=indptr[1:])
+    return sp.csr_array((data, indices.astype(np.int32), indptr.astype(np.int32)),
+                        shape=(channels * pos.shape[0], channels * s_prod))
+
+
+def reduction_matrix(shape, axes, mean):
+    """CSR matrix of a sum (or mean) over ``axes`` of a tensor of ``shape``
+    (output in C order with the reduced axes removed)."""
+    axes = sorted(a % len(shape) for a in axes)
+    kept = [d for i, d in enumerate(shape) if i not in axes]
+    out_ids = np.arange(int(np.prod(kept))).reshape(
+        [d if i not in axes else 1 for i, d in enumerate(shape)])
+    rows = np.broadcast_to(out_ids, shape).ravel()
+    n_in = int(np.prod(shape))
+    count = n_in // max(1, int(np.prod(kept)))
+    data = np.full(n_in, 1.0 / count if mean else 1.0)
+    return sp.csr_array((data, (rows, np.arange(n_in))), shape=(int(np.prod(kept)), n_in))
+
+
+def _reduce(b, node, x, axes, keepdims, mean):
+    if not isinstance(x, Var):
+        raise node.unsupported("expected an input-dependent tensor")
+    axes = [a % len(x.shape) for a in axes]
+    mat = reduction_matrix(x.shape, axes, mean)
+    out_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
+        tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    return b.affine([(x, mat)], 0.0, out_shape, node.op_type, node.name)
+
+
+@converter("GlobalAveragePool", first=1)
+def convert_global_average_pool(b, node, ins):
+    x = ins[0]
+    return [_reduce(b, node, x, range(2, len(x.shape)), True, mean=True)]
+
+
+def _reduce_axes(node, ins, axes_from_input):
+    a = node.attrs
+    if axes_from_input:
+        axes = ins[1] if len(ins) > 1 and ins[1] is not None else None
+        if isinstance(axes, Var):
+            raise node.unsupported("input-dependent axes")
+    else:
+        axes = a.get("axes")
+    x = ins[0]
+    if axes is None or np.size(axes) == 0:
+        if a.get("noop_with_empty_axes", 0):
+            return None
+        axes = range(len(x.shape))
+    return [int(v) for v in np.asarray(list(axes)).ravel()]
+
+
+def _convert_reduce(mean, axes_from_input):
+    def convert(b, node, ins):
+        axes = _reduce_axes(node, ins, axes_from_input)
+        if axes is None:
+            return [ins[0]]
+        return [_reduce(b, node, ins[0], axes, bool(node.attrs.get("keepdims", 1)), mean)]
+
+    return convert
+
+
+convert_reduce_mean_attr = converter("ReduceMean", first=1, last=13)(_convert_reduce(True, False))
+convert_reduce_mean = converter("ReduceMean", first=18)(_convert_reduce(True, True))
+convert_reduce_sum_attr = converter("ReduceSum", first=1, last=11)(_convert_reduce(False, False))
+convert_reduce_sum = converter("ReduceSum", first=13)(_convert_reduce(False, True))

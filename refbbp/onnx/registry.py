@@ -1,0 +1,149 @@
+"""The converter registry: ``(domain, op_type, since_version) -> converter``.
+
+Each converter module registers its functions with :func:`converter`, an explicit
+decorator; :data:`CONVERTER_MODULES` in ``refbbp/onnx/__init__.py`` lists the modules
+that are imported. The opset of a node is resolved with
+``onnx.defs.get_schema(op, max_inclusive_version=opset).since_version``, so one entry
+serves every opset until the op's definition changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx.defs
+from onnx import helper
+
+from ..errors import NotPiecewiseLinearError, UnsupportedOpError
+
+__all__ = ["OnnxNode", "converter", "lookup", "run_node", "supported_ops",
+           "NOT_PIECEWISE_LINEAR"]
+
+_REGISTRY: dict[tuple[str, str, int], object] = {}
+
+# Ops whose output depends non-linearly on a variable input (SPEC section 1). Mul, Div
+# and a few others are refused by their converters when both sides vary.
+NOT_PIECEWISE_LINEAR = {
+    "Sigmoid", "HardSigmoid", "Tanh", "Exp", "Log", "Softmax", "LogSoftmax", "Softplus",
+    "Softsign", "Elu", "Selu", "Celu", "Gelu", "Mish", "Erf", "Sqrt", "Reciprocal", "Pow",
+    "Sin", "Cos", "Tan", "Sign", "Floor", "Ceil", "Round", "HardSwish", "ThresholdedRelu",
+    "Hardmax", "LpNormalization", "LRN", "InstanceNormalization", "LayerNormalization",
+    "GroupNormalization", "ReduceProd", "ReduceLogSumExp", "ReduceL2", "ReduceL1",
+    "ReduceSumSquare", "ReduceMax", "ReduceMin", "Einsum", "Swish", "Atan", "Asin",
+    "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Shrink", "ArgMax", "ArgMin",
+    "TopK", "Greater", "Less", "Equal", "Where", "NonZero", "Mod",
+}
+
+
+@dataclass
+class OnnxNode:
+    """An ONNX node as converters see it: decoded attributes and its resolved opset."""
+
+    proto: onnx.NodeProto
+    opset: int
+
+    @property
+    def op_type(self):
+        return self.proto.op_type
+
+    @property
+    def domain(self):
+        return self.proto.domain or ""
+
+    @property
+    def name(self):
+        return self.proto.name or f"{self.op_type}({', '.join(self.proto.output)})"
+
+    @property
+    def attrs(self):
+        return {a.name: helper.get_attribute_value(a) for a in self.proto.attribute}
+
+    def unsupported(self, reason):
+        """The error to raise for an unsupported attribute or input of this node."""
+        return UnsupportedOpError(self.op_type, self.domain, self.opset, self.name, reason,
+                                  supported_ops())
+
+    def not_piecewise_linear(self, reason):
+        return NotPiecewiseLinearError(self.op_type, self.domain, self.opset, self.name,
+                                       reason, supported_ops())
+
+
+def run_node(proto, opset, domain, feeds):
+    """Evaluate one ONNX node with ONNX's reference evaluator at the given opset.
+
+    Parameters
+    ----------
+    proto : onnx.NodeProto
+    feeds : dict of str to ndarray
+        Values of the node's (non-empty) inputs.
+
+    Returns
+    -------
+    list of ndarray
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)
+              for n in proto.input if n]
+    outputs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)
+               for n in proto.output if n]
+    graph = helper.make_graph([proto], "refbbp_node", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, opset)])
+    outs = ReferenceEvaluator(model).run(None, feeds)
+    return [np.asarray(o) for o in outs]
+
+
+def _since_versions(op_type, domain):
+    return sorted({s.since_version for s in onnx.defs.get_all_schemas_with_history()
+                   if s.name == op_type and s.domain == domain})
+
+
+def converter(op_type, first=1, last=None, domain=""):
+    """Register a converter for every definition of ``op_type`` whose since_version lies
+    in ``[first, last]``. Raises on a duplicate registration."""
+
+    def register(fn):
+        versions = [v for v in _since_versions(op_type, domain)
+                    if v >= first and (last is None or v <= last)]
+        if not versions:
+            raise ValueError(f"{op_type}: no ONNX definition in [{first}, {last}]")
+        for v in versions:
+            key = (domain, op_type, v)
+            if key in _REGISTRY:
+                raise ValueError(f"duplicate converter for {key}: {_REGISTRY[key].__name__} "
+                                 f"and {fn.__name__}")
+            _REGISTRY[key] = fn
+        return fn
+
+    return register
+
+
+def supported_ops():
+    """Sorted op types that have a converter."""
+    return sorted({op for _, op, _ in _REGISTRY})
+
+
+def lookup(node):
+    """The converter for ``node`` (an :class:`OnnxNode`), or a clear error."""
+    op, domain = node.op_type, node.domain
+    if domain in ("", "ai.onnx"):
+        domain = ""
+    if op in NOT_PIECEWISE_LINEAR and domain == "":
+        raise node.not_piecewise_linear(
+            f"{op} is not piecewise linear in its input, so the network has no exact local "
+            f"linear model (only a Softmax/LogSoftmax at the very end is dropped)")
+    try:
+        since = onnx.defs.get_schema(op, max_inclusive_version=node.opset,
+                                     domain=domain).since_version
+    except onnx.defs.SchemaError:
+        since = None
+    fn = _REGISTRY.get((domain, op, since))
+    if fn is None:
+        known = [v for d, o, v in _REGISTRY if d == domain and o == op]
+        why = (f"this definition (since opset {since}) is not converted; converted "
+               f"definitions: since opset {sorted(known)}" if known else
+               "no converter for this op")
+        raise node.unsupported(why)
+    return fn
