@@ -164,9 +164,15 @@ def convert_conv_transpose(b, node, ins):
     auto_pad = a.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if "output_shape" in a:
+        # ONNX: the extra padding of an odd total goes to the end for SAME_UPPER, to the
+        # beginning otherwise (NOTSET and SAME_LOWER alike).
         out = list(a["output_shape"])[-n:]
         total = [f - o for f, o in zip(full, out)]
-        begin = [t - t // 2 if auto_pad == "SAME_LOWER" else t // 2 for t in total]
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+        if min(total) < 0:
+            raise node.unsupported(
+                f"output_shape {out} is larger than the full transposed convolution {full} "
+                f"(negative padding)")
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = [s * st for s, st in zip(spatial, strides)]
         total = [f - o for f, o in zip(full, out)]
