@@ -82,8 +82,14 @@ class Network:
     output : int
     input_shape : tuple of int
         Shape of one input, without a batch dimension.
-    input_name, output_name : str
-        Names of the ONNX graph input and output.
+    input_name : str
+        Name of the ONNX graph input.
+    output_name : str
+        Name of the ONNX tensor whose values are the logits explained (a final
+        Softmax/LogSoftmax dropped on import is not part of it).
+    graph_output : str
+        The graph output that was chosen (equal to ``output_name`` unless a final
+        Softmax was dropped).
     batch_axis : bool
         Whether the ONNX input has a leading batch dimension.
     notices : list of str
@@ -91,12 +97,14 @@ class Network:
     """
 
     def __init__(self, nodes, output, input_shape, *, input_name="input",
-                 output_name="output", batch_axis=True, notices=(), source=None):
+                 output_name="output", graph_output=None, batch_axis=True, notices=(),
+                 source=None):
         self.nodes = list(nodes)
         self.output = int(output)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.input_name = input_name
         self.output_name = output_name
+        self.graph_output = output_name if graph_output is None else graph_output
         self.batch_axis = batch_axis
         self.notices = list(notices)
         self.source = source
@@ -240,9 +248,33 @@ class Network:
         -------
         ndarray, shape (batch, n_outputs)
         """
-        xb = np.broadcast_to(np.asarray(x, np.float64).reshape(-1, self.n_inputs),
+        return self.frozen_values(trace, x)[1][self.output]
+
+    def frozen_values(self, trace, x, bias=True):
+        """Every node's pre-activation and value at ``x`` with the activation pattern of
+        ``trace`` frozen.
+
+        With ``bias=False`` the biases ``b`` and activation offsets ``d`` are left out:
+        each node then holds its exact directional derivative along ``x`` at the traced
+        input (the Jacobian-vector product through the local maps ``A_i^x``).
+
+        Parameters
+        ----------
+        trace : Trace
+        x : array_like, broadcastable to (batch, n_inputs)
+        bias : bool
+
+        Returns
+        -------
+        pre : list of ndarray or None
+            ``y_n`` (batch, size) of activated affine nodes, ``None`` for the others.
+        values : list of ndarray, shape (batch, node.size)
+            ``h_n``.
+        """
+        x = np.asarray(x, np.float64)
+        xb = np.broadcast_to(x if x.ndim == 0 else x.reshape(-1, self.n_inputs),
                              trace.values[0].shape)
-        values = [None] * len(self.nodes)
+        values, pre = [None] * len(self.nodes), [None] * len(self.nodes)
         values[0] = xb
         for k in range(1, len(self.nodes)):
             node = self.nodes[k]
@@ -250,12 +282,18 @@ class Network:
                 u = values[node.inputs[0]]
                 values[k] = np.take_along_axis(u, trace.selected[k], axis=1)
                 continue
-            y = np.broadcast_to(node.bias, (xb.shape[0], node.size)).copy()
+            y = np.zeros((xb.shape[0], node.size))
+            if bias:
+                y += node.bias
             for i, w in zip(node.inputs, node.weights):
                 y += matmul_rows(values[i], w)
             cd = trace.slopes_offsets(k)
-            values[k] = y if cd is None else cd[0] * y + cd[1]
-        return values[self.output]
+            if cd is None:
+                values[k] = y
+            else:
+                pre[k] = y
+                values[k] = cd[0] * y + cd[1] if bias else cd[0] * y
+        return pre, values
 
     def linearize(self, x, target=None):
         """The local linear model ``f(x) = w . x + b^x`` at ``x`` (SPEC section 2).

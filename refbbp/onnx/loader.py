@@ -255,8 +255,8 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
     out = b.finish(result, output)
     kept_nodes, out = _prune(b.nodes, out)
     return Network(kept_nodes, out, sample_shape, input_name=vin.name,
-                   output_name=out_name, batch_axis=batch_axis, notices=notices,
-                   source=source)
+                   output_name=output, graph_output=out_name, batch_axis=batch_axis,
+                   notices=notices, source=source)
 
 
 def _prune(nodes, out):
