@@ -85,7 +85,7 @@ class Node:
     @cached_property
     def weights_t(self):
         """``A_i^T`` as CSR (or dense ``A_i.T``): the reverse pass reads these rows."""
-        return [w.T.tocsr() if sp.issparse(w) else np.ascontiguousarray(w.T) for w in self.weights]
+        return [w.T.tocsr() if sp.issparse(w) else w.T for w in self.weights]
 
     @property
     def nnz(self):
