@@ -16,7 +16,7 @@ from .builder import Var
 from .index import transpose
 from .registry import converter
 
-__all__ = ["kron_eye"]
+__all__ = ["kron_eye", "matmul_shape"]
 
 
 def kron_eye(w, left, right):
@@ -41,6 +41,22 @@ def kron_eye(w, left, right):
                          indptr.astype(np.int32)), shape=(n_rows, left * k * right))
 
 
+def matmul_shape(a_shape, c_shape):
+    """Shape of ``a @ c`` under NumPy's matmul rules (1-D operands promoted, leading
+    dimensions broadcast), or ``None`` if the shapes do not multiply. Computed from the
+    shapes alone: no product is evaluated."""
+    a2 = (1,) + tuple(a_shape) if len(a_shape) == 1 else tuple(a_shape)
+    c2 = tuple(c_shape) + (1,) if len(c_shape) == 1 else tuple(c_shape)
+    if not a2 or not c2 or a2[-1] != c2[-2]:
+        return None
+    try:
+        lead = np.broadcast_shapes(a2[:-2], c2[:-2])
+    except ValueError:
+        return None
+    return (tuple(lead) + ((a2[-2],) if len(a_shape) > 1 else ())
+            + ((c2[-1],) if len(c_shape) > 1 else ()))
+
+
 def matmul_constant(b, node, x, w, var_left, bias=0.0):
     """``x @ w`` (``var_left``) or ``w @ x`` for an input-dependent ``x`` and a constant
     ``w``, with NumPy's matmul semantics (1-D operands promoted)."""
@@ -49,10 +65,9 @@ def matmul_constant(b, node, x, w, var_left, bias=0.0):
         raise node.unsupported(f"a constant operand with batch dimensions {w.shape}")
     a_shape = x.shape if var_left else w.shape
     c_shape = w.shape if var_left else x.shape
-    try:
-        out_shape = np.matmul(np.empty(a_shape), np.empty(c_shape)).shape
-    except ValueError:
-        raise node.unsupported(f"operand shapes {a_shape} and {c_shape} do not multiply") from None
+    out_shape = matmul_shape(a_shape, c_shape)
+    if out_shape is None:
+        raise node.unsupported(f"operand shapes {a_shape} and {c_shape} do not multiply")
     if var_left:
         w2 = w if w.ndim == 2 else w[:, None]
         lead = x.size // w2.shape[0]              # all rows of x: L * M
