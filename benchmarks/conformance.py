@@ -141,10 +141,12 @@ def check_model(path, n_random, rng):
             warnings.simplefilter("ignore", refbbp.ImportNotice)
             net = refbbp.load(path)
     except refbbp.NotPiecewiseLinearError as exc:
-        row.update(status="refused: " + _one_line(exc), failed=False)
+        row.update(status="refused: not piecewise linear", failed=False)
+        row["notes"].append(_one_line(exc))
         return row
     except Exception as exc:  # a piecewise-linear model refbbp could not load
-        row["status"] = f"FAIL: {type(exc).__name__}: {_one_line(exc)}"
+        row["status"] = f"FAIL: {type(exc).__name__}"
+        row["notes"].append(_one_line(exc))
         return row
     row["load_s"] = f"{time.perf_counter() - t0:.2f}"
     row["nodes"] = str(len(net.nodes))
