@@ -8,6 +8,8 @@ local affine maps (:func:`load`), computes the local linear model in float64
 backpropagation. The semantics are fixed in SPEC.md.
 """
 
+from .bbp import (Attribution, Completeness, Layer, RowLayout, bbp, deviation_scores,
+                  sign_scores, weights_rule)
 from .errors import (InputShapeError, MemoryBudgetError, ModelFormatError,
                      NotPiecewiseLinearError, RefbbpError, UnsupportedOpError)
 from .linearize import LocalLinearModel, linearize
@@ -17,6 +19,8 @@ from .onnx import ImportNotice, load, supported_ops
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attribution", "Completeness", "Layer", "RowLayout", "bbp", "deviation_scores",
+    "sign_scores", "weights_rule",
     "ImportNotice", "InputShapeError", "LocalLinearModel", "MemoryBudgetError",
     "ModelFormatError", "Network", "Node", "NotPiecewiseLinearError", "PiecewiseLinear",
     "RefbbpError", "Trace", "UnsupportedOpError", "linearize", "load", "supported_ops",

@@ -1,0 +1,127 @@
+"""Thin validated Python wrappers around the Cython kernels of ``refbbp/_core.pyx``.
+
+Everything is checked here, before the kernels run without the GIL (STYLE 5-8): array
+dtypes (float64, int32), C-contiguity, sizes, the rule code, the temperature and the
+thread count. The CSR structures themselves were checked once, when the node's
+:class:`~refbbp.bbp.structure.NodeStructure` was built. Status codes returned by the
+kernels become exceptions with a message here (:func:`status_message`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+
+__all__ = ["distribute_node", "status_message", "check_n_threads"]
+
+_MESSAGES = {
+    _core.STATUS_SHAPE: "array sizes are inconsistent",
+    _core.STATUS_RULE: "unknown rule code, or the user scores/weights are missing",
+    _core.STATUS_TEMPERATURE: "temperature is NaN or negative",
+    _core.STATUS_THREADS: "n_threads must be at least 1",
+    _core.STATUS_NONFINITE: "some rows produced non-finite messages",
+}
+
+
+def status_message(status):
+    """The message of a kernel status code."""
+    return _MESSAGES.get(status, f"unknown status {status}")
+
+
+def check_n_threads(n_threads):
+    """Validate ``n_threads`` (None: OpenMP's default) and return an int >= 1."""
+    if n_threads is None:
+        return max(1, int(_core.max_threads()))
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        raise TypeError(f"n_threads must be None or a positive int, got "
+                        f"{type(n_threads).__name__}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be None or a positive int, got {n_threads}")
+    return int(n_threads)
+
+
+def _f64(name, a, n):
+    if not (isinstance(a, np.ndarray) and a.dtype == np.float64 and a.ndim == 1
+            and a.flags.c_contiguous):
+        raise TypeError(f"{name}: expected a C-contiguous float64 vector, got "
+                        f"{type(a).__name__} {getattr(a, 'dtype', '')} "
+                        f"{getattr(a, 'shape', '')}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} values, got {a.shape[0]}")
+    return a
+
+
+def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperature,
+                    n_threads, msg, ext=None, where="node"):
+    """BBp steps 2-6 for one node and one input: what each stacked input element
+    receives.
+
+    Parameters
+    ----------
+    st : NodeStructure
+    data : ndarray of float64, shape (nnz,)
+        Unscaled local matrix entries (``st.data``, or a max node's selection).
+    u : ndarray of float64, shape (n_cols,)
+        Stacked input values.
+    slope, bias_x, h, beta : ndarray of float64, shape (n_rows,)
+        Activation slopes ``c``, local bias ``b^x``, output values, ``beta_n``.
+    rule_code : int
+        0 sign, 1 deviation, 2 scores in ``ext``, 3 weights in ``ext``.
+    temperature : float
+        In [0, inf].
+    n_threads : int
+    msg : ndarray of float64, shape (>= nnz,)
+        Workspace for the messages (its first nnz entries are used).
+    ext : ndarray of float64, shape (nnz,), optional
+        User scores or weights aligned with the CSR entries (rule codes 2 and 3).
+    where : str
+        Names the node in error messages.
+
+    Returns
+    -------
+    received : ndarray, shape (n_cols,)
+        ``sum_p alpha[p, q] * beta[p]`` plus the fallbacks, per stacked input element.
+    fallback : ndarray, shape (n_rows,)
+        ``|beta[p]|`` for rows that took a fallback of SPEC 3.6, else 0.
+    """
+    n_rows, n_cols, nnz = st.n_rows, st.n_cols, st.nnz
+    _f64("data", data, nnz)
+    _f64("u", u, n_cols)
+    for name, a in (("slope", slope), ("bias_x", bias_x), ("h", h), ("beta", beta)):
+        _f64(name, a, n_rows)
+    if rule_code in (2, 3):
+        _f64("ext", ext, nnz)
+    elif rule_code in (0, 1):
+        ext = np.empty(0)
+    else:
+        raise ValueError(f"rule code {rule_code} not in 0..3")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be in [0, inf], got {temperature}")
+    n_threads = check_n_threads(n_threads)
+    _f64("msg", msg, None)
+    if msg.shape[0] < nnz:
+        raise ValueError(f"msg workspace has {msg.shape[0]} entries, the node needs {nnz}")
+    if n_cols == 0 and np.any(beta):
+        raise ValueError(f"{where} has no inputs to pass its bias attribution to")
+    msg = msg[:nnz]
+    fallback = np.empty(n_rows)
+    status = _core.bbp_rows_memview(data, st.indices, st.indptr, u, slope, bias_x, h, beta,
+                                    ext, rule_code, temperature, msg, fallback, n_threads)
+    if status == _core.STATUS_NONFINITE:
+        p = int(np.flatnonzero(np.isnan(fallback))[0])
+        raise FloatingPointError(
+            f"{where}, row {p}: the scores gave non-finite messages (beta {beta[p]!r}); "
+            f"components or scores overflow float64")
+    if status != _core.STATUS_OK:
+        raise ValueError(f"{where}: bbp_rows_memview failed: {status_message(status)}")
+    spread = 0.0
+    if st.empty_rows.size:
+        spread = float(np.sum(beta[st.empty_rows])) / n_cols
+    skip_zero = not np.any(fallback)
+    received = np.empty(n_cols)
+    status = _core.bbp_gather_memview(st.tindptr, st.tperm, msg, u, skip_zero, spread,
+                                      received, n_threads)
+    if status != _core.STATUS_OK:
+        raise ValueError(f"{where}: bbp_gather_memview failed: {status_message(status)}")
+    return received, fallback

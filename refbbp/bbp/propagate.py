@@ -1,0 +1,281 @@
+"""``refbbp.bbp``: bias backpropagation (SPEC section 3, BBp paper Algorithm 1).
+
+The driver: validate the arguments, compute the local linear model (forward trace and
+gradients ``g_n``), then visit the nodes from the output back to the input. At each
+node the own bias is added (SPEC 3.1) and the node's rows send their beta to their
+inputs (SPEC 3.2-3.6), either through the Cython kernel (``backend="cython"``, this
+module with ``kernels.py``) or through the NumPy reference (``backend="numpy"``,
+``refbbp/_reference.py``), which share this function's contract.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .. import _reference
+from ..linearize import linearize
+from .attribution import Attribution, Layer
+from .kernels import check_n_threads, distribute_node
+from .rules import RowLayout, resolve_rule
+from .structure import node_structure
+
+__all__ = ["bbp", "check_temperature", "propagate_cython"]
+
+BACKENDS = ("cython", "numpy")
+
+
+def check_temperature(temperature):
+    """Validate ``temperature``: a real number in [0, inf] (0: hard maximum, inf: uniform)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"temperature must be a real number in [0, inf], got "
+                        f"{type(temperature).__name__}")
+    t = float(temperature)
+    if math.isnan(t) or t < 0:
+        raise ValueError(f"temperature must be in [0, inf] (0: the maximum-score components "
+                         f"share equally, inf: uniform split), got {temperature!r}")
+    return t
+
+
+def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
+        return_layers=False, n_threads=None):
+    """Bias backpropagation: distribute the bias ``b^x`` of the local linear model over
+    the input features (SPEC section 3, BBp paper Algorithm 1).
+
+    At ``x`` the network is exactly ``f(x) = w . x + b^x``. Every node ``n`` carries
+    ``beta_n``: it receives messages from its consumers, adds its own bias term
+    ``g_n * b^x_n`` (activation offsets included), and each of its rows ``p`` splits
+    ``beta_n[p]`` over its non-zero components ``kappa[p, (i, q)] = A_i^x[p, q] u_i[q]``
+    -- across all inputs ``i`` of the node -- with weights ``alpha = softmax(s / T)`` of
+    the rule's scores. A max node's row is the selection of the chosen input element: its
+    single component, which receives all of its beta. Rows without a non-zero component
+    split their beta uniformly over the structural non-zeros of the unscaled row (every
+    entry, for a dense layer; the window, for a max node), or, with none, over every
+    element of the node's inputs; the mass that took these fallbacks is reported.
+
+    Parameters
+    ----------
+    net : Network
+        From :func:`refbbp.load`.
+    x : array_like, shape net.input_shape or (batch, *net.input_shape)
+    target : None, "pred", "top2", int, sequence of int, or array, optional
+        What to explain, as in :func:`refbbp.linearize`: the predicted class (default),
+        a class index (or one per input), top-1 minus top-2, or a float vector of shape
+        (n_outputs,) or (batch, n_outputs) weighting the logits.
+    rule : {"sign", "deviation"} or callable, optional
+        ``"sign"``: ``s = -sign(b^x[p]) * kappa`` (paper eq. 14); ``"deviation"``:
+        ``s = |h[p] / n_p - kappa|`` (eq. 16); or a callable taking a
+        :class:`~refbbp.RowLayout` (one node, one input: all non-zero components, row
+        after row) and returning scores of shape (m,), or weights if it is wrapped with
+        :func:`~refbbp.weights_rule` (each row must sum to 1; negative weights allowed).
+    temperature : float, optional
+        ``T`` in [0, inf]: softmax temperature. ``0`` lets the maximum-score components
+        share equally; ``inf`` splits uniformly over the non-zero components. Not
+        applied to weights.
+    backend : {"cython", "numpy"}, optional
+        ``"cython"``: the parallel kernel of ``refbbp/_core.pyx``; ``"numpy"``: the
+        row-by-row reference of ``refbbp/_reference.py`` (slow; for checking).
+    return_layers : bool, optional
+        Also return per-node results (:class:`~refbbp.Layer`).
+    n_threads : int, optional
+        Threads of the Cython kernel (default: OpenMP's default). Results are bitwise
+        identical for any number of threads.
+
+    Returns
+    -------
+    Attribution
+        ``beta`` (shaped like x), ``w``, ``grad_input = w * x``, ``bias = b^x``,
+        ``value = f(x)``, ``fallback`` per node, and ``layers`` if asked for.
+        ``attribution.completeness()`` checks the identities of SPEC section 3.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad ``rule``, ``temperature``, ``backend``, ``n_threads`` or ``target``; a user
+        rule returning values of the wrong shape, non-finite values, or weights that do
+        not sum to 1 (the message names the node and the first failing row).
+    InputShapeError
+        ``x`` does not fit the network.
+
+    Examples
+    --------
+    >>> net = refbbp.load("model.onnx")
+    >>> att = refbbp.bbp(net, x, rule="sign", temperature=1.0)
+    >>> att.beta.shape == x.shape
+    True
+    >>> att.completeness().ok()
+    True
+    """
+    rule_ = resolve_rule(rule)
+    temperature = check_temperature(temperature)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} not understood: expected one of "
+                         f"{', '.join(map(repr, BACKENDS))}")
+    if not isinstance(return_layers, (bool, np.bool_)):
+        raise TypeError(f"return_layers must be a bool, got {type(return_layers).__name__}")
+    n_threads = check_n_threads(n_threads) if backend == "cython" else (
+        None if n_threads is None else check_n_threads(n_threads))
+
+    timings = {}
+    t0 = time.perf_counter()
+    lin = linearize(net, x, target)
+    timings["linearize"] = time.perf_counter() - t0
+    _check_finite(net, lin)
+    if backend == "cython":
+        node_beta, node_beta_in, fallback = propagate_cython(
+            net, lin, rule_, temperature, n_threads, timings)
+    else:
+        t0 = time.perf_counter()
+        node_beta, node_beta_in, fallback = _reference.propagate(net, lin, rule_, temperature)
+        timings["prepare"] = 0.0
+        timings["propagate"] = time.perf_counter() - t0
+        n_threads = None
+    return _result(net, lin, rule_, temperature, backend, n_threads, timings,
+                   node_beta, node_beta_in, fallback, return_layers)
+
+
+def _check_finite(net, lin):
+    for k, (val, g) in enumerate(zip(lin.trace.values, lin.grads)):
+        if not (np.all(np.isfinite(val)) and np.all(np.isfinite(g))):
+            raise FloatingPointError(
+                f"node {k} ({net.nodes[k].name!r}): the forward or gradient pass overflowed "
+                f"float64; bias attribution is undefined")
+
+
+def _result(net, lin, rule, temperature, backend, n_threads, timings, node_beta,
+            node_beta_in, fallback, return_layers):
+    trace = lin.trace
+    one = (lambda a: a) if trace.batched else (lambda a: a[0])
+    shape = (-1,) + net.input_shape
+    x = trace.values[0]
+    beta = node_beta[0].reshape(shape)
+    layers = None
+    if return_layers:
+        cuts = set(net.cut_nodes())
+        layers = []
+        for k, node in enumerate(net.nodes):
+            bx = trace.local_bias(k)
+            own = lin.grads[k] * bx if node.kind == "affine" else np.zeros_like(bx)
+            layers.append(Layer(
+                index=k, name=node.name, op=node.op, kind=node.kind, shape=node.shape,
+                cut=k in cuts, beta=one(node_beta[k]), beta_in=one(node_beta_in[k]),
+                own=one(own), g=one(lin.grads[k]), h=one(trace.values[k]),
+                bias_x=one(bx), fallback=one(fallback[:, k])))
+    total = fallback.sum(1)
+    return Attribution(
+        beta=one(beta), w=lin.w, grad_input=one((lin.grads[0] * x).reshape(shape)),
+        bias=lin.bias, value=lin.value, fallback=one(fallback),
+        fallback_total=one(total) if trace.batched else float(total[0]),
+        layers=layers, model=lin, rule=rule.name, temperature=temperature, backend=backend,
+        n_threads=n_threads, timings=timings, node_beta=node_beta,
+        node_beta_in=node_beta_in)
+
+
+def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
+    """BBp through the Cython kernel (same contract as ``refbbp._reference.propagate``).
+
+    Parameters
+    ----------
+    net : Network
+    lin : LocalLinearModel
+    rule : Rule
+    temperature : float
+    n_threads : int
+    timings : dict, optional
+        Receives "prepare" and "propagate" seconds.
+
+    Returns
+    -------
+    node_beta, node_beta_in : list of ndarray, shape (batch, node.size)
+        Per node: the total ``beta_n`` and the received ``beta_n^in``.
+    fallback : ndarray, shape (batch, n_nodes)
+        Per input and node, the beta mass that took a fallback of SPEC 3.6.
+    """
+    t0 = time.perf_counter()
+    nodes, trace, grads = net.nodes, lin.trace, lin.grads
+    batch = trace.values[0].shape[0]
+    structures = [None if node.kind == "input" else node_structure(net, k)
+                  for k, node in enumerate(nodes)]
+    max_nnz = max([st.nnz for st in structures if st is not None], default=0)
+    msg = np.empty(max_nnz)
+    t1 = time.perf_counter()
+
+    node_beta_in = [np.zeros((batch, node.size)) for node in nodes]
+    node_beta = [None] * len(nodes)
+    fallback = np.zeros((batch, len(nodes)))
+    for k in range(len(nodes) - 1, -1, -1):
+        node = nodes[k]
+        # SPEC 3.1: own bias g_n * b^x_n (affine nodes; offsets d are part of b^x).
+        bias_x = trace.local_bias(k)
+        if node.kind == "affine":
+            node_beta[k] = node_beta_in[k] + grads[k] * bias_x
+        else:
+            node_beta[k] = node_beta_in[k].copy()
+        if node.kind == "input" or not np.any(node_beta[k]):
+            continue
+        st = structures[k]
+        cd = trace.slopes_offsets(k)
+        for b in range(batch):
+            beta = node_beta[k][b]
+            if not np.any(beta):
+                continue
+            u = _stacked_inputs(trace, node, b)
+            slope = np.ascontiguousarray(cd[0][b]) if cd is not None else np.ones(node.size)
+            data = st.max_data(trace.selected[k][b]) if node.kind == "max" else st.data
+            h = np.ascontiguousarray(trace.values[k][b])
+            bx = np.ascontiguousarray(bias_x[b])
+            ext = None
+            if rule.func is not None:
+                layout, entries = layout_from_structure(net, k, st, data, u, slope, bx, h,
+                                                        beta)
+                ext = np.zeros(st.nnz)
+                ext[entries] = rule.evaluate(layout)
+            received, fb = distribute_node(
+                st, data, u, slope, bx, h, beta, rule_code=rule.code,
+                temperature=temperature, n_threads=n_threads, msg=msg, ext=ext,
+                where=f"node {k} ({node.name!r})")
+            fallback[b, k] = float(np.sum(fb))
+            for i, src in enumerate(node.inputs):
+                node_beta_in[src][b] += received[st.offsets[i]:st.offsets[i + 1]]
+    if timings is not None:
+        timings["prepare"] = t1 - t0
+        timings["propagate"] = time.perf_counter() - t1
+    return node_beta, node_beta_in, fallback
+
+
+def _stacked_inputs(trace, node, b):
+    """The node's input values for input ``b``, stacked in ``node.inputs`` order."""
+    if len(node.inputs) == 1:
+        return np.ascontiguousarray(trace.values[node.inputs[0]][b])
+    return np.concatenate([trace.values[i][b] for i in node.inputs])
+
+
+def layout_from_structure(net, k, st, data, u, slope, bias_x, h, beta):
+    """The :class:`RowLayout` of node ``k`` for one input, from its CSR structure
+    (vectorised; the reference builds the same layout row by row).
+
+    Returns
+    -------
+    layout : RowLayout
+    entries : ndarray of int64, shape (m,)
+        Position of each component among the CSR entries of ``st``.
+    """
+    node = net.nodes[k]
+    counts = np.diff(st.indptr)
+    entry_row = np.repeat(np.arange(st.n_rows), counts)
+    weight = slope[entry_row] * data
+    value = u[st.indices]
+    kappa = weight * value
+    entries = np.flatnonzero(kappa)
+    row = entry_row[entries]
+    indptr = np.zeros(st.n_rows + 1, np.int64)
+    np.cumsum(np.bincount(row, minlength=st.n_rows), out=indptr[1:])
+    col = st.indices[entries].astype(np.int64)
+    inp = np.searchsorted(st.offsets, col, side="right") - 1
+    layout = RowLayout(node=node, index=k, indptr=indptr, kappa=kappa[entries],
+                       weight=weight[entries], value=value[entries], input=inp,
+                       column=col - st.offsets[inp], row=row, bias=bias_x, h=h, beta=beta)
+    return layout, entries
