@@ -4,11 +4,13 @@ PyTorch on three models (``benchmarks/models.py``).
 Usage::
 
     python benchmarks/bench_core.py [--models mlp stl10 vgg11_bn] [--budget SECONDS]
+                                    [--threads N]
 
 For each model (built with fixed seeds and exported to ONNX in a temporary folder) it
 prints: the time of ``refbbp.load``; the non-zeros and bytes of all layer matrices; the
 median time of refbbp's float64 forward pass and of ``refbbp.linearize`` for one input;
-onnxruntime's forward pass (float32, same ONNX file, one input); PyTorch's forward +
+onnxruntime's forward pass (float32, same ONNX file, one input; onnxruntime and PyTorch
+get ``--threads`` threads, default 1 like refbbp's SciPy kernels); PyTorch's forward +
 backward gradient pass (one input, float64 and float32) when PyTorch is installed; and
 the ratios refbbp forward / ORT forward and linearize / ORT forward, measured in the same
 run. Times are medians of repeats after one warm-up call (``time.perf_counter``); the
@@ -67,7 +69,7 @@ def torch_grad_pass(module, x, target):
     return xt.grad
 
 
-def bench_model(name, out_dir, budget, rng):
+def bench_model(name, out_dir, budget, rng, threads=1):
     path, module, shape = models.build(name, out_dir)
     row = {"model": f"{name} {'x'.join(map(str, shape))}"}
 
@@ -87,7 +89,10 @@ def bench_model(name, out_dir, budget, rng):
     row["refbbp fwd ms"] = 1e3 * timeit(lambda: net.forward(x64), budget=budget)
     row["linearize ms"] = 1e3 * timeit(lambda: refbbp.linearize(net, x64), budget=budget)
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x[None]}
     y_ort = sess.run(None, feed)[0][0]
     row["ORT fwd ms"] = 1e3 * timeit(lambda: sess.run(None, feed), budget=budget)
@@ -145,12 +150,12 @@ def format_table(rows):
     return "\n".join(out)
 
 
-def header():
+def header(threads):
     versions = [f"refbbp {refbbp.__version__}", f"numpy {np.__version__}",
                 f"scipy {scipy.__version__}", f"onnx {onnx.__version__}",
                 f"onnxruntime {ort.__version__}"]
     if torch is not None:
-        versions.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        versions.append(f"torch {torch.__version__}")
     else:
         versions.append("torch not installed: no torch columns, models written directly")
     cpu = platform.processor() or platform.machine()
@@ -163,8 +168,9 @@ def header():
     load = ", load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     return (f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()} "
             f"on {platform.system()}{load}\n" + ", ".join(versions) + "\n"
-            "times: median of repeats after one warm-up (one input, batch 1); "
-            "refbbp float64, onnxruntime float32 (default threads)")
+            "times: median of repeats after one warm-up (one input, batch 1); refbbp float64 "
+            "(SciPy sparse, single-threaded), onnxruntime float32; onnxruntime and torch "
+            + (f"limited to {threads} thread(s)" if threads else "with default threads"))
 
 
 def main(argv=None):
@@ -174,13 +180,18 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=2.0,
                     help="seconds of repeats per timing (at least 3 repeats)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads for onnxruntime and torch (default 1, as refbbp; 0 = "
+                         "their defaults)")
     args = ap.parse_args(argv)
-    print(header(), flush=True)
+    if args.threads and torch is not None:
+        torch.set_num_threads(args.threads)
+    print(header(args.threads), flush=True)
     rng = np.random.default_rng(args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows.append(bench_model(name, tmp, args.budget, rng))
+            rows.append(bench_model(name, tmp, args.budget, rng, args.threads))
             print(f"  done {name}", file=sys.stderr, flush=True)
     print(format_table(rows))
     return 0
