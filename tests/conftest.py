@@ -1,0 +1,77 @@
+"""Shared test configuration: Hypothesis profiles and the seeded ``rng`` fixture.
+
+Hypothesis profiles (numpy's and scipy's conftest do the same):
+
+* ``ci``: derandomized (the same examples on every run, so CI is reproducible), and
+  few enough examples that the whole suite stays well under 30 minutes on 2 cores;
+* ``dev``: random examples, more of them, for local runs.
+
+``ci`` is loaded when the environment variable ``CI`` is set (``.ci/run`` sets it),
+``dev`` otherwise; ``HYPOTHESIS_PROFILE=<name>`` overrides both.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Drawing one model runs onnxruntime on the partial graph a few times (~ 5-20 ms), which
+# Hypothesis' too_slow health check would flag; the cost is known and accepted.
+_SLOW_DRAWS = [HealthCheck.too_slow]
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    # Each property test of tests/test_properties.py costs ~ 25-60 ms per example
+    # (draw + load + checks), so 100 examples are ~ 3-6 s per test and the five of them
+    # with tests/test_canonical.py stay under a minute on one core.
+    max_examples=100,
+    deadline=None,          # onnxruntime session creation times vary with load
+    print_blob=True,        # a failure prints the @reproduce_failure blob
+    suppress_health_check=_SLOW_DRAWS,
+)
+settings.register_profile(
+    "dev",
+    # ~ 5x the CI cost: about 20-30 s per property test.
+    max_examples=500,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_SLOW_DRAWS,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or
+                      ("ci" if os.environ.get("CI") else "dev"))
+
+
+# Seeds of the ``rng`` fixture, shown as hex ids (zennit ``tests/unit/conftest.py``).
+SEEDS = [0x0, 0x5EED, 0xBB9]
+# More seeds, marked ``extended``: run with ``--extended``.
+EXTENDED_SEEDS = [0x1, 0xC0FFEE, 0xDEADBEEF, 0x2F4B1A73]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--extended", action="store_true", default=False,
+                     help="also run the tests marked 'extended' (more rng seeds)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "extended: extra seeds, run with --extended")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--extended"):
+        return
+    skip = pytest.mark.skip(reason="extended seed: run with --extended")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=SEEDS + [pytest.param(s, marks=pytest.mark.extended)
+                                for s in EXTENDED_SEEDS],
+                ids=lambda s: f"{s:#x}")
+def rng(request):
+    """A NumPy generator, one per seed (ids like ``0x5eed``)."""
+    return np.random.default_rng(request.param)
