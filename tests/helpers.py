@@ -9,18 +9,15 @@ model must be exact in float64.
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import helper, numpy_helper
 
 import refbbp
 
 __all__ = ["make_model", "make_node", "run_ort", "check_against_ort", "check_linear_model",
-           "run_onnx_reference", "as_f32", "rng", "BATCH"]
+           "run_onnx_reference", "as_f32", "BATCH"]
 
 BATCH = "N"  # symbolic batch dimension of every test model's input
 
@@ -31,13 +28,6 @@ _ONNX_TYPES = {
     np.dtype(np.int32): onnx.TensorProto.INT32,
     np.dtype(np.bool_): onnx.TensorProto.BOOL,
 }
-
-
-@pytest.fixture
-def rng(request):
-    """A NumPy generator seeded from the test's id: every case gets its own data and
-    reproduces when run alone. Test modules import it (``from tests.helpers import rng``)."""
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def make_node(op_type, inputs, outputs, name=None, domain=None, **attrs):

@@ -127,7 +127,8 @@ class Builder:
         """Refuse a layer whose estimated size would exceed the memory budget."""
         if self.total_bytes + nbytes > self.max_bytes:
             raise MemoryBudgetError(
-                f"layer {name!r} needs about {nbytes / 2**20:,.1f} MiB, and the network "
+                f"layer {name!r} needs about {int(nbytes):,} bytes "
+                f"({nbytes / 2**20:,.1f} MiB), and the network "
                 f"already holds {self.total_bytes / 2**20:,.1f} MiB: over the budget of "
                 f"max_bytes={self.max_bytes:,} ({self.max_bytes / 2**20:,.1f} MiB). "
                 f"Pass a larger max_bytes= to load() to allow it.")

@@ -97,13 +97,23 @@ convert_gather = _register_index_op("Gather", 1)
 convert_expand = _register_index_op("Expand", 8)
 convert_tile = _register_index_op("Tile", 6)
 convert_split = _register_index_op("Split", 2)
-convert_depth_to_space = _register_index_op("DepthToSpace", 11)
+convert_depth_to_space = _register_index_op("DepthToSpace", 1)
 convert_space_to_depth = _register_index_op("SpaceToDepth", 1)
 
 
 @converter("Concat", first=4)
 def convert_concat(b, node, ins):
     return apply_index_op(node, ins, tuple(range(len(ins))))
+
+
+@converter("Where", first=9)
+def convert_where(b, node, ins):
+    """``Where(cond, X, Y)`` with a constant condition picks each element from X or Y:
+    a relabelling of their elements (either may be constant)."""
+    if isinstance(ins[0], Var):
+        raise node.not_piecewise_linear(
+            "the condition depends on the input: the selection jumps where it flips")
+    return apply_index_op(node, ins, (1, 2))
 
 
 @converter("Pad", first=2)

@@ -131,20 +131,22 @@ def _input_shape(vi, input_shape):
 
 
 def _strip_final_softmax(output, produced_by, nodes):
-    """Follow the output back over a final Softmax/LogSoftmax (or Softmax -> Log)."""
-    dropped = []
-    while output in produced_by:
-        p = nodes[produced_by[output]]
-        if p.op_type in ("Softmax", "LogSoftmax"):
-            dropped.append(p)
-        elif (p.op_type == "Log" and p.input[0] in produced_by
-              and nodes[produced_by[p.input[0]]].op_type == "Softmax"):
-            dropped.append(p)
-        elif p.op_type == "Identity" and dropped:
-            dropped.append(p)
-        else:
+    """Follow the output back over a final Softmax/LogSoftmax (or Softmax -> Log) and
+    any Identity nodes around it. Returns the tensor to explain and the dropped nodes
+    (none if the chain holds no Softmax/LogSoftmax)."""
+    chain, dropped, name = [], [], output
+    while name in produced_by:
+        p = nodes[produced_by[name]]
+        if p.op_type == "Log":
+            src = p.input[0]
+            if not (src in produced_by and nodes[produced_by[src]].op_type == "Softmax"):
+                break
+        elif p.op_type not in ("Softmax", "LogSoftmax", "Identity"):
             break
-        output = p.input[0]
+        chain.append(p)
+        name = p.input[0]
+        if p.op_type in ("Softmax", "LogSoftmax") or dropped:
+            output, dropped = name, list(chain)
     return output, dropped
 
 
@@ -243,8 +245,12 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
         for name, val in zip(proto_node.output, outs):
             if not name:
                 continue
-            if val is None:
-                raise node.unsupported(f"output {name!r} is used but not produced")
+            if val is None:  # an output the converter does not produce
+                if uses.get(name, 0):
+                    raise node.unsupported(
+                        f"its output {name!r} (output {list(proto_node.output).index(name)}) "
+                        f"is used, and refbbp does not produce it")
+                continue
             values[name] = val
             if isinstance(val, Var) and uses.get(name, 0) != 1:
                 b.seal(val)

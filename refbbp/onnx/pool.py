@@ -35,10 +35,6 @@ def _pool_setup(node, x):
 @converter("MaxPool", first=1)
 def convert_maxpool(b, node, ins):
     x = ins[0]
-    if len([o for o in node.proto.output if o]) > 1:
-        raise node.unsupported("the Indices output is not supported")
-    if node.attrs.get("storage_order", 0):
-        raise node.unsupported("storage_order=1")
     spatial, kernel, strides, dilations, geom = _pool_setup(node, x)
     pos, _ = windows(spatial, kernel, strides, dilations, geom)
     if np.any(np.all(pos < 0, axis=1)):
@@ -47,7 +43,9 @@ def convert_maxpool(b, node, ins):
     s_prod = int(np.prod(spatial))
     win = np.where(pos[None] >= 0, pos[None] + (np.arange(channels) * s_prod)[:, None, None], -1)
     out_shape = x.shape[:2] + geom.out
-    return [b.max_pool(x, win.reshape(-1, pos.shape[1]), out_shape, node.name)]
+    # The Indices output (argmax positions, an integer tensor) is not produced: the
+    # loader refuses the model if anything reads it.
+    return [b.max_pool(x, win.reshape(-1, pos.shape[1]), out_shape, node.name), None]
 
 
 @converter("GlobalMaxPool", first=1)
@@ -147,17 +145,28 @@ def _reduce_axes(node, ins, axes_from_input):
     return [int(v) for v in np.asarray(list(axes)).ravel()]
 
 
-def _convert_reduce(mean, axes_from_input):
-    def convert(b, node, ins):
-        axes = _reduce_axes(node, ins, axes_from_input)
-        if axes is None:
-            return [ins[0]]
-        return [_reduce(b, node, ins[0], axes, bool(node.attrs.get("keepdims", 1)), mean)]
-
-    return convert
+def _convert_reduce(b, node, ins, mean, axes_from_input):
+    axes = _reduce_axes(node, ins, axes_from_input)
+    if axes is None:  # noop_with_empty_axes
+        return [ins[0]]
+    return [_reduce(b, node, ins[0], axes, bool(node.attrs.get("keepdims", 1)), mean)]
 
 
-convert_reduce_mean_attr = converter("ReduceMean", first=1, last=13)(_convert_reduce(True, False))
-convert_reduce_mean = converter("ReduceMean", first=18)(_convert_reduce(True, True))
-convert_reduce_sum_attr = converter("ReduceSum", first=1, last=11)(_convert_reduce(False, False))
-convert_reduce_sum = converter("ReduceSum", first=13)(_convert_reduce(False, True))
+@converter("ReduceMean", first=1, last=13)
+def convert_reduce_mean_axes_attribute(b, node, ins):
+    return _convert_reduce(b, node, ins, mean=True, axes_from_input=False)
+
+
+@converter("ReduceMean", first=18)
+def convert_reduce_mean(b, node, ins):
+    return _convert_reduce(b, node, ins, mean=True, axes_from_input=True)
+
+
+@converter("ReduceSum", first=1, last=11)
+def convert_reduce_sum_axes_attribute(b, node, ins):
+    return _convert_reduce(b, node, ins, mean=False, axes_from_input=False)
+
+
+@converter("ReduceSum", first=13)
+def convert_reduce_sum(b, node, ins):
+    return _convert_reduce(b, node, ins, mean=False, axes_from_input=True)

@@ -19,21 +19,40 @@ from onnx import helper
 from ..errors import NotPiecewiseLinearError, UnsupportedOpError
 
 __all__ = ["OnnxNode", "converter", "lookup", "run_node", "supported_ops",
-           "NOT_PIECEWISE_LINEAR"]
+           "NOT_PIECEWISE_LINEAR", "PIECEWISE_LINEAR_UNSUPPORTED"]
 
 _REGISTRY: dict[tuple[str, str, int], object] = {}
 
-# Ops whose output depends non-linearly on a variable input (SPEC section 1). Mul, Div
-# and a few others are refused by their converters when both sides vary.
+# Ops refused because a network using them is not (continuous) piecewise linear in its
+# input (SPEC section 1), each with the reason its error gives. Mul, Div, MatMul, Gemm,
+# Conv, PRelu, Clip and Where are refused by their converters when an operand that
+# must be constant varies.
+_SMOOTH = "is a smooth non-linear function of its input: it has no linear pieces"
+_STATISTICS = "divides by statistics of its input (a non-linear function of it)"
+_DISCONTINUOUS = "is discontinuous in its input (piecewise constant, or linear with jumps)"
+_DISCRETE = "has a discrete output (boolean, integer or one-hot)"
 NOT_PIECEWISE_LINEAR = {
-    "Sigmoid", "HardSigmoid", "Tanh", "Exp", "Log", "Softmax", "LogSoftmax", "Softplus",
-    "Softsign", "Elu", "Selu", "Celu", "Gelu", "Mish", "Erf", "Sqrt", "Reciprocal", "Pow",
-    "Sin", "Cos", "Tan", "Sign", "Floor", "Ceil", "Round", "HardSwish", "ThresholdedRelu",
-    "Hardmax", "LpNormalization", "LRN", "InstanceNormalization", "LayerNormalization",
-    "GroupNormalization", "ReduceProd", "ReduceLogSumExp", "ReduceL2", "ReduceL1",
-    "ReduceSumSquare", "ReduceMax", "ReduceMin", "Einsum", "Swish", "Atan", "Asin",
-    "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Shrink", "ArgMax", "ArgMin",
-    "TopK", "Greater", "Less", "Equal", "Where", "NonZero", "Mod",
+    **dict.fromkeys([
+        "Sigmoid", "Tanh", "Exp", "Log", "Softmax", "LogSoftmax", "Softplus", "Softsign",
+        "Elu", "Selu", "Celu", "Gelu", "Mish", "Erf", "Sqrt", "Reciprocal", "Pow", "Sin",
+        "Cos", "Tan", "HardSwish", "Swish", "Atan", "Asin", "Acos", "Sinh", "Cosh", "Asinh",
+        "Acosh", "Atanh", "ReduceProd", "ReduceLogSumExp", "ReduceL2", "ReduceSumSquare",
+    ], _SMOOTH),
+    **dict.fromkeys([
+        "LpNormalization", "LRN", "InstanceNormalization", "LayerNormalization",
+        "GroupNormalization", "MeanVarianceNormalization",
+    ], _STATISTICS),
+    **dict.fromkeys(["Sign", "Floor", "Ceil", "Round", "Mod", "ThresholdedRelu", "Shrink"],
+                    _DISCONTINUOUS),
+    **dict.fromkeys(["Hardmax", "ArgMax", "ArgMin", "Greater", "GreaterOrEqual", "Less",
+                     "LessOrEqual", "Equal", "NonZero"], _DISCRETE),
+}
+
+# Ops that are (continuous) piecewise linear, or linear with a constant operand, but
+# have no converter: refused as merely unsupported, and the error says so.
+PIECEWISE_LINEAR_UNSUPPORTED = {
+    "Abs", "HardSigmoid", "Max", "Min", "ReduceMax", "ReduceMin", "ReduceL1", "TopK",
+    "MaxUnpool", "MaxRoiPool", "Einsum", "CumSum", "Resize", "Upsample", "GridSample",
 }
 
 
@@ -131,9 +150,10 @@ def lookup(node):
     if domain in ("", "ai.onnx"):
         domain = ""
     if op in NOT_PIECEWISE_LINEAR and domain == "":
-        raise node.not_piecewise_linear(
-            f"{op} is not piecewise linear in its input, so the network has no exact local "
-            f"linear model (only a Softmax/LogSoftmax at the very end is dropped)")
+        why = f"{op} {NOT_PIECEWISE_LINEAR[op]}, so the network has no exact local linear model"
+        if op in ("Softmax", "LogSoftmax"):
+            why += " (a Softmax/LogSoftmax is dropped only at the very end of the graph)"
+        raise node.not_piecewise_linear(why)
     try:
         since = onnx.defs.get_schema(op, max_inclusive_version=node.opset,
                                      domain=domain).since_version
@@ -142,8 +162,13 @@ def lookup(node):
     fn = _REGISTRY.get((domain, op, since))
     if fn is None:
         known = [v for d, o, v in _REGISTRY if d == domain and o == op]
-        why = (f"this definition (since opset {since}) is not converted; converted "
-               f"definitions: since opset {sorted(known)}" if known else
-               "no converter for this op")
+        if known:
+            why = (f"this definition (since opset {since}) is not converted; converted "
+                   f"definitions: since opset {sorted(known)}")
+        elif op in PIECEWISE_LINEAR_UNSUPPORTED and domain == "":
+            why = (f"{op} keeps a network piecewise linear, but refbbp has no converter "
+                   f"for it")
+        else:
+            why = "no converter for this op"
         raise node.unsupported(why)
     return fn

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import refbbp
-from tests.helpers import (check_against_ort, make_model, make_node, rng,  # noqa: F401
+from tests.helpers import (check_against_ort, make_model, make_node,
                            run_onnx_reference, run_ort)
 
 # (id, input shape (C, *spatial), weight shape (M, C/group, *kernel), attributes)

@@ -4,7 +4,7 @@ is one matrix node; MatMul + Add is a Gemm (one node, SPEC section 1)."""
 import numpy as np
 import pytest
 
-from tests.helpers import check_against_ort, make_model, make_node, rng  # noqa: F401
+from tests.helpers import check_against_ort, make_model, make_node
 
 
 def _gemm_model(a_shape, b_shape, c_shape, attrs, var, opset=13, batch="N", relu=True):

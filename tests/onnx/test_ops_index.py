@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import refbbp
-from tests.helpers import check_against_ort, make_model, make_node, rng  # noqa: F401
+from tests.helpers import check_against_ort, make_model, make_node
 
 X = (3, 4, 5)
 X1 = (3, 1, 5)  # with a unit axis for Squeeze / Expand
@@ -78,6 +78,7 @@ CASES = [
     C("Dropout", opset=21),
     C("SpaceToDepth", shape=(2, 4, 6), blocksize=2),
     C("DepthToSpace-DCR", shape=(8, 2, 3), blocksize=2, opset=11),
+    C("DepthToSpace", shape=(8, 2, 3), blocksize=2, opset=9),
     C("DepthToSpace-CRD", shape=(8, 2, 3), blocksize=2, mode="CRD", opset=13),
 ]
 
@@ -105,6 +106,20 @@ def test_concat_of_variables(rng, inputs, axis):
     nodes = [make_node("Relu", ["x"], ["r"]), make_node("Concat", inputs, ["y"], axis=axis),
              make_node("LeakyRelu", ["y"], ["z"], alpha=0.3)]
     check_against_ort(make_model(nodes, {"x": X}, ["z"]), rng.standard_normal((2,) + X))
+
+
+@pytest.mark.parametrize("order", ["var-const", "const-var", "var-var"])
+@pytest.mark.parametrize("cond_shape", [X, (1, 4, 1)], ids=["full", "broadcast"])
+@pytest.mark.parametrize("opset", [9, 16])
+def test_where_with_constant_condition(rng, order, cond_shape, opset):
+    # A constant condition selects elements: an index op (constants become bias).
+    inits = {"cond": rng.random(cond_shape) < 0.5, "c": rng.standard_normal((3, 1, 5))}
+    inputs = {"var-const": ["x", "c"], "const-var": ["c", "x"], "var-var": ["x", "r"]}[order]
+    nodes = [make_node("Relu", ["x"], ["r"]), make_node("Where", ["cond", *inputs], ["y"]),
+             make_node("LeakyRelu", ["y"], ["z"], alpha=0.2)]
+    net = check_against_ort(make_model(nodes, {"x": X}, ["z"], inits, opset),
+                            rng.standard_normal((2,) + X))
+    assert net.nodes[-1].op == "LeakyRelu"
 
 
 def test_cast_to_double_and_back(rng):
