@@ -60,8 +60,12 @@ def build_mlp(rng, n_in=6, batch=3, clip=(-0.3, 0.3)):
     return model, _f32(rng.normal(0, 1, (batch, n_in)))
 
 
-def build_cnn(rng, channels=2, size=8, batch=3, bias=True, clip=(-0.5, 0.5)):
-    """Conv + BN + Relu -> MaxPool 2 -> Conv + Clip (saturating) -> Flatten -> Gemm."""
+def build_cnn(rng, channels=2, size=8, batch=3, bias=True, clip=(-0.5, 0.5), head_bias=None):
+    """Conv + BN + Relu -> MaxPool 2 -> Conv + Clip (saturating) -> Flatten -> Gemm.
+
+    ``bias=False`` leaves out every bias (BatchNorm without shift and mean);
+    ``head_bias`` overrides it for the Gemm."""
+    head_bias = bias if head_bias is None else head_bias
     c1, c2 = 3, 4
     s2 = size // 2 - 2
     inits = {"W1": rng.normal(0, 0.5, (c1, channels, 3, 3)),
@@ -69,8 +73,9 @@ def build_cnn(rng, channels=2, size=8, batch=3, bias=True, clip=(-0.5, 0.5)):
              "Wf": rng.normal(0, 0.3, (4, c2 * s2 * s2)),
              "lo": np.array(clip[0]), "hi": np.array(clip[1])}
     if bias:
-        inits.update(B1=rng.normal(0, 0.3, c1), B2=rng.normal(0, 0.3, c2),
-                     bf=rng.normal(0, 0.3, 4))
+        inits.update(B1=rng.normal(0, 0.3, c1), B2=rng.normal(0, 0.3, c2))
+    if head_bias:
+        inits.update(bf=rng.normal(0, 0.3, 4))
     bn = _bn(rng, c1, "bn1", inits)
     if not bias:
         inits["bn1_beta"][:] = 0
@@ -83,7 +88,7 @@ def build_cnn(rng, channels=2, size=8, batch=3, bias=True, clip=(-0.5, 0.5)):
              _node("Conv", ["p1", "W2"] + (["B2"] if bias else []), "c2", kernel_shape=[3, 3]),
              _node("Clip", ["c2", "lo", "hi"], "h2"),
              _node("Flatten", ["h2"], "f", axis=1),
-             _node("Gemm", ["f", "Wf"] + (["bf"] if bias else []), "logits", transB=1)]
+             _node("Gemm", ["f", "Wf"] + (["bf"] if head_bias else []), "logits", transB=1)]
     model = make_model(nodes, {"x": (channels, size, size)}, ["logits"], inits)
     return model, _f32(rng.normal(0, 1, (batch, channels, size, size)))
 
