@@ -98,6 +98,9 @@ def target_vectors(logits, target, n_outputs):
     if target is None or (isinstance(target, str) and target == "pred"):
         cls = np.argmax(logits, axis=1)
     elif isinstance(target, str) and target == "top2":
+        if n_outputs < 2:
+            raise ValueError(f"target 'top2' needs at least 2 outputs; the network has "
+                             f"{n_outputs}")
         order = np.argsort(-logits, axis=1, kind="stable")
         v = np.zeros_like(logits)
         v[np.arange(batch), order[:, 0]] = 1.0
@@ -111,6 +114,8 @@ def target_vectors(logits, target, n_outputs):
         if t.dtype.kind in "iu" and t.shape in ((), (batch,)):
             cls = np.broadcast_to(t, (batch,))  # class indices: integers
         elif t.dtype.kind == "f" and t.shape in ((n_outputs,), (batch, n_outputs)):
+            if not np.all(np.isfinite(t)):
+                raise InputShapeError("target vector contains NaN or infinite values")
             return np.broadcast_to(t.astype(np.float64), (batch, n_outputs)).copy()
         else:
             raise InputShapeError(

@@ -178,6 +178,9 @@ class Network:
             batched = False
             xb = x.reshape(1, -1)
         elif x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1:
+            if x.shape[0] == 0:
+                raise InputShapeError(f"input of shape {x.shape} is an empty batch: give at "
+                                      f"least one input of shape {self.input_shape}")
             batched = True
             xb = x.reshape(x.shape[0], -1)
         else:
