@@ -210,7 +210,7 @@ class Rule:
             if fail.any():
                 p = int(np.flatnonzero(fail)[0])
                 raise ValueError(f"{where} returned weights that do not sum to 1: row {p} "
-                                 f"sums to {sums[p]!r} ({int(fail.sum())} rows fail)")
+                                 f"sums to {float(sums[p])!r} ({int(fail.sum())} rows fail)")
         return out
 
 
