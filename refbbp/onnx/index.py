@@ -118,26 +118,46 @@ def convert_where(b, node, ins):
 
 @converter("Pad", first=2)
 def convert_pad(b, node, ins):
+    """Pad, run on element ids with the pad value replaced by the id -1 (the padding
+    becomes constant elements of the view). Negative pads remove elements: the input is
+    cropped first, as onnxruntime does, then padded by the non-negative rest."""
+    x = ins[0]
+    ins = list(ins) + [None] * (4 - len(ins))
+    if any(isinstance(v, Var) for v in ins[1:]):
+        raise node.unsupported("input-dependent pads, pad value or axes")
+    if node.opset < 11:
+        pads = np.asarray(node.attrs.get("pads", []), np.int64)
+        fill, axes = float(node.attrs.get("value", 0.0)), None
+    else:
+        pads = np.asarray(ins[1], np.int64).ravel()
+        fill = 0.0 if ins[2] is None or np.size(ins[2]) == 0 else \
+            float(np.asarray(ins[2]).ravel()[0])
+        axes = ins[3]
+    rank = len(x.shape)
+    axes = np.arange(rank) if axes is None else np.asarray(axes, np.int64).ravel() % rank
+    if pads.size != 2 * axes.size:
+        raise node.unsupported(f"{pads.size} pads for {axes.size} axes")
+    if np.any(pads < 0):
+        crop = [slice(None)] * rank
+        for k, ax in enumerate(axes):
+            crop[ax] = slice(max(-pads[k], 0), x.shape[ax] - max(-pads[k + axes.size], 0))
+        ids = np.arange(x.size).reshape(x.shape)[tuple(crop)]
+        x = x.select(ids, ids.shape)
+        pads = np.maximum(pads, 0)
+
     proto = onnx.NodeProto()
     proto.CopyFrom(node.proto)
-    attrs = node.attrs
     if node.opset < 11:
-        fill = float(attrs.get("value", 0.0))
-        for a in proto.attribute:
-            if a.name == "value":
-                proto.attribute.remove(a)
-                break
-        proto.attribute.append(helper.make_attribute("value", PAD_ID))
-        return apply_index_op(node, ins, (0,), proto, fill)
-    ins = list(ins) + [None] * (3 - len(ins))
-    if isinstance(ins[2], Var):
-        raise node.unsupported("an input-dependent pad value")
-    fill = 0.0 if ins[2] is None or np.size(ins[2]) == 0 else float(np.asarray(ins[2]).ravel()[0])
+        kept = [a for a in proto.attribute if a.name not in ("pads", "value")]
+        del proto.attribute[:]
+        proto.attribute.extend(kept + [helper.make_attribute("pads", [int(p) for p in pads]),
+                                       helper.make_attribute("value", PAD_ID)])
+        return apply_index_op(node, [x], (0,), proto, fill)
     while len(proto.input) < 3:
         proto.input.append("")
-    proto.input[2] = "__refbbp_pad_value"
-    ins[2] = np.array(PAD_ID)
-    return apply_index_op(node, ins[: len(proto.input)], (0,), proto, fill)
+    proto.input[1], proto.input[2] = "__refbbp_pads", "__refbbp_pad_value"
+    new_ins = [x, pads, np.array(PAD_ID)] + ins[3:len(proto.input)]
+    return apply_index_op(node, new_ins, (0,), proto, fill)
 
 
 @converter("Dropout", first=7)

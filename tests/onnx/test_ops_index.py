@@ -180,6 +180,22 @@ def test_pad(rng, opset, mode, value):
         assert relu.weights[0].nnz == relu.size and not np.any(relu.bias)
 
 
+# Negative pads remove elements. onnxruntime crops first and pads the rest; the
+# wrap cases tell the two orders apart (wrap reads the far side of the axis).
+@pytest.mark.parametrize("mode,pads,opset", [
+    pytest.param("constant", [0, 0, -1, 1, 0, 0, 1, -2], 11, id="constant"),
+    pytest.param("edge", [0, 0, -1, 1, 0, 0, 1, -2], 13, id="edge"),
+    pytest.param("reflect", [0, 0, -1, 2, 0, 0, 1, -2], 18, id="reflect"),
+    pytest.param("reflect", [0, 0, 0, -2, 0, 0, 0, 0], 7, id="reflect-attribute-form"),
+    pytest.param("wrap", [0, 0, -1, 0, 0, 0, 1, 0], 19, id="wrap-crop-then-pad"),
+    pytest.param("wrap", [0, 0, 1, -2, 0, 0, -1, 2], 19, id="wrap-both-sides"),
+])
+def test_pad_negative(rng, mode, pads, opset):
+    node, inits = _pad_node(opset, mode, pads, None)
+    model = make_model([node, make_node("Relu", ["y"], ["z"])], {"x": X}, ["z"], inits, opset)
+    check_against_ort(model, rng.standard_normal((2,) + X))
+
+
 @pytest.mark.parametrize("mode", ["constant", "reflect"])
 def test_pad_axes_input(rng, mode):
     node, inits = _pad_node(18, mode, [1, 2, 2, 1], 0.25 if mode == "constant" else None,
@@ -196,6 +212,42 @@ def test_pad_then_conv_padding_stays_in_the_conv_matrix(rng):
     model = make_model([node, make_node("Conv", ["y", "W"], ["z"])], {"x": X}, ["z"], inits)
     net = check_against_ort(model, rng.standard_normal((2,) + X))
     assert [n.op for n in net.nodes] == ["Input", "Conv"]
+
+
+def test_reshape_to_a_shape_computed_from_shape(rng):
+    # Exporters with a dynamic batch write Flatten as Shape -> Gather -> Unsqueeze ->
+    # Concat -> Reshape; the shape of an input-dependent tensor is known at load time.
+    inits = {"i0": np.array(0, np.int64), "ax": i64(0), "m1": i64(-1)}
+    nodes = [make_node("Shape", ["x"], ["s"]), make_node("Gather", ["s", "i0"], ["b"], axis=0),
+             make_node("Unsqueeze", ["b", "ax"], ["bu"]),
+             make_node("Concat", ["bu", "m1"], ["shp"], axis=0),
+             make_node("Reshape", ["x", "shp"], ["f"]), make_node("Relu", ["f"], ["z"])]
+    net = check_against_ort(make_model(nodes, {"x": X}, ["z"], inits),
+                            rng.standard_normal((3,) + X))
+    assert [n.op for n in net.nodes] == ["Input", "Relu"]
+
+
+def test_per_channel_activation_through_transposes(rng):
+    # Conv -> NHWC -> PRelu over the last axis -> NCHW: the PRelu attaches to the conv
+    # with its slopes permuted to the conv's element order.
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)), "S": rng.standard_normal(4)}
+    nodes = [make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+             make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             make_node("PRelu", ["t", "S"], ["p"]),
+             make_node("Transpose", ["p"], ["z"], perm=[0, 3, 1, 2])]
+    net = check_against_ort(make_model(nodes, {"x": X}, ["z"], inits),
+                            rng.standard_normal((3,) + X))
+    assert [n.op for n in net.nodes] == ["Input", "Conv"]
+
+
+def test_cast_to_float16_is_not_rounded(rng):
+    # Cast between float types is a relabelling (SPEC section 1): refbbp does not round
+    # to float16. onnxruntime does, so the two agree only to float16 accuracy (relative
+    # spacing 2**-10; half of it is the rounding error), which is the tolerance here.
+    nodes = [make_node("Cast", ["x"], ["h"], to=10), make_node("Relu", ["h"], ["r"]),
+             make_node("Cast", ["r"], ["z"], to=1)]
+    check_against_ort(make_model(nodes, {"x": X}, ["z"]), rng.standard_normal((2,) + X),
+                      rtol=2.0**-11, atol_scale=2.0**-11)
 
 
 def test_index_ops_between_matrix_ops_leave_no_node(rng):
