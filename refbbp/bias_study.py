@@ -1,0 +1,209 @@
+"""How much a network's decisions rest on its biases (SPEC section 6; BBp paper Table 1;
+companion paper section 3 and appendix B.1).
+
+For a labelled set ``(x, y)`` and the local linear model ``logits(x) = W^x x + b^x`` of
+every class at every input:
+
+* **full**: accuracy of ``argmax logits(x)``;
+* **only wx**: accuracy of ``argmax (W^x x)``, computed per class as
+  ``logits - b^x`` (BBp Table 1, "Test Only wx");
+* **only b**: accuracy of ``argmax b^x`` ("Test Only b"), where ``b^x`` is the local
+  bias of every class at once (:meth:`LocalLinearModel.bias_all`: the network with its
+  activation pattern frozen, evaluated at input 0);
+* **zero bias**: accuracy of the same network with every bias set to zero
+  (:func:`zero_bias_network`), the companion paper's brute-force bias removal;
+* optionally, accuracy of the model and of its zero-bias copy on scaled inputs
+  ``x * a`` and shifted inputs ``x + c`` (companion paper appendix B.1).
+
+Each accuracy comes with the *agreement*: the fraction of inputs where the variant
+predicts the same class as the full model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._progress import progress as _progress_bar
+from .network.graph import Network
+
+__all__ = ["BiasReport", "bias_importance", "zero_bias_network"]
+
+
+def zero_bias_network(net, keep=()):
+    """A copy of ``net`` with every node's bias ``b`` set to zero.
+
+    Parameters
+    ----------
+    net : Network
+    keep : sequence of int, optional
+        Node indices whose bias is kept (e.g. an input normalisation).
+
+    Returns
+    -------
+    Network
+        Shares the (read-only) weight matrices with ``net``.
+
+    Notes
+    -----
+    Every affine node's bias is zeroed: convolution and dense biases, and, because
+    refbbp folds BatchNorm into the node before it (or keeps it as a diagonal affine
+    node), BatchNorm's shift ``beta`` and the ``- gamma * mean / sqrt(var + eps)`` term of
+    its running mean too, as in the companion paper's bias removal (appendix C: "biases
+    include the BatchNorm parameters"); so are an input normalisation's ``- mean / std``
+    and the constant of a non-zero Pad. The activations are kept as they are, with their
+    offsets ``d`` (a Clip's bounds, e.g. ReLU6's 6): they are part of the nonlinearity,
+    not parameters, and zeroing them would change the activation function itself.
+    """
+    keep = set(int(k) for k in keep)
+    nodes = [node if (k in keep or node.kind != "affine") else
+             dataclasses.replace(node, bias=np.zeros(node.size)) for k, node in enumerate(net.nodes)]
+    for node, old in zip(nodes, net.nodes):
+        if node is not old and "weights_t" in old.__dict__:
+            node.__dict__["weights_t"] = old.__dict__["weights_t"]  # share the cache
+    return Network(nodes, net.output, net.input_shape, input_name=net.input_name,
+                   output_name=net.output_name, graph_output=net.graph_output,
+                   batch_axis=net.batch_axis,
+                   notices=list(net.notices) + ["every bias set to zero"],
+                   source=net.source)
+
+
+@dataclass(eq=False)
+class BiasReport:
+    """Results of :func:`bias_importance`.
+
+    Attributes
+    ----------
+    n : int
+        Number of labelled inputs.
+    accuracy : dict of str to float
+        ``"full"``, ``"only_wx"``, ``"only_b"`` and ``"zero_bias"`` (if computed).
+    agreement : dict of str to float
+        Fraction of inputs where each variant predicts the full model's class.
+    scaled, shifted : dict of float to dict of str to float
+        ``scaled[a] = {"full": acc, "zero_bias": acc}`` on inputs ``x * a``;
+        ``shifted[c]`` likewise on ``x + c``.
+    bias_abs : dict of str to float
+        Median over inputs of ``|b^x|`` and of ``|W^x x|`` of the predicted class, and
+        the median share ``|b^x| / (|W^x x| + |b^x|)``.
+    predictions : dict of str to ndarray of int, shape (n,)
+    """
+
+    n: int
+    accuracy: dict
+    agreement: dict
+    scaled: dict = field(default_factory=dict)
+    shifted: dict = field(default_factory=dict)
+    bias_abs: dict = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        """Plain Python (predictions left out), for JSON."""
+        return {"n": self.n, "accuracy": self.accuracy, "agreement": self.agreement,
+                "scaled": {str(k): v for k, v in self.scaled.items()},
+                "shifted": {str(k): v for k, v in self.shifted.items()},
+                "bias_abs": self.bias_abs}
+
+    def table(self):
+        """Rows and header: one row per variant (accuracy, agreement with full)."""
+        names = {"full": "full logits", "only_wx": "only W^x x", "only_b": "only b^x",
+                 "zero_bias": "every bias = 0"}
+        rows = [[names[k], self.accuracy[k], self.agreement[k]] for k in self.accuracy]
+        return rows, ["variant", "accuracy", "agrees with full"]
+
+    def robustness_table(self):
+        """Rows and header: accuracy on scaled and shifted inputs."""
+        rows = [[f"x * {a:g}", v["full"], v.get("zero_bias", float("nan"))]
+                for a, v in self.scaled.items()]
+        rows += [[f"x + {c:g}", v["full"], v.get("zero_bias", float("nan"))]
+                 for c, v in self.shifted.items()]
+        return rows, ["input", "accuracy (model)", "accuracy (every bias = 0)"]
+
+
+def _predict(net, x, batch_size, desc, progress):
+    out = []
+    for a in _progress_bar(range(0, len(x), batch_size), total=-(-len(x) // batch_size),
+                           desc=desc, enabled=progress):
+        out.append(np.argmax(net.forward(x[a:a + batch_size]), axis=1))
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_size=256,
+                    progress=None):
+    """Accuracy of the full logits, of ``W^x x`` alone, of ``b^x`` alone and of the model
+    with every bias zeroed (BBp Table 1; SPEC section 6).
+
+    Parameters
+    ----------
+    net : Network
+    x : array_like, shape (n, *input_shape)
+    y : array_like of int, shape (n,)
+        Labels.
+    zero_bias : bool
+        Also evaluate :func:`zero_bias_network` (default True).
+    scales, shifts : sequence of float
+        Also report accuracy on ``x * a`` for each ``a`` in ``scales`` and on ``x + c``
+        for each ``c`` in ``shifts``, for the model and its zero-bias copy.
+    batch_size : int
+        Inputs per forward pass.
+    progress : bool, optional
+        Show progress bars (default: on a terminal).
+
+    Returns
+    -------
+    BiasReport
+    """
+    xb, batched = net.as_batch(x)
+    if not batched:
+        raise ValueError(f"bias_importance needs a batch of inputs (n, {net.input_shape}), "
+                         f"got one input of shape {np.shape(x)}")
+    x = xb.reshape((-1,) + tuple(net.input_shape))
+    y = np.asarray(y)
+    if y.shape != (len(x),) or y.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers of shape ({len(x)},), got {y.dtype} "
+                         f"{y.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    preds = {"full": [], "only_wx": [], "only_b": []}
+    b_abs, wx_abs = [], []
+    for a in _progress_bar(range(0, len(x), batch_size), total=-(-len(x) // batch_size),
+                           desc="local linear models", enabled=progress):
+        trace = net.trace(x[a:a + batch_size])
+        logits = trace.logits
+        bias = net.frozen_forward(trace, 0.0)                  # b^x of every class
+        wx = logits - bias                                     # W^x x of every class
+        k = np.argmax(logits, axis=1)
+        preds["full"].append(k)
+        preds["only_wx"].append(np.argmax(wx, axis=1))
+        preds["only_b"].append(np.argmax(bias, axis=1))
+        rows = np.arange(len(k))
+        b_abs.append(np.abs(bias[rows, k]))
+        wx_abs.append(np.abs(wx[rows, k]))
+    preds = {k: np.concatenate(v) for k, v in preds.items()}
+    zero = None
+    if zero_bias:
+        zero = zero_bias_network(net)
+        preds["zero_bias"] = _predict(zero, x, batch_size, "zero-bias model", progress)
+    accuracy = {k: float(np.mean(v == y)) for k, v in preds.items()}
+    agreement = {k: float(np.mean(v == preds["full"])) for k, v in preds.items()}
+    b_abs, wx_abs = np.concatenate(b_abs), np.concatenate(wx_abs)
+    total = b_abs + wx_abs
+    share = np.divide(b_abs, total, out=np.zeros_like(total), where=total > 0)
+    bias_abs = {"median_abs_bias": float(np.median(b_abs)),
+                "median_abs_wx": float(np.median(wx_abs)),
+                "median_bias_share": float(np.median(share))}
+    scaled, shifted = {}, {}
+    for kind, values, op in (("scale", scales, np.multiply), ("shift", shifts, np.add)):
+        for v in values:
+            xs = op(x, float(v))
+            res = {"full": float(np.mean(_predict(net, xs, batch_size, f"{kind} {v:g}",
+                                                  progress) == y))}
+            if zero is not None:
+                res["zero_bias"] = float(np.mean(_predict(zero, xs, batch_size,
+                                                          f"{kind} {v:g} (zero bias)",
+                                                          progress) == y))
+            (scaled if kind == "scale" else shifted)[float(v)] = res
+    return BiasReport(n=len(x), accuracy=accuracy, agreement=agreement, scaled=scaled,
+                      shifted=shifted, bias_abs=bias_abs, predictions=preds)
