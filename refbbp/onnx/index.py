@@ -175,3 +175,26 @@ def convert_cast(b, node, ins):
             f"Cast to {onnx.TensorProto.DataType.Name(to)}: only casts between float types "
             f"keep the network piecewise linear")
     return [ins[0]]
+
+
+@converter("CastLike", first=15)
+def convert_cast_like(b, node, ins):
+    """``CastLike(x, like)``: ``x`` cast to the element type of ``like``.
+
+    refbbp follows only float tensors, so an input-dependent ``like`` has a float type
+    and only that type is read, never its values: a constant ``x`` becomes a float
+    constant (float64, which holds any float32 value exactly), an input-dependent ``x``
+    is unchanged. Exporters write ``CastLike(0, activation)`` to make a zero of the
+    activation's type.
+    """
+    x, like = ins[0], ins[1]
+    if not isinstance(like, Var):
+        kind = np.asarray(like).dtype
+        if kind.kind != "f":
+            raise node.unsupported(
+                f"CastLike to {kind}: only casts between float types keep the network "
+                f"piecewise linear")
+        return [x]
+    if isinstance(x, Var):
+        return [x]
+    return [np.asarray(x).astype(np.float64)]

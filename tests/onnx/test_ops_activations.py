@@ -135,3 +135,12 @@ def test_stacked_activations_get_their_own_nodes(rng):
     node.input[0] = "l"
     net = _check(_model(nodes + [node], inits, rng=rng), rng)
     assert [n.activation.name for n in net.nodes[1:]] == ["Relu", "LeakyRelu", "Clip"]
+
+
+def test_activation_on_a_tensor_with_another_consumer_gets_its_own_node(rng):
+    # c feeds the Relu and the residual Add: the Add must read the pre-activation, so
+    # the Relu cannot attach to the conv.
+    nodes = [make_node("Relu", ["c"], ["r"]), make_node("Add", ["r", "c"], ["z"])]
+    net = _check(_model(nodes, rng=rng), rng)
+    assert [n.op for n in net.nodes] == ["Input", "Conv", "Relu", "Add"]
+    assert net.nodes[1].activation is None and net.nodes[2].activation.name == "Relu"

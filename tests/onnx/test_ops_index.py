@@ -130,6 +130,34 @@ def test_cast_to_double_and_back(rng):
     assert [n.op for n in net.nodes] == ["Input", "Relu"]
 
 
+def test_cast_like_activation_makes_a_constant(rng):
+    # The dynamo exporter's zero bias of a bias-free conv: Expand(CastLike(0, x),
+    # Shape(W)[:1]); only the type of x is read.
+    w = rng.standard_normal((2, 3, 3, 3))
+    inits = {"W": w, "zero": np.array(0, np.int64), "one": i64(1), "start": i64(0)}
+    nodes = [make_node("CastLike", ["zero", "x"], ["z0"]),
+             make_node("Shape", ["W"], ["ws"]),
+             make_node("Slice", ["ws", "start", "one"], ["m"]),
+             make_node("Expand", ["z0", "m"], ["bias"]),
+             make_node("Conv", ["x", "W", "bias"], ["c"]), make_node("Relu", ["c"], ["z"])]
+    net = check_against_ort(make_model(nodes, {"x": X}, ["z"], inits, 15),
+                            rng.standard_normal((2,) + X))
+    assert [n.op for n in net.nodes] == ["Input", "Conv"] and not np.any(net.nodes[1].bias)
+
+
+@pytest.mark.parametrize("like,refused", [(np.float32(1), False), (np.int64(1), True)],
+                         ids=["float", "int64"])
+def test_cast_like_of_the_input(rng, like, refused):
+    nodes = [make_node("CastLike", ["x", "like"], ["c"]), make_node("Relu", ["c"], ["r"]),
+             make_node("CastLike", ["r", "f"], ["z"])]
+    model = make_model(nodes, {"x": X}, ["z"], {"like": np.array(like), "f": np.float32(0)}, 19)
+    if refused:
+        with pytest.raises(refbbp.UnsupportedOpError, match="CastLike to int64"):
+            refbbp.load(model)
+    else:
+        check_against_ort(model, rng.standard_normal((2,) + X))
+
+
 def test_cast_to_integer_is_refused(rng):
     nodes = [make_node("Cast", ["x"], ["i"], to=7), make_node("Cast", ["i"], ["z"], to=1)]
     with pytest.raises(refbbp.UnsupportedOpError, match=r"Cast to INT64.*only casts between float"):
