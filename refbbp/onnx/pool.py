@@ -69,8 +69,8 @@ def convert_average_pool(b, node, ins):
     if auto_pad == "NOTSET":
         pad_end = [s + p for s, p in zip(spatial, pads[n:])]
     else:  # auto_pad: the padding is implied and counted up to its end
-        pad_end = [(o - 1) * st + (k - 1) * d + 1 - pb
-                   for o, st, k, d, pb in zip(geom.out, strides, kernel, dilations, geom.pads_begin)]
+        pad_end = [(o - 1) * st + (k - 1) * d + 1 - pb for o, st, k, d, pb
+                   in zip(geom.out, strides, kernel, dilations, geom.pads_begin)]
     pos, in_pad = windows(spatial, kernel, strides, dilations, geom, pad_end)
     valid = pos >= 0
     if a.get("count_include_pad", 0):

@@ -43,7 +43,8 @@ def test_constant_operand(rng, op, c_shape, left, relu):
     nodes = [make_node(op, inputs, ["y"])]
     if relu:
         nodes.append(make_node("Relu", ["y"], ["z"]))
-    model = make_model(nodes, {"x": IN_SHAPE}, ["z" if relu else "y"], {"C": _const(rng, c_shape, op)})
+    model = make_model(nodes, {"x": IN_SHAPE}, ["z" if relu else "y"],
+                       {"C": _const(rng, c_shape, op)})
     net = check_against_ort(model, rng.standard_normal((2,) + IN_SHAPE))
     # The input is no matrix op: the affine map is an elementwise node of its own.
     assert [n.op for n in net.nodes] == ["Input", op]
@@ -211,5 +212,6 @@ def test_div_by_constant_with_zeros_is_refused(rng):
     c = rng.standard_normal((3, 1, 1))
     c[1] = 0.0
     model = make_model([make_node("Div", ["x", "C"], ["y"])], {"x": IN_SHAPE}, ["y"], {"C": c})
-    with pytest.raises(refbbp.UnsupportedOpError, match="division by a constant that contains zeros"):
+    with pytest.raises(refbbp.UnsupportedOpError,
+                       match="division by a constant that contains zeros"):
         refbbp.load(model)

@@ -6,7 +6,6 @@ import itertools
 import numpy as np
 import pytest
 
-import refbbp
 from tests.helpers import check_against_ort, make_model, make_node
 
 OPSET = 19  # AveragePool's dilations arrived in opset 19

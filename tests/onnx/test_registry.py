@@ -137,8 +137,8 @@ def representative_model(opset, rng):
     if opset < 11:
         nodes.append(make_node("Clip", ["n"], ["a"], min=0.0, max=6.0))
     else:
-        nodes.append(make_node("Clip", ["n", const("lo", np.float32(0)), const("hi", np.float32(6))],
-                               ["a"]))
+        nodes.append(make_node("Clip", ["n", const("lo", np.float32(0)),
+                                        const("hi", np.float32(6))], ["a"]))
     nodes.append(make_node("MaxPool", ["a"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]))
     # Slice channels 1:4 -> (N, 3, 4, 4)
     if opset < 10:
