@@ -345,8 +345,8 @@ def _bbp_maps(net, x, classes, rule):
     except ImportError as exc:
         raise ImportError(f"the 'bias' methods need refbbp.bbp, which failed to import: "
                           f"{exc}") from exc
-    betas = [bbp(net, x[i], target=int(classes[i]), rule=rule).beta for i in range(len(x))]
-    return _pixel_sum(net, np.stack(betas))
+    beta = bbp(net, x, target=np.asarray(classes, np.int64), rule=rule).beta
+    return _pixel_sum(net, beta)
 
 
 def _validate(name, net, x, maps):
@@ -684,10 +684,15 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
         labels = np.asarray(labels).astype(np.int64)
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
-    predicted = np.argmax(score(x), axis=1)
     names = [method_name(m) for m in methods]
     if not names:
         raise ValueError("no methods to evaluate")
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be distinct, got {names}")
+    for m in methods:
+        if not callable(m):
+            _check_name(m)
+    predicted = np.argmax(score(x), axis=1)
 
     maps = {}
     for a in _progress_bar(range(0, n, group), total=-(-n // group), desc="saliency maps",

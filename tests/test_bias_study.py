@@ -7,6 +7,8 @@ bias initializers (conv/dense biases, BatchNorm shift and mean) set to zero by h
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -169,3 +171,65 @@ def test_report_tables(rng):
     rows, header = rep.table()
     assert [r[0] for r in rows] == ["full logits", "only W^x x", "only b^x"]
     assert "zero_bias" not in rep.accuracy
+
+
+# ------------------------------------------------------------------------------ CLI
+@pytest.fixture
+def cli_files(tmp_path, rng):
+    model, x = build_cnn(rng, batch=10)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    net = refbbp.load(model)
+    y = np.argmax(net.forward(x), 1)
+    y[:3] = (y[:3] + 1) % 4            # three wrong labels: accuracy 0.7
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, y=y)
+    return str(path), str(data), x, y
+
+
+def test_cli_bias_report_table(cli_files, capsys):
+    from refbbp.cli import main
+
+    model, data, _, _ = cli_files
+    status = main(["bias-report", model, data, "--scales", "0.5", "2", "--shifts", "0.1"])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "(10 labelled inputs)" in text
+    for label in ("full logits", "only W^x x", "only b^x", "every bias = 0", "x * 0.5",
+                  "x * 2", "x + 0.1"):
+        assert label in text
+    assert "full logits     0.7" in text
+
+
+def test_cli_bias_report_json(cli_files, capsys):
+    from refbbp.cli import main
+
+    model, data, x, y = cli_files
+    status = main(["bias-report", model, data, "--json", "--n", "6", "--scales", "3"])
+    assert status == 0
+    d = json.loads(capsys.readouterr().out)
+    rep = bias_importance(refbbp.load(model), x[:6], y[:6], scales=(3.0,), progress=False)
+    assert d["n"] == 6
+    assert d["accuracy"] == rep.accuracy
+    assert d["scaled"] == {"3.0": rep.scaled[3.0]}
+
+
+@pytest.mark.parametrize("arrays, match", [
+    (None, "no such file"),                         # DATA missing
+    ({"x": "x"}, "no labels"),                      # y missing
+    ({"x": "x", "y": "yf"}, "integer labels"),      # float labels
+    ({"x": "x", "y": "y3"}, "integer labels"),      # too few labels
+    ({"x": "x2", "y": "y"}, "x has shape"),         # wrong input shape
+])
+def test_cli_bias_report_bad_input(arrays, match, cli_files, tmp_path, capsys):
+    from refbbp.cli import main
+
+    model, _, x, y = cli_files
+    data = tmp_path / "bad.npz"
+    if arrays is not None:
+        values = {"x": x, "x2": x[:, :1], "y": y, "yf": y.astype(float), "y3": y[:3]}
+        np.savez(data, **{k: values[v] for k, v in arrays.items()})
+    status = main(["bias-report", model, str(data)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("refbbp: error:") and match in err

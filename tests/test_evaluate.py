@@ -405,3 +405,87 @@ def test_boxplot_without_matplotlib(small_cnn, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'refbbp\[figures\]'"):
         ev.boxplot(res, str(tmp_path / "box.png"))
+
+
+@pytest.mark.parametrize("method, rule", [("bias", "sign"), ("bias-deviation", "deviation")])
+def test_bias_methods_use_bbp(method, rule, rng):
+    """"bias" is BBp's attribution (sign rule, T = 1), |beta| summed over channels."""
+    from refbbp.bbp import bbp
+
+    model, x = build_cnn(rng, channels=2, size=6, batch=3)
+    net = refbbp.load(model)
+    classes = np.array([0, 2, 1])
+    maps = ev.saliency_maps(net, x, [method], classes=classes)[method]
+    for i in range(len(x)):
+        beta = bbp(net, x[i], target=int(classes[i]), rule=rule, temperature=1.0).beta
+        np.testing.assert_allclose(maps[i], np.abs(beta).sum(0), rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------ CLI
+@pytest.fixture
+def cli_files(tmp_path, rng):
+    import onnx
+
+    from tests.test_decompose import build_resnet
+
+    model, x = build_resnet(rng, channels=1, size=6, batch=5)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, y=np.arange(5) % 3)
+    return str(path), str(data), x
+
+
+def test_cli_evaluate_table_and_files(cli_files, tmp_path, capsys):
+    from refbbp.cli import main
+
+    model, data, _ = cli_files
+    out = tmp_path / "out"
+    status = main(["evaluate", model, data, "--methods", "gradient", "layers-all", "random",
+                   "--n", "4", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "(4 images" in text and "Wilcoxon signed-rank tests on de_delta" in text
+    for m in ("gradient", "layers-all", "random"):
+        assert m in text
+    with open(out / "evaluation.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4 * 3
+    assert json.loads((out / "evaluation.json").read_text())["n_images"] == 4
+
+
+def test_cli_evaluate_json(cli_files, capsys):
+    from refbbp.cli import main
+
+    model, data, _ = cli_files
+    status = main(["evaluate", model, data, "--methods", "gradient", "random", "--json",
+                   "--metric", "e_minus", "--seed", "3"])
+    assert status == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["methods"] == ["gradient", "random"] and d["n_images"] == 5
+    assert d["config"]["seed"] == 3
+    assert d["comparisons"]["e_minus"][0]["a"] == "gradient"
+    assert "images" not in d
+
+
+@pytest.mark.parametrize("arrays, extra, match", [
+    (None, [], "no such file"),                                    # DATA missing
+    ({"images": "x"}, [], "expected an .npz with arrays x"),       # no x array
+    ({"x": "x3"}, [], "x has shape"),                              # wrong input shape
+    ({"x": "x"}, ["--methods", "nonsense"], "unknown method"),     # bad method
+    ({"x": "x"}, ["--n", "0"], "--n must be >= 1"),
+    ({"x": "x1"}, [], "at least 2 images"),                        # one image: no noise
+])
+def test_cli_evaluate_bad_input(arrays, extra, match, cli_files, tmp_path, capsys):
+    from refbbp.cli import main
+
+    model, _, x = cli_files
+    data = tmp_path / "bad.npz"
+    if arrays is not None:
+        values = {"x": x, "x3": x[:, :, :3], "x1": x[:1]}
+        np.savez(data, **{k: values[v] for k, v in arrays.items()})
+    status = main(["evaluate", model, str(data), "--methods", "gradient"] + extra
+                  if "--methods" not in extra else ["evaluate", model, str(data)] + extra)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("refbbp: error:") and match in err
+    assert len(err.strip().splitlines()) == 1
