@@ -28,6 +28,15 @@ def _pool_setup(node, x):
     kernel = list(a["kernel_shape"])
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad.startswith("SAME") and any(d != 1 for d in dilations):
+        # The definition pads for the dilated kernel, so that the output has
+        # ceil(input / stride) positions; onnxruntime pads for the undilated kernel and
+        # gives fewer, and ONNX's reference evaluator differs from both.
+        raise node.unsupported(
+            f"auto_pad={auto_pad} with dilations {dilations}: the runtimes disagree on its "
+            f"padding and output shape; export the pooling with explicit pads")
     geom = geometry(node, spatial, kernel, strides, dilations, bool(a.get("ceil_mode", 0)))
     return spatial, kernel, strides, dilations, geom
 

@@ -111,6 +111,12 @@ REFUSED = [
     ("cast-to-int", _model([make_node("Cast", ["x"], ["i"], name="ci", to=6),
                             make_node("Cast", ["i"], ["z"], to=1)]),
      UNSUP, "Cast", "ci", 17, "Cast to INT32"),
+    # Dilated pooling with SAME padding: onnxruntime pads for the undilated kernel, the
+    # ONNX definition for the dilated one; the output shapes differ.
+    ("maxpool-same-dilated", _model([make_node(
+        "MaxPool", ["x"], ["z"], name="mpd", kernel_shape=[2, 2], auto_pad="SAME_UPPER",
+        dilations=[2, 2])], opset=12),
+     UNSUP, "MaxPool", "mpd", 12, r"auto_pad=SAME_UPPER with dilations \[2, 2\]: the runtimes "),
     # An old definition (Relu-1, with consumed_inputs) that no converter serves.
     ("relu-opset-5", _model([make_node("Relu", ["x"], ["z"], name="r5")], opset=5),
      UNSUP, "Relu", "r5", 5, r"since opset 1\) is not converted"),
