@@ -40,12 +40,7 @@ EXACT_RTOL = 1e-9
 FLOAT32_RTOL = 1e-5
 
 # Fixtures refbbp cannot load yet: file name -> reason. Strict, so that a fix shows up.
-KNOWN_FAILURES = {
-    "resnet.dynamo.onnx": (
-        "refbbp has no converter for CastLike: the dynamo exporter (optimize=False) builds "
-        "each bias-free conv's zero bias as Expand(CastLike(0, <activation>), Shape(W)[:1]), "
-        "where the activation is only used for its dtype"),
-}
+KNOWN_FAILURES = {}
 
 
 def _marks(*names):
