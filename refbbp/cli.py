@@ -1,0 +1,503 @@
+"""The ``refbbp`` command line.
+
+Every subcommand prints a readable table (or JSON with ``--json``) and exits with status
+0 when every check passes, 1 when a check fails, and 2 on bad input (a one-line
+``refbbp: error: ...`` message; ``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from .errors import NotPiecewiseLinearError, RefbbpError
+
+__all__ = ["main"]
+
+RULES = ("sign", "deviation")
+
+
+def _temperature(s):
+    try:
+        t = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"temperature must be a number, 0 or inf; got {s!r}")
+    if not (t >= 0) or math.isnan(t):
+        raise argparse.ArgumentTypeError(f"temperature must be >= 0 (or inf); got {s!r}")
+    return t
+
+
+def _target(s):
+    if s in ("pred", "top2"):
+        return s
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--target must be a class index, 'pred' or 'top2'; "
+                                         f"got {s!r}")
+
+
+def _table(rows, header):
+    cells = [list(map(str, header))] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[j]) for r in cells) for j in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(c):
+    if isinstance(c, float):
+        return f"{c:.3g}"
+    return str(c)
+
+
+def _load(path, input_shape=None):
+    import refbbp
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = refbbp.load(path, input_shape=input_shape)
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+    return net
+
+
+# --------------------------------------------------------------------------- explain
+def _explain_inputs(net, x, target, rules, temperature, progress_desc="explain"):
+    """BBp of every input for every rule, with the completeness errors of each."""
+    from ._progress import progress
+    from .bbp import bbp
+
+    results = {r: [] for r in rules}
+    errors = []
+    lin = net.linearize(x, target)
+    for i in progress(range(len(x)), desc=progress_desc):
+        row = {}
+        for rule in rules:
+            # lin.target[i] is the vector v explained for input i, whatever the spec.
+            att = bbp(net, x[i], target=lin.target[i], rule=rule, temperature=temperature)
+            results[rule].append(att)
+            row[rule] = att.completeness().worst
+        errors.append(row)
+    return lin, results, errors
+
+
+def _completeness_rows(names, lin, results, errors, rules):
+    rows, ok = [], True
+    for i, name in enumerate(names):
+        r = [name, int(np.argmax(lin.logits[i])), float(lin.value[i]), float(lin.bias[i]),
+             float((lin.w[i] * lin.trace.values[0][i].reshape(lin.w[i].shape)).sum())]
+        for rule in rules:
+            err = errors[i][rule]
+            r += [float(results[rule][i].beta.sum()), err]
+            ok &= err <= 1e-9
+        rows.append(r)
+    header = ["input", "pred", "f(x)", "b^x", "sum w*x"]
+    for rule in rules:
+        header += [f"sum beta ({rule})", f"err ({rule})"]
+    return rows, header, ok
+
+
+def cmd_explain(args, demo=False):
+    from .inputs import read_inputs
+    from .oracle import beta_key, write_oracle
+
+    if demo:
+        from . import data
+
+        model = str(data.model_path())
+        x, labels = data.load_samples()
+        names = [f"sample {i} (label {labels[i]})" for i in range(len(x))]
+        net = _load(model)
+    else:
+        model = args.model
+        net = _load(model, args.input_shape)
+        x, names = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
+                               args.layout)
+        labels = None
+    rules = list(RULES) if args.rule == "both" else [args.rule]
+    lin, results, errors = _explain_inputs(net, x, args.target, rules, args.temperature)
+    rows, header, ok = _completeness_rows(names, lin, results, errors, rules)
+    print(f"model: {model}  ({len(net.nodes)} nodes, input {net.input_shape}, "
+          f"{net.n_outputs} outputs)")
+    print(f"explained: {args.target or 'pred'}; rules {', '.join(rules)}; "
+          f"temperature {args.temperature}")
+    print(_table(rows, header))
+    print("completeness (SPEC 3: sum beta = b^x, sum w*x + sum beta = f(x), every cut): "
+          + ("all within 1e-9 x scale" if ok else "FAILED for some inputs"))
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    if args.format == "npz" or demo:
+        path = os.path.join(args.out, "explanations.npz")
+        write_oracle(path, net, x, model, target=args.target, rules=rules,
+                     temperatures=(args.temperature,))
+        written.append(path)
+    if args.format == "json" and not demo:
+        path = os.path.join(args.out, "explanations.json")
+        payload = {"model": os.path.basename(model), "target": args.target, "rules": rules,
+                   "temperature": args.temperature, "inputs": []}
+        for i, name in enumerate(names):
+            payload["inputs"].append({
+                "name": name, "logits": lin.logits[i].tolist(), "value": float(lin.value[i]),
+                "bias": float(lin.bias[i]), "w": lin.w[i].tolist(),
+                "beta": {r: results[r][i].beta.tolist() for r in rules}})
+        with open(path, "w") as fh:
+            json.dump(payload, fh)
+        written.append(path)
+    if args.figure or demo:
+        try:
+            from .figures import bbp_figure
+
+            n_fig = min(len(x), args.figure_rows)
+            images = x[:n_fig]
+            gi = np.stack([results[rules[0]][i].grad_input for i in range(n_fig)])
+            betas = {r: np.stack([results[r][i].beta for i in range(n_fig)]) for r in rules}
+            preds = np.argmax(lin.logits[:n_fig], axis=1)
+            row_labels = [f"label {labels[i]}, pred {preds[i]}" if labels is not None
+                          else f"{names[i][:14]}\npred {preds[i]}" for i in range(n_fig)]
+            path = os.path.join(args.out, "bbp.png")
+            bbp_figure(path, images, gi, betas, row_labels,
+                       title=f"BBp, T={args.temperature}: {os.path.basename(model)}")
+            written.append(path)
+        except ImportError as exc:
+            print(f"note: no figure: {exc}", file=sys.stderr)
+    for p in written:
+        print(f"wrote {p}")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------- verify
+def cmd_verify(args):
+    from .inputs import read_inputs
+    from .verify import nonlinear_nodes, verify
+
+    report = {"model": args.model}
+    bad = nonlinear_nodes(args.model)
+    try:
+        net = _load(args.model, args.input_shape)
+    except NotPiecewiseLinearError as exc:
+        report.update(piecewise_linear=False, nonlinear_nodes=[list(b) for b in bad] or
+                      [[exc.op_type, exc.node_name]], reason=str(exc).splitlines()[0], ok=False)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(f"{args.model}: NOT piecewise linear")
+            for op, name in report["nonlinear_nodes"]:
+                print(f"  {op} at node {name!r}")
+        return 1
+    report["piecewise_linear"] = True
+    xs = []
+    if args.inputs:
+        xs.append(read_inputs([args.inputs], net.input_shape)[0])
+    if args.n_random:
+        rng = np.random.default_rng(args.seed)
+        xs.append(rng.random((args.n_random,) + net.input_shape))
+    if not xs:
+        raise ValueError("nothing to check: give --inputs FILE or --n-random N > 0")
+    x = np.concatenate(xs)
+    report.update(verify(args.model, net, x, rules=RULES))
+    report["nodes"] = [{"name": n.name, "op": n.op, "kind": n.kind, "shape": list(n.shape),
+                        "activation": n.activation.name if n.activation else None,
+                        "nnz": n.nnz, "bytes": n.nbytes} for n in net.nodes]
+    report["notices"] = net.notices
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(net.summary())
+        print()
+        rows = [["forward vs onnxruntime", f"{report['forward_error']:.3g} x tolerance",
+                 "rtol 1e-4, atol 1e-5 x scale", _ok(report["forward_error"] <= 1)],
+                ["w.x + b^x = f(x)", f"{report['linear_error']:.3g}", "1e-9 x scale",
+                 _ok(report["linear_error"] <= 1e-9)]]
+        for rule, e in report["bbp_error"].items():
+            rows.append([f"BBp completeness ({rule})", f"{e:.3g}", "1e-9 x scale", _ok(e <= 1e-9)])
+        print(_table(rows, ["check", f"worst over {report['n_inputs']} inputs", "tolerance",
+                            "result"]))
+        print("verified: OK" if report["ok"] else "verified: FAILED")
+    return 0 if report["ok"] else 1
+
+
+def _ok(b):
+    return "ok" if b else "FAIL"
+
+
+# ----------------------------------------------------------------- oracle / compare
+def cmd_oracle(args):
+    from ._progress import progress
+    from .inputs import read_inputs
+    from .oracle import write_oracle
+
+    net = _load(args.model, args.input_shape)
+    x, _ = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
+                       args.layout)
+    rules = list(RULES) if args.rule == "both" else [args.rule]
+    fields = write_oracle(args.output, net, x, args.model, target=args.target, rules=rules,
+                          temperatures=args.temperatures, layers=args.layers,
+                          progress=progress)
+    print(f"wrote {args.output}: {len(x)} inputs, {len(fields)} fields "
+          f"(rules {', '.join(rules)}; T = {', '.join(map(str, args.temperatures))})")
+    return 0
+
+
+def cmd_compare(args):
+    from .oracle import compare
+
+    for p in (args.golden, args.candidate):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"no such file: {p}")
+    rows = compare(args.golden, args.candidate, args.rtol, args.atol)
+    ok = all(r["ok"] for r in rows)
+    if args.json:
+        print(json.dumps({"ok": ok, "rtol": args.rtol, "atol": args.atol, "fields": rows},
+                         indent=2))
+    else:
+        table = [[r["field"], "x".join(map(str, r["shape"])) or "()",
+                  "-" if r["max_abs"] is None else f"{r['max_abs']:.3g}",
+                  "-" if r["max_rel"] is None else f"{r['max_rel']:.3g}",
+                  ("ok" if r["ok"] else "FAIL") + (f" ({r['why']})" if r["why"] else "")]
+                 for r in rows]
+        print(_table(table, ["field", "shape", "max abs err", "max rel err", "result"]))
+        print(f"{sum(r['ok'] for r in rows)} of {len(rows)} fields pass "
+              f"(rtol {args.rtol:g}, atol {args.atol:g}): {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+# ------------------------------------------------------- evaluate / bias-report
+def _labelled_data(path, net, n=None, need_labels=True):
+    """Arrays ``x`` (n, *input_shape) and ``y`` (n,) of an .npz file (``y`` optional
+    unless ``need_labels``); the first ``n`` only if given."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not an .npz file with arrays x and y ({exc})") from None
+    if not hasattr(z, "files") or "x" not in z.files:
+        raise ValueError(f"{path}: expected an .npz with arrays x (n, "
+                         f"{', '.join(map(str, net.input_shape))}) and y (n,)")
+    x = np.asarray(z["x"])
+    y = np.asarray(z["y"]) if "y" in z.files else None
+    if need_labels and y is None:
+        raise ValueError(f"{path}: no labels: the .npz needs an array y (n,) of class indices")
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--n must be >= 1, got {n}")
+        x, y = x[:n], (None if y is None else y[:n])
+    if x.ndim != len(net.input_shape) + 1 or x.shape[1:] != tuple(net.input_shape):
+        raise ValueError(f"{path}: x has shape {x.shape}, expected (n, "
+                         f"{', '.join(map(str, net.input_shape))})")
+    if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
+        raise ValueError(f"{path}: y must hold {len(x)} integer labels, got {y.dtype} "
+                         f"of shape {y.shape}")
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"{path}: x must be numeric, got dtype {x.dtype}")
+    return x.astype(np.float64), y
+
+
+def cmd_evaluate(args):
+    from .evaluate import boxplot, evaluate
+
+    net = _load(args.model)
+    x, y = _labelled_data(args.data, net, args.n, need_labels=False)
+    res = evaluate(args.model, x, args.methods, labels=y, net=net, baseline=args.baseline,
+                   seed=args.seed, chunk=args.chunk)
+    comps = res.comparisons(args.metric)
+    written = []
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        written += [res.to_csv(os.path.join(args.out, "evaluation.csv")),
+                    res.to_json(os.path.join(args.out, "evaluation.json"), args.metric)]
+        try:
+            written.append(boxplot(res, os.path.join(args.out, "evaluation.png"),
+                                   metrics=("de_minus", "de_delta", "e_minus"),
+                                   title=os.path.basename(args.model)))
+        except ImportError as exc:
+            print(f"note: no figure: {exc}", file=sys.stderr)
+    if args.json:
+        d = res.to_dict(args.metric)
+        d.pop("images")
+        d["written"] = written
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"model: {args.model}  ({res.n} images, baseline {args.baseline:g}, seed "
+          f"{args.seed}; {res.config['forward_passes']:,} forward passes)")
+    rows, header = res.table()
+    print(_table(rows, header))
+    print()
+    print(f"Wilcoxon signed-rank tests on {args.metric}, paired per image (median of a - b):")
+    print(_table([[c["a"], c["b"], c["median_difference"], c["statistic"],
+                   f"{c['pvalue']:.3g}", c["n"]] for c in comps],
+                 ["a", "b", "median diff", "statistic", "p-value", "n"]))
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_bias_report(args):
+    from .bias_study import bias_importance
+
+    net = _load(args.model)
+    x, y = _labelled_data(args.data, net, args.n, need_labels=True)
+    rep = bias_importance(net, x, y, scales=args.scales, shifts=args.shifts,
+                          batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"model": args.model, **rep.to_dict()}, indent=2))
+        return 0
+    print(f"model: {args.model}  ({rep.n} labelled inputs)")
+    rows, header = rep.table()
+    print(_table(rows, header))
+    b = rep.bias_abs
+    print(f"predicted class: median |b^x| {b['median_abs_bias']:.3g}, median |W^x x| "
+          f"{b['median_abs_wx']:.3g}, median |b^x| / (|W^x x| + |b^x|) "
+          f"{b['median_bias_share']:.3g}")
+    if rep.scaled or rep.shifted:
+        print()
+        rows, header = rep.robustness_table()
+        print(_table(rows, header))
+    return 0
+
+
+# ------------------------------------------------------------------------------ main
+def _add_input_options(p):
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="resize images to H x W (default: the model's input size)")
+    p.add_argument("--mean", type=float, nargs="+", default=[0.0],
+                   help="per-channel mean subtracted from images scaled to [0, 1]")
+    p.add_argument("--std", type=float, nargs="+", default=[1.0],
+                   help="per-channel std images are divided by")
+    p.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw",
+                   help="where the model expects image channels (default nchw)")
+    p.add_argument("--input-shape", type=int, nargs="+", default=None,
+                   help="shape of one input without batch axis, for models with symbolic dims")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="refbbp", description="Exact local linear models and bias attribution (BBp) "
+        "for piecewise-linear ONNX models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p):
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
+
+    p = sub.add_parser("demo", help="explain bundled digits with the bundled model")
+    p.add_argument("--out", default="refbbp-demo", help="output folder (default ./refbbp-demo)")
+    p.add_argument("--temperature", type=_temperature, default=1.0)
+    p.add_argument("--figure-rows", type=int, default=8, help="inputs shown in the figure")
+    common(p)
+    p.set_defaults(func=lambda a: cmd_explain(a, demo=True), target=None, rule="both",
+                   format="npz", figure=True)
+
+    p = sub.add_parser("explain", help="bias attribution of inputs")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("inputs", nargs="+", help=".npy/.npz arrays or image files")
+    p.add_argument("--target", type=_target, default=None,
+                   help="class index, 'pred' (default) or 'top2' (top-1 minus top-2 logit)")
+    p.add_argument("--rule", choices=RULES + ("both",), default="both")
+    p.add_argument("--temperature", type=_temperature, default=1.0,
+                   help="softmax temperature T > 0, 0 (hard) or inf (uniform); default 1")
+    p.add_argument("--out", default="refbbp-out", help="output folder (default ./refbbp-out)")
+    p.add_argument("--format", choices=("npz", "json"), default="npz")
+    p.add_argument("--figure", action="store_true", help="write bbp.png (needs matplotlib)")
+    p.add_argument("--figure-rows", type=int, default=8, help="inputs shown in the figure")
+    _add_input_options(p)
+    common(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("verify", help="check a model: piecewise linear, exact, matches onnxruntime")
+    p.add_argument("model")
+    p.add_argument("--inputs", help="a .npy/.npz file (or image) of inputs to check on")
+    p.add_argument("--n-random", type=int, default=8,
+                   help="also check N random inputs uniform in [0, 1) (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-shape", type=int, nargs="+", default=None)
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("oracle", help="write golden float64 outputs for other implementations")
+    p.add_argument("model")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="the .npz file to write")
+    p.add_argument("--target", type=_target, default=None)
+    p.add_argument("--rule", choices=RULES + ("both",), default="both")
+    p.add_argument("--temperatures", type=_temperature, nargs="+", default=[1.0])
+    p.add_argument("--layers", action="store_true", help="also every node's h, g, b^x, beta")
+    _add_input_options(p)
+    common(p)
+    p.set_defaults(func=cmd_oracle)
+
+    p = sub.add_parser("compare", help="compare a candidate oracle file with a golden one")
+    p.add_argument("golden")
+    p.add_argument("candidate")
+    p.add_argument("--rtol", type=float, default=1e-6)
+    p.add_argument("--atol", type=float, default=1e-9)
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("evaluate", help="evaluate saliency methods by pixel removal "
+                       "(companion paper section 4)")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("data", help=".npz with arrays x (n, *input_shape) and, optionally, y (n,)")
+    p.add_argument("--methods", nargs="+", default=["gradient", "fullgrad", "layers-all",
+                                                    "layers-top2", "bias", "random"],
+                   help="gradient, fullgrad, fullgrad-layer, layers-all, layers-topK, "
+                        "layers-from:N, activity:N, biasgrad:N, bias, bias-deviation, random "
+                        "(default: gradient fullgrad layers-all layers-top2 bias random)")
+    p.add_argument("--n", type=int, default=None, help="only the first N images")
+    p.add_argument("--out", default=None,
+                   help="folder for evaluation.csv, evaluation.json and evaluation.png")
+    p.add_argument("--metric", default="de_delta",
+                   choices=("e_minus", "e_plus", "e_delta", "de_minus", "de_plus", "de_delta"),
+                   help="metric of the Wilcoxon tests (default de_delta)")
+    p.add_argument("--baseline", type=float, default=0.0, help="value of removed pixels")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise maps and 'random'")
+    p.add_argument("--chunk", type=int, default=32, help="prefixes scored per scan and round")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bias-report", help="accuracy of the logits, of W^x x alone, of b^x "
+                       "alone and with every bias zeroed (BBp Table 1)")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("data", help=".npz with arrays x (n, *input_shape) and y (n,) labels")
+    p.add_argument("--scales", type=float, nargs="+", default=[],
+                   help="also accuracy on x * a for each a")
+    p.add_argument("--shifts", type=float, nargs="+", default=[],
+                   help="also accuracy on x + c for each c")
+    p.add_argument("--n", type=int, default=None, help="only the first N inputs")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_bias_report)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "input_shape", None):
+        args.input_shape = tuple(args.input_shape)
+    for name in ("mean", "std"):
+        if hasattr(args, name) and len(getattr(args, name)) == 1:
+            setattr(args, name, getattr(args, name)[0])
+    try:
+        return args.func(args)
+    except (RefbbpError, OSError, ValueError, ImportError) as exc:
+        if args.debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        print(f"refbbp: error: {msg}", file=sys.stderr)
+        return 2

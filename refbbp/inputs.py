@@ -1,0 +1,120 @@
+"""Reading inputs for the command line: NumPy arrays and image files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import InputShapeError
+
+__all__ = ["read_inputs", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _as_batch(arr, input_shape, where):
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fiub":
+        raise InputShapeError(f"{where}: expected a numeric array, got dtype {arr.dtype}")
+    input_shape = tuple(input_shape)
+    if arr.shape == input_shape:
+        arr = arr[None]
+    elif arr.shape[1:] != input_shape:
+        hint = ""
+        if arr.ndim >= 2 and int(np.prod(arr.shape[1:])) == int(np.prod(input_shape)):
+            hint = " (the number of values per input fits: reshape it, or for images " \
+                   "stored channels-last pass --layout nhwc)"
+        raise InputShapeError(f"{where}: shape {arr.shape} does not fit the model's input "
+                              f"shape {input_shape} (one input) or (batch, ...){hint}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise InputShapeError(f"{where}: {bad} value(s) are NaN or infinite")
+    return arr
+
+
+def _read_image(path, input_shape, size, mean, std, layout):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("reading images needs Pillow: pip install 'refbbp[figures]' "
+                          "(or pip install pillow)") from None
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as exc:
+        raise InputShapeError(f"{path}: not a readable image ({exc.__class__.__name__}: "
+                              f"{exc})") from None
+    if layout == "nchw":
+        channels, spatial = input_shape[0], input_shape[1:]
+    else:
+        channels, spatial = input_shape[-1], input_shape[:-1]
+    if len(spatial) != 2:
+        raise InputShapeError(f"{path}: the model's input {tuple(input_shape)} is not an "
+                              f"image layout ({layout})")
+    img = img.convert("L" if channels == 1 else "RGB")
+    h, w = size if size else spatial
+    if (h, w) != tuple(spatial):
+        raise InputShapeError(f"--size {h} {w} differs from the model's image size "
+                              f"{tuple(spatial)}")
+    img = img.resize((w, h), Image.BILINEAR)
+    arr = np.asarray(img, np.float64) / 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] != channels:
+        raise InputShapeError(f"{path}: {arr.shape[-1]} channels, the model expects {channels}")
+    arr = (arr - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    return arr.transpose(2, 0, 1) if layout == "nchw" else arr
+
+
+def read_inputs(paths, input_shape, size=None, mean=0.0, std=1.0, layout="nchw"):
+    """Read inputs for a network from .npy/.npz arrays and image files.
+
+    Parameters
+    ----------
+    paths : list of str
+        ``.npy`` (one input or a batch), ``.npz`` (every array in it, or the one named
+        ``x``/``inputs`` when present) or images (PNG, JPEG, ...; needs Pillow).
+    input_shape : tuple of int
+        The network's input shape without batch dimension.
+    size : (int, int), optional
+        Images are resized to this (default: the model's spatial size).
+    mean, std : float or sequence of float
+        Per-channel normalisation of images scaled to [0, 1].
+    layout : {"nchw", "nhwc"}
+        Where the model expects the channels of an image.
+
+    Returns
+    -------
+    x : ndarray, shape (n, *input_shape)
+    names : list of str
+        One label per input (``file`` or ``file[i]``).
+    """
+    if layout not in ("nchw", "nhwc"):
+        raise ValueError(f"--layout must be nchw or nhwc, got {layout!r}")
+    xs, names = [], []
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such input file: {path}")
+        suffix = os.path.splitext(path)[1].lower()
+        base = os.path.basename(path)
+        if suffix == ".npy":
+            arr = _as_batch(np.load(path, allow_pickle=False), input_shape, path)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = [k for k in ("x", "inputs") if k in z.files] or list(z.files)
+                if not keys:
+                    raise InputShapeError(f"{path}: the archive holds no arrays")
+                arr = np.concatenate([_as_batch(z[k], input_shape, f"{path}:{k}") for k in keys])
+        elif suffix in IMAGE_SUFFIXES:
+            arr = _as_batch(_read_image(path, input_shape, size, mean, std, layout)[None],
+                            input_shape, path)
+        else:
+            raise InputShapeError(f"{path}: unknown input type {suffix!r}; expected .npy, "
+                                  f".npz or an image ({', '.join(IMAGE_SUFFIXES)})")
+        xs.append(arr)
+        names += [base] if len(arr) == 1 else [f"{base}[{i}]" for i in range(len(arr))]
+    if not xs:
+        raise InputShapeError("no inputs given")
+    return np.concatenate(xs), names

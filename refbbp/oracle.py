@@ -1,0 +1,144 @@
+"""Golden float64 outputs ("oracle files") and their comparison.
+
+An oracle file is a NumPy ``.npz`` archive. Every field is float64 and carries a leading
+axis over the ``n`` inputs. Another implementation produces a *candidate* file with the
+same field names for the same ``x`` and compares it with :func:`compare` (or
+``refbbp compare``). The fields (all defined in SPEC.md):
+
+``meta``
+    0-d string: JSON with ``format`` ("refbbp-oracle"), ``format_version`` (1),
+    ``refbbp_version``, ``model`` (file name and sha256 of the ONNX file), ``input_shape``,
+    ``target`` (as requested), ``rules``, ``temperatures`` and ``fields`` (this list).
+``x``            (n, *input_shape): the inputs.
+``logits``       (n, n_outputs): the network's outputs in float64 (SPEC 2).
+``target``       (n, n_outputs): the vector ``v`` explained, ``f = v . logits``.
+``value``        (n,): ``f(x)``.
+``w``            (n, *input_shape): ``df/dx``.
+``bias``         (n,): ``b^x = f(x) - w . x``, accumulated as ``sum_n g_n . b^x_n``.
+``bias_all``     (n, n_outputs): ``b^x`` of every output (pattern frozen, input 0).
+``beta/<rule>/T=<T>``  (n, *input_shape): the BBp bias attribution (SPEC 3) for
+    each rule ("sign", "deviation") and temperature (``T=1.0``, ``T=0.0``, ``T=inf``).
+With layers (``--layers``), for every node ``k`` of the network (see ``refbbp verify``
+for the node list):
+``node/<k>/h``  (n, size): the node's output ``h_k``;
+``node/<k>/g``  (n, size): ``df/dh_k``;
+``node/<k>/bias`` (n, size): the local bias ``b^x_k = c * b + d``;
+``node/<k>/beta_in/<rule>/T=<T>`` (n, size): the BBp mass node ``k`` received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+__all__ = ["write_oracle", "compare", "FORMAT", "FORMAT_VERSION", "beta_key"]
+
+FORMAT = "refbbp-oracle"
+FORMAT_VERSION = 1
+
+
+def beta_key(rule, temperature):
+    """Field name of a bias attribution: ``beta/<rule>/T=<T>``."""
+    return f"beta/{rule}/T={float(temperature)!r}"
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures=(1.0,),
+                  layers=False, progress=None):
+    """Compute the golden fields of the module docstring for inputs ``x`` (n, ...)."""
+    from .bbp import bbp
+
+    lin = net.linearize(x, target)
+    out = {"x": np.asarray(x, np.float64), "logits": lin.logits, "target": lin.target,
+           "value": lin.value, "w": lin.w, "bias": lin.bias, "bias_all": lin.bias_all()}
+    if layers:
+        for k in range(len(net.nodes)):
+            out[f"node/{k}/h"] = lin.trace.values[k]
+            out[f"node/{k}/g"] = lin.grads[k]
+            out[f"node/{k}/bias"] = lin.trace.local_bias(k)
+    combos = [(r, t) for r in rules for t in temperatures]
+    for rule, t in (progress(combos, desc="bbp") if progress else combos):
+        att = bbp(net, x, target=target, rule=rule, temperature=t, return_layers=layers)
+        out[beta_key(rule, t)] = att.beta
+        if layers:
+            for k, layer in enumerate(att.layers):
+                out[f"node/{k}/beta_in/{rule}/T={float(t)!r}"] = layer.beta_in
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "deviation"),
+                 temperatures=(1.0,), layers=False, progress=None):
+    """Write an oracle file (module docstring) for inputs ``x`` of shape (n, *input_shape).
+
+    Returns
+    -------
+    dict
+        The fields written (without ``meta``).
+    """
+    from . import __version__
+
+    fields = oracle_fields(net, x, target, rules, temperatures, layers, progress)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "refbbp_version": __version__,
+        "spec": "SPEC.md sections 2 (local linear model) and 3 (BBp)",
+        "model": {"file": os.path.basename(model_path) if model_path else None,
+                  "sha256": _sha256(model_path) if model_path else None},
+        "input_shape": list(net.input_shape), "n_outputs": net.n_outputs,
+        "target": target if target is None or isinstance(target, (str, int)) else "vector",
+        "rules": list(rules), "temperatures": [float(t) for t in temperatures],
+        "fields": sorted(fields),
+    }
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **fields)
+    return fields
+
+
+def compare(golden, candidate, rtol=1e-6, atol=1e-9):
+    """Compare a candidate oracle file with a golden one, field by field.
+
+    A field passes when ``|candidate - golden| <= atol + rtol * |golden|`` everywhere
+    (``numpy.allclose``) and the shapes agree; a field missing from the candidate fails.
+
+    Returns
+    -------
+    rows : list of dict
+        ``field``, ``shape``, ``max_abs``, ``max_rel`` (relative to ``|golden|``, over
+        entries where it is non-zero), ``ok`` and ``why`` (for failures).
+    """
+    with np.load(golden, allow_pickle=False) as g, np.load(candidate, allow_pickle=False) as c:
+        rows = []
+        for key in sorted(k for k in g.files if k != "meta"):
+            ref = g[key]
+            row = {"field": key, "shape": list(ref.shape), "max_abs": None, "max_rel": None,
+                   "ok": False, "why": ""}
+            if key not in c.files:
+                row["why"] = "missing from the candidate"
+            elif c[key].shape != ref.shape:
+                row["why"] = f"shape {list(c[key].shape)} instead of {list(ref.shape)}"
+            else:
+                got = np.asarray(c[key], np.float64)
+                diff = np.abs(got - ref)
+                nz = ref != 0
+                row["max_abs"] = float(diff.max(initial=0.0))
+                row["max_rel"] = float((diff[nz] / np.abs(ref[nz])).max(initial=0.0))
+                finite = np.all(np.isfinite(got))
+                row["ok"] = bool(finite and np.allclose(got, ref, rtol=rtol, atol=atol))
+                if not finite:
+                    row["why"] = "NaN or infinite values"
+                elif not row["ok"]:
+                    row["why"] = f"exceeds atol={atol:g} + rtol={rtol:g} * |golden|"
+            rows.append(row)
+        extra = sorted(set(c.files) - set(g.files))
+        for key in extra:
+            rows.append({"field": key, "shape": list(c[key].shape), "max_abs": None,
+                         "max_rel": None, "ok": True, "why": "not in the golden file (ignored)"})
+    return rows
