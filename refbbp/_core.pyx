@@ -11,23 +11,30 @@ object. Status codes (``STATUS_*`` below) are turned into messages by
 One node of BBp is two passes over its local matrix, stored as CSR with the node's
 inputs stacked horizontally (all components of a row in one place):
 
-1. ``bbp_rows_memview`` -- parallel over rows: the components ``kappa``, their scores,
-   the softmax (each exponential computed once) and the messages
-   ``alpha[p, j] * beta[p]``, written into ``msg``, aligned with the CSR entries.
-   Every row writes only its own slice ``msg[indptr[p]:indptr[p+1]]`` and
-   ``fallback[p]``: no two threads write the same memory.
-2. ``bbp_gather_memview`` -- parallel over input elements (columns): element ``q`` sums
-   the messages of its column through the transpose structure (``tindptr``, ``tperm``
-   from ``csr_transpose_memview``) in increasing row order, a fixed order whatever the
-   number of threads. Every column writes only ``out[q]``.
+1. ``bbp_rows_memview`` -- the rows are cut into ``K`` contiguous blocks; ``K`` depends
+   only on the node's shape (chosen by the caller), never on the number of threads.
+   Blocks run in parallel; within a block, rows run in increasing order, and each row
+   computes its non-zero components, scores and softmax (each exponential once, in a
+   small per-block scratch row) and adds its messages ``alpha[p, j] * beta[p]`` into the
+   block's own dense accumulator over the input elements, ``acc[k, :]``.
+2. ``bbp_reduce_memview`` -- parallel over input elements: ``out[q] = spread +
+   acc[0, q] + acc[1, q] + ...`` in block order.
 
-So results are bitwise identical for any thread count: each number is computed by one
-thread, by the same sequence of floating-point operations.
+Race-free: a block's accumulator, scratch row and flag are written by the one thread
+that runs the block; pass 2 writes ``out[q]`` from one thread. Deterministic: every
+number is the result of the same floating-point operations in the same order (blocks
+and their boundaries do not depend on the thread count, and neither does the order of
+rows within a block or of blocks in the sum), so results are bitwise identical for any
+number of threads. Compared with a message buffer aligned with the CSR entries plus a
+transpose permutation, the accumulators are small enough to stay in cache (the caller
+bounds ``K * n_cols``), so no pass makes random accesses to memory the size of the
+matrix, and no per-entry buffer is needed at all.
 """
 
 from cython.parallel cimport prange
 from libc.math cimport exp, fabs, isfinite, INFINITY
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.string cimport memset
 
 cimport openmp
 
@@ -77,139 +84,92 @@ cpdef int check_csr_memview(const int32_t[::1] indptr, const int32_t[::1] indice
     return 0
 
 
-# ------------------------------------------------------------------- transpose
-cpdef int csr_transpose_memview(const int32_t[::1] indptr, const int32_t[::1] indices,
-                                int32_t[::1] tindptr, int32_t[::1] tperm) noexcept nogil:
-    """The transpose structure of a CSR matrix, as a permutation of its entries.
-
-    Input:
-      indptr[n_rows + 1], indices[nnz]  -- a valid CSR structure (check_csr_memview),
-                                           columns in [0, n_cols)
-    Output (must be preallocated):
-      tindptr[n_cols + 1]  -- row pointer of CSR(A^T)
-      tperm[nnz]           -- tperm[t] = position in (indices, data) of the entry that
-                              is at position t of CSR(A^T)
-
-    Within a column, entries are listed in increasing row order (a counting sort is
-    stable), which fixes the order in which bbp_gather_memview sums messages.
-    Serial. Complexity O(nnz + n_rows + n_cols) time, no extra memory.
-    Returns STATUS_OK, or STATUS_SHAPE if the sizes disagree.
-    """
-    cdef Py_ssize_t n_rows = indptr.shape[0] - 1
-    cdef Py_ssize_t n_cols = tindptr.shape[0] - 1
-    cdef Py_ssize_t nnz = indices.shape[0]
-    cdef Py_ssize_t r, j, q
-    cdef int32_t pos
-    if n_rows < 0 or n_cols < 0 or tperm.shape[0] != nnz or indptr[n_rows] != nnz:
-        return STATUS_SHAPE
-    for q in range(n_cols + 1):
-        tindptr[q] = 0
-    for j in range(nnz):
-        tindptr[indices[j] + 1] += 1
-    for q in range(n_cols):
-        tindptr[q + 1] += tindptr[q]
-    # tindptr[q] now is the next free slot of column q; shift back afterwards.
-    for r in range(n_rows):
-        for j in range(indptr[r], indptr[r + 1]):
-            q = indices[j]
-            pos = tindptr[q]
-            tperm[pos] = <int32_t>j
-            tindptr[q] = pos + 1
-    for q in range(n_cols, 0, -1):
-        tindptr[q] = tindptr[q - 1]
-    tindptr[0] = 0
-    return STATUS_OK
-
-
 # -------------------------------------------------------------------- pass 1
-cdef inline double _score(int rule, double kappa, double sgn, double target,
-                          const float64_t* ext, Py_ssize_t j) noexcept nogil:
-    """Score of one non-zero component (SPEC 3.3)."""
-    if rule == RULE_SIGN:
-        return sgn * kappa
-    if rule == RULE_DEVIATION:
-        return fabs(target - kappa)
-    return ext[j]
-
-
 cdef inline int _row(Py_ssize_t p, const float64_t* data, const index_t* indices,
                      const index_t* indptr, const float64_t* u, const float64_t* slope,
                      const float64_t* bias_x, const float64_t* h, const float64_t* beta,
                      const float64_t* ext, int rule, double temperature,
-                     float64_t* msg, float64_t* fallback) noexcept nogil:
-    """Messages of row ``p`` into ``msg[indptr[p]:indptr[p+1]]``; 1 if non-finite.
+                     float64_t* scratch, index_t* where, float64_t* acc,
+                     float64_t* fallback) noexcept nogil:
+    """Add the messages of row ``p`` (beta[p] != 0, at least one structural non-zero)
+    into ``acc``; returns 1 if they are not finite.
 
-    ``msg`` holds, in turn, the components kappa, the unnormalised softmax terms and
-    the messages: one slice of memory, each exponential computed once.
+    The row's non-zero components are compacted into ``scratch`` (their values: first
+    kappa, then the unnormalised softmax terms) and ``where`` (their CSR positions), so
+    the loops after the first one see only non-zero components, and each exponential
+    is computed once.
     """
     cdef index_t start = indptr[p]
     cdef index_t end = indptr[p + 1]
     cdef index_t j
+    cdef Py_ssize_t i, nz = 0
     cdef double b = beta[p]
     cdef double c, uq, k, s, m, e, total, sgn, target, ratio
-    cdef Py_ssize_t nz = 0
-    fallback[p] = 0.0
-    if b == 0.0:                      # nothing to distribute: skip the row
-        for j in range(start, end):
-            msg[j] = 0.0
-        return 0
-    if start == end:                  # SPEC 3.6, no structural non-zero: the caller
-        fallback[p] = fabs(b)         # spreads beta over every input element
-        return 0
-    # SPEC 3.2: kappa[p, j] = A^x[p, q] * u[q] = (c[p] * A[p, q]) * u[q]; zero inputs skipped.
+    # SPEC 3.2: kappa[p, j] = A^x[p, q] * u[q] = (c[p] * A[p, q]) * u[q]; only non-zero
+    # components take part (zero inputs are skipped before any multiplication).
     c = slope[p]
     for j in range(start, end):
         uq = u[indices[j]]
-        if uq == 0.0:
-            msg[j] = 0.0
-        else:
+        if uq != 0.0:
             k = (c * data[j]) * uq
-            msg[j] = k
             if k != 0.0:
+                scratch[nz] = k
+                where[nz] = j
                 nz += 1
     if nz == 0:                       # SPEC 3.6: uniform over the unscaled row
         e = b / (end - start)
         for j in range(start, end):
-            msg[j] = e
+            acc[indices[j]] += e
         fallback[p] = fabs(b)
         return 0
     if rule == RULE_WEIGHTS:          # SPEC 3.3 user weights: alpha given, no softmax
-        for j in range(start, end):
-            if msg[j] != 0.0:
-                msg[j] = ext[j] * b
+        for i in range(nz):
+            acc[indices[where[i]]] += ext[where[i]] * b
         return 0
-    # SPEC 3.3: scores; SPEC 3.4: softmax(s / T) with the row maximum subtracted.
-    sgn = 0.0
-    if bias_x[p] > 0.0:
-        sgn = -1.0
-    elif bias_x[p] < 0.0:
-        sgn = 1.0
-    target = h[p] / nz
-    m = -INFINITY
-    for j in range(start, end):
-        if msg[j] != 0.0:
-            s = _score(rule, msg[j], sgn, target, ext, j)
-            if s > m:
-                m = s
+    # SPEC 3.3: scores, in place of kappa.
+    if rule == RULE_SIGN:
+        sgn = 0.0
+        if bias_x[p] > 0.0:
+            sgn = -1.0
+        elif bias_x[p] < 0.0:
+            sgn = 1.0
+        for i in range(nz):
+            scratch[i] = sgn * scratch[i]
+    elif rule == RULE_DEVIATION:
+        target = h[p] / nz
+        for i in range(nz):
+            scratch[i] = fabs(target - scratch[i])
+    else:
+        for i in range(nz):
+            scratch[i] = ext[where[i]]
+    # SPEC 3.4: softmax(s / T) with the row maximum subtracted.
+    m = scratch[0]
+    for i in range(1, nz):
+        if scratch[i] > m:
+            m = scratch[i]
     total = 0.0
-    for j in range(start, end):
-        if msg[j] != 0.0:
-            s = _score(rule, msg[j], sgn, target, ext, j)
-            if s == m or temperature == INFINITY:
-                e = 1.0               # exp(0), and T = inf: uniform
-            elif temperature == 0.0:
-                e = 0.0               # T = 0: only the maximum-score components
-            else:
-                e = exp((s - m) / temperature)
-            msg[j] = e
+    if temperature == INFINITY:       # uniform over the non-zero components
+        for i in range(nz):
+            scratch[i] = 1.0
+        total = <double>nz
+    elif temperature == 0.0:          # the maximum-score components share equally
+        for i in range(nz):
+            e = 1.0 if scratch[i] == m else 0.0
+            scratch[i] = e
+            total += e
+    else:
+        for i in range(nz):
+            s = scratch[i]
+            e = 1.0 if s == m else exp((s - m) / temperature)
+            scratch[i] = e
             total += e
     # SPEC 3.5: messages alpha * beta = e * (beta / total).
     ratio = b / total
     if not isfinite(ratio):
         fallback[p] = ratio - ratio   # NaN marks the row for the caller
         return 1
-    for j in range(start, end):
-        msg[j] = msg[j] * ratio
+    for i in range(nz):
+        acc[indices[where[i]]] += scratch[i] * ratio
     return 0
 
 
@@ -218,9 +178,10 @@ cpdef int bbp_rows_memview(const float64_t[::1] data, const int32_t[::1] indices
                            const float64_t[::1] slope, const float64_t[::1] bias_x,
                            const float64_t[::1] h, const float64_t[::1] beta,
                            const float64_t[::1] ext, int rule, double temperature,
-                           float64_t[::1] msg, float64_t[::1] fallback,
-                           int n_threads) noexcept nogil:
-    """Pass 1 of one BBp node: the messages of every row (SPEC 3.2-3.6).
+                           float64_t[:, ::1] acc, float64_t[:, ::1] scratch,
+                           int32_t[:, ::1] where, uint8_t[::1] used,
+                           float64_t[::1] fallback, int n_threads) noexcept nogil:
+    """Pass 1 of one BBp node: every row's messages, summed per block (SPEC 3.2-3.6).
 
     Input:
       data[nnz], indices[nnz], indptr[n_rows + 1]
@@ -236,30 +197,46 @@ cpdef int bbp_rows_memview(const float64_t[::1] data, const int32_t[::1] indices
       rule              -- 0 sign, 1 deviation, 2 scores in ext, 3 weights in ext
       temperature       -- T in [0, inf]; 0 hard maximum, inf uniform
       n_threads >= 1
-    Output (must be preallocated; every entry is written):
-      msg[nnz]          -- msg[j] = alpha[p, j] * beta[p] for entry j of row p
+    Workspace and output (must be preallocated):
+      acc[K, n_cols]    -- block k = rows [k * n_rows // K, (k + 1) * n_rows // K):
+                           acc[k, q] = sum over its rows p (increasing) of the
+                           messages alpha[p, (q)] * beta[p]. Written only if used[k].
+      scratch[K, >= max row length], where[K, >= max row length]
+                        -- one scratch row per block (component values, positions)
+      used[K]           -- 1 if block k has a row that sent something, else 0
       fallback[n_rows]  -- |beta[p]| if row p took a fallback of SPEC 3.6, else 0;
                            NaN where the row produced non-finite messages. Rows with
-                           no structural non-zero write no message: the caller spreads
-                           their beta over every column.
+                           no structural non-zero send nothing here: the caller
+                           spreads their beta over every column (bbp_reduce_memview).
 
-    Rows with beta[p] == 0 are skipped (their messages are 0), and so are components
-    whose input is 0. Parallel over rows (prange, static schedule); each row writes
-    only its own slice of msg and fallback[p].
-    Complexity O(nnz + n_rows) time, at most one exp per non-zero component,
-    no extra memory.
+    K (= acc.shape[0]) is the caller's choice and must not depend on n_threads: it
+    fixes the order of every sum. Rows with beta[p] == 0 are skipped (nothing read
+    beyond beta[p]), and so are components whose input is 0 (no multiplication, no
+    score, no exp). Parallel over blocks (prange, static schedule); a block writes
+    only acc[k], scratch[k], where[k], used[k] and fallback over its rows.
+    Complexity O(nnz + n_rows + K * n_cols) time, at most one exp per non-zero
+    component.
     Returns STATUS_OK, STATUS_NONFINITE if some row's messages are not finite, or a
     negative code for bad arguments (nothing written).
     """
     cdef Py_ssize_t n_rows = indptr.shape[0] - 1
     cdef Py_ssize_t nnz = indices.shape[0]
-    cdef Py_ssize_t p
+    cdef Py_ssize_t n_cols = u.shape[0]
+    cdef Py_ssize_t n_blocks = acc.shape[0]
+    cdef Py_ssize_t kb, p, lo, hi, r, longest = 0
     cdef int bad = 0
     cdef const float64_t* ext_ptr = NULL
-    if (n_rows < 0 or data.shape[0] != nnz or msg.shape[0] != nnz
-            or slope.shape[0] != n_rows or bias_x.shape[0] != n_rows
-            or h.shape[0] != n_rows or beta.shape[0] != n_rows
-            or fallback.shape[0] != n_rows or indptr[n_rows] != nnz):
+    if (n_rows < 0 or data.shape[0] != nnz or slope.shape[0] != n_rows
+            or bias_x.shape[0] != n_rows or h.shape[0] != n_rows
+            or beta.shape[0] != n_rows or fallback.shape[0] != n_rows
+            or indptr[n_rows] != nnz or acc.shape[1] != n_cols or n_blocks < 1
+            or scratch.shape[0] != n_blocks or used.shape[0] != n_blocks
+            or where.shape[0] != n_blocks):
+        return STATUS_SHAPE
+    for r in range(n_rows):
+        if indptr[r + 1] - indptr[r] > longest:
+            longest = indptr[r + 1] - indptr[r]
+    if scratch.shape[1] < longest or where.shape[1] < longest or (nnz > 0 and n_cols == 0):
         return STATUS_SHAPE
     if rule < RULE_SIGN or rule > RULE_WEIGHTS:
         return STATUS_RULE
@@ -270,71 +247,67 @@ cpdef int bbp_rows_memview(const float64_t[::1] data, const int32_t[::1] indices
         return STATUS_TEMPERATURE
     if n_threads < 1:
         return STATUS_THREADS
-    if nnz == 0 and n_rows == 0:
-        return STATUS_OK
     if ext.shape[0] > 0:
         ext_ptr = &ext[0]
-    # Pointers: &a[0] is invalid for empty arrays, so guard the ones that may be empty.
+    # &a[0] is invalid for empty arrays: guard the ones that may be empty.
     cdef const float64_t* data_ptr = &data[0] if nnz > 0 else NULL
     cdef const index_t* ind_ptr = &indices[0] if nnz > 0 else NULL
-    cdef float64_t* msg_ptr = &msg[0] if nnz > 0 else NULL
-    cdef const float64_t* u_ptr = &u[0] if u.shape[0] > 0 else NULL
-    if nnz > 0 and u.shape[0] == 0:
-        return STATUS_SHAPE
-    for p in prange(n_rows, schedule='static', chunksize=64, num_threads=n_threads):
-        bad += _row(p, data_ptr, ind_ptr, &indptr[0], u_ptr, &slope[0], &bias_x[0],
-                    &h[0], &beta[0], ext_ptr, rule, temperature, msg_ptr, &fallback[0])
+    cdef const float64_t* u_ptr = &u[0] if n_cols > 0 else NULL
+    cdef const float64_t* beta_ptr = &beta[0] if n_rows > 0 else NULL
+    cdef float64_t* fb_ptr = &fallback[0] if n_rows > 0 else NULL
+    for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=n_threads):
+        lo = kb * n_rows // n_blocks
+        hi = (kb + 1) * n_rows // n_blocks
+        used[kb] = 0
+        for p in range(lo, hi):
+            fb_ptr[p] = 0.0
+            if beta_ptr[p] == 0.0:           # nothing to distribute: skip the row
+                continue
+            if indptr[p] == indptr[p + 1]:   # SPEC 3.6, no structural non-zero: the
+                fb_ptr[p] = fabs(beta_ptr[p])  # caller spreads it over every input
+                continue
+            if used[kb] == 0:
+                memset(&acc[kb, 0], 0, n_cols * sizeof(float64_t))
+                used[kb] = 1
+            bad += _row(p, data_ptr, ind_ptr, &indptr[0], u_ptr, &slope[0], &bias_x[0],
+                        &h[0], beta_ptr, ext_ptr, rule, temperature, &scratch[kb, 0],
+                        &where[kb, 0], &acc[kb, 0], fb_ptr)
     return STATUS_NONFINITE if bad else STATUS_OK
 
 
 # -------------------------------------------------------------------- pass 2
-cpdef int bbp_gather_memview(const int32_t[::1] tindptr, const int32_t[::1] tperm,
-                             const float64_t[::1] msg, const float64_t[::1] u,
-                             bint skip_zero_inputs, double spread,
-                             float64_t[::1] out, int n_threads) noexcept nogil:
+cpdef int bbp_reduce_memview(const float64_t[:, ::1] acc, const uint8_t[::1] used,
+                             double spread, float64_t[::1] out,
+                             int n_threads) noexcept nogil:
     """Pass 2 of one BBp node: what every input element receives (SPEC 3.5).
 
     Input:
-      tindptr[n_cols + 1], tperm[nnz]
-                        -- transpose structure from csr_transpose_memview
-      msg[nnz]          -- messages from bbp_rows_memview
-      u[n_cols]         -- the node's (stacked) input values
-      skip_zero_inputs  -- if true, elements with u[q] == 0 receive only ``spread``
-                           (valid when no row of the node took a fallback: then
-                           components with a zero input carry no message)
+      acc[K, n_cols], used[K]
+                        -- the block sums of bbp_rows_memview (acc[k] is read only
+                           if used[k])
       spread            -- added to every element: the beta of rows with no
                            structural non-zero divided by n_cols (SPEC 3.6)
       n_threads >= 1
     Output (must be preallocated; every entry is written):
-      out[n_cols]       -- out[q] = spread + sum of the messages of column q, summed
-                           in increasing row order
+      out[n_cols]       -- out[q] = spread + acc[0, q] + acc[1, q] + ... (used blocks,
+                           in block order)
 
-    Parallel over columns (prange, static schedule); each column writes only out[q].
-    Complexity O(nnz + n_cols) time (random reads of msg through tperm), no extra
-    memory.
+    Parallel over elements (prange, static schedule); each writes only out[q].
+    Complexity O(K * n_cols) time, no extra memory.
     Returns STATUS_OK or a negative code for bad arguments (nothing written).
     """
-    cdef Py_ssize_t n_cols = tindptr.shape[0] - 1
-    cdef Py_ssize_t nnz = tperm.shape[0]
-    cdef Py_ssize_t q
-    cdef int32_t t
-    cdef double acc
-    if (n_cols < 0 or msg.shape[0] != nnz or u.shape[0] != n_cols
-            or out.shape[0] != n_cols or tindptr[n_cols] != nnz):
+    cdef Py_ssize_t n_cols = out.shape[0]
+    cdef Py_ssize_t n_blocks = acc.shape[0]
+    cdef Py_ssize_t q, kb
+    cdef double s
+    if acc.shape[1] != n_cols or used.shape[0] != n_blocks:
         return STATUS_SHAPE
     if n_threads < 1:
         return STATUS_THREADS
-    if n_cols == 0:
-        return STATUS_OK
-    cdef const int32_t* tip = &tindptr[0]
-    cdef const int32_t* tpp = &tperm[0] if nnz > 0 else NULL
-    cdef const float64_t* mp = &msg[0] if nnz > 0 else NULL
-    cdef const float64_t* up = &u[0]
-    cdef float64_t* op = &out[0]
-    for q in prange(n_cols, schedule='static', chunksize=256, num_threads=n_threads):
-        acc = spread
-        if not (skip_zero_inputs and up[q] == 0.0):
-            for t in range(tip[q], tip[q + 1]):
-                acc = acc + mp[tpp[t]]
-        op[q] = acc
+    for q in prange(n_cols, schedule='static', chunksize=1024, num_threads=n_threads):
+        s = spread
+        for kb in range(n_blocks):
+            if used[kb]:
+                s = s + acc[kb, q]
+        out[q] = s
     return STATUS_OK

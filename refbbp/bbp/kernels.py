@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _core
 
-__all__ = ["distribute_node", "status_message", "check_n_threads"]
+__all__ = ["Workspace", "distribute_node", "status_message", "check_n_threads"]
 
 _MESSAGES = {
     _core.STATUS_SHAPE: "array sizes are inconsistent",
@@ -22,6 +22,11 @@ _MESSAGES = {
     _core.STATUS_THREADS: "n_threads must be at least 1",
     _core.STATUS_NONFINITE: "some rows produced non-finite messages",
 }
+
+
+#: Nodes with fewer stored entries than this run on one thread: below it, starting the
+#: threads costs more than it saves. The result is the same bits either way.
+PARALLEL_MIN_NNZ = 32768
 
 
 def status_message(status):
@@ -52,8 +57,28 @@ def _f64(name, a, n):
     return a
 
 
+class Workspace:
+    """Reusable float64 memory for the kernel's per-block accumulators and scratch rows
+    (one allocation per ``bbp`` call, shared by its nodes and inputs)."""
+
+    def __init__(self):
+        self._buf = np.empty(0)
+
+    def get(self, n_blocks, n_cols, max_row):
+        """``acc`` (n_blocks, n_cols), ``scratch`` (n_blocks, max_row) and, fresh,
+        ``where`` (n_blocks, max_row) int32 and ``used`` (n_blocks,) uint8."""
+        max_row = max(max_row, 1)
+        need = n_blocks * (n_cols + max_row)
+        if self._buf.size < need:
+            self._buf = np.empty(need)
+        acc = self._buf[:n_blocks * n_cols].reshape(n_blocks, n_cols)
+        scratch = self._buf[n_blocks * n_cols:need].reshape(n_blocks, max_row)
+        return (acc, scratch, np.empty((n_blocks, max_row), np.int32),
+                np.empty(n_blocks, np.uint8))
+
+
 def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperature,
-                    n_threads, msg, ext=None, where="node"):
+                    n_threads, workspace=None, ext=None, where="node"):
     """BBp steps 2-6 for one node and one input: what each stacked input element
     receives.
 
@@ -71,8 +96,8 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     temperature : float
         In [0, inf].
     n_threads : int
-    msg : ndarray of float64, shape (>= nnz,)
-        Workspace for the messages (its first nnz entries are used).
+    workspace : Workspace, optional
+        Memory to reuse across calls.
     ext : ndarray of float64, shape (nnz,), optional
         User scores or weights aligned with the CSR entries (rule codes 2 and 3).
     where : str
@@ -99,15 +124,16 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     if not temperature >= 0:
         raise ValueError(f"temperature must be in [0, inf], got {temperature}")
     n_threads = check_n_threads(n_threads)
-    _f64("msg", msg, None)
-    if msg.shape[0] < nnz:
-        raise ValueError(f"msg workspace has {msg.shape[0]} entries, the node needs {nnz}")
+    if nnz < PARALLEL_MIN_NNZ:
+        n_threads = 1
     if n_cols == 0 and np.any(beta):
         raise ValueError(f"{where} has no inputs to pass its bias attribution to")
-    msg = msg[:nnz]
+    acc, scratch, where_, used = (workspace or Workspace()).get(st.n_blocks, n_cols,
+                                                                st.max_row)
     fallback = np.empty(n_rows)
     status = _core.bbp_rows_memview(data, st.indices, st.indptr, u, slope, bias_x, h, beta,
-                                    ext, rule_code, temperature, msg, fallback, n_threads)
+                                    ext, rule_code, temperature, acc, scratch, where_, used,
+                                    fallback, n_threads)
     if status == _core.STATUS_NONFINITE:
         p = int(np.flatnonzero(np.isnan(fallback))[0])
         raise FloatingPointError(
@@ -118,10 +144,8 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     spread = 0.0
     if st.empty_rows.size:
         spread = float(np.sum(beta[st.empty_rows])) / n_cols
-    skip_zero = not np.any(fallback)
     received = np.empty(n_cols)
-    status = _core.bbp_gather_memview(st.tindptr, st.tperm, msg, u, skip_zero, spread,
-                                      received, n_threads)
+    status = _core.bbp_reduce_memview(acc, used, spread, received, n_threads)
     if status != _core.STATUS_OK:
-        raise ValueError(f"{where}: bbp_gather_memview failed: {status_message(status)}")
+        raise ValueError(f"{where}: bbp_reduce_memview failed: {status_message(status)}")
     return received, fallback

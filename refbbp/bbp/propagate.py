@@ -18,7 +18,7 @@ import numpy as np
 from .. import _reference
 from ..linearize import linearize
 from .attribution import Attribution, Layer
-from .kernels import check_n_threads, distribute_node
+from .kernels import Workspace, check_n_threads, distribute_node
 from .rules import RowLayout, resolve_rule
 from .structure import node_structure
 
@@ -199,8 +199,7 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
     batch = trace.values[0].shape[0]
     structures = [None if node.kind == "input" else node_structure(net, k)
                   for k, node in enumerate(nodes)]
-    max_nnz = max([st.nnz for st in structures if st is not None], default=0)
-    msg = np.empty(max_nnz)
+    workspace = Workspace()
     t1 = time.perf_counter()
 
     node_beta_in = [np.zeros((batch, node.size)) for node in nodes]
@@ -235,7 +234,7 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
                 ext[entries] = rule.evaluate(layout)
             received, fb = distribute_node(
                 st, data, u, slope, bx, h, beta, rule_code=rule.code,
-                temperature=temperature, n_threads=n_threads, msg=msg, ext=ext,
+                temperature=temperature, n_threads=n_threads, workspace=workspace, ext=ext,
                 where=f"node {k} ({node.name!r})")
             fallback[b, k] = float(np.sum(fb))
             for i, src in enumerate(node.inputs):

@@ -3,15 +3,16 @@
 The kernel (``refbbp/_core.pyx``) sees one node as one CSR matrix whose columns are the
 node's inputs stacked one after the other, so that a single pass over row ``p`` sees
 all of its components (SPEC 3.2: the softmax runs over the union of the row's
-components across all inputs). Beside it, the transpose structure (``tindptr``,
-``tperm``) lets every input element gather its messages in a fixed order.
+components across all inputs). The structure also fixes the node's row blocks
+(:func:`n_blocks`), which fix the order of every sum the kernel makes.
 
 * CSR weights are used as they are (no copy) when the node has a single input.
 * Dense weights (Gemm, MatMul) become a CSR *view*: ``data`` is the dense array itself
   (``A.reshape(-1)``, no copy) and every entry is a structural non-zero (a dense layer's
-  receptive field is its whole input). One kernel serves every layer; the price is
-  4 bytes of column index and 4 of transpose permutation per entry, small beside the
-  convolutions in the networks BBp is used on (see benchmarks/bench_bbp.py).
+  receptive field is its whole input). One kernel, one code path to test, serves every
+  layer; the price is a 4-byte column index per entry (a dense kernel would compute
+  it), small beside the convolutions of the networks BBp is used on, and the rows of a
+  dense layer are contiguous, so the CSR pass streams them as a dense one would.
 * A max node's structure is its window (padding removed): the structural non-zeros of
   the unscaled row (SPEC 3.6). Its local data -- 1 at the selected element, 0 elsewhere
   -- depends on the input and is made per input by :meth:`NodeStructure.max_data`.
@@ -30,16 +31,43 @@ import scipy.sparse as sp
 
 from .. import _core
 
-__all__ = ["NodeStructure", "node_structure"]
+__all__ = ["NodeStructure", "n_blocks", "node_structure"]
 
 INT32_MAX = np.iinfo(np.int32).max
+
+#: Row blocks per node: at most this many ...
+MAX_BLOCKS = 64
+#: ... with at least this many rows each ...
+MIN_BLOCK_ROWS = 32
+#: ... with per-block accumulators of at most this many bytes in all ...
+ACC_BYTES = 32 << 20
+#: ... and at least this many stored entries per accumulated value (clearing and
+#: adding up the accumulators, O(K * n_cols), stays small beside the O(nnz) row pass).
+MIN_ENTRIES_PER_VALUE = 4
+
+
+def n_blocks(n_rows, n_cols, nnz):
+    """The number K of row blocks of a node (a kernel detail; SPEC-independent).
+
+    Each block sums its rows' messages into its own accumulator of ``n_cols`` values,
+    and the blocks are added in order: K fixes the order of every floating-point sum,
+    so it depends only on the node's shape -- never on the number of threads. K is
+    large enough to keep up to 64 threads busy on the big layers, and small enough that
+    the accumulators (``K * n_cols * 8`` bytes) stay within ``ACC_BYTES`` and cost little
+    beside the row pass (``K * n_cols <= nnz / MIN_ENTRIES_PER_VALUE``): a max node
+    (4 entries per row) or a small layer gets K = 1.
+    """
+    cols = max(n_cols, 1)
+    k = min(MAX_BLOCKS, n_rows // MIN_BLOCK_ROWS, ACC_BYTES // (8 * cols),
+            nnz // (MIN_ENTRIES_PER_VALUE * cols))
+    return max(1, int(k))
 
 _CACHE = weakref.WeakKeyDictionary()
 
 
 @dataclass(eq=False)
 class NodeStructure:
-    """One node's local matrix over its stacked inputs, with its transpose.
+    """One node's local matrix over its stacked inputs, for the kernel.
 
     Attributes
     ----------
@@ -50,10 +78,10 @@ class NodeStructure:
     indptr : ndarray of int32, shape (n_rows + 1,)
     offsets : ndarray of int64, shape (n_inputs + 1,)
         Where each input starts in the stacked columns; ``offsets[-1] = n_cols``.
-    tindptr : ndarray of int32, shape (n_cols + 1,)
-    tperm : ndarray of int32, shape (nnz,)
-        Position in ``indices``/``data`` of each entry of CSR(A^T) (column by column,
-        rows increasing).
+    max_row : int
+        The largest number of entries in a row (the kernel's scratch row).
+    n_blocks : int
+        Row blocks of the kernel (:func:`n_blocks`).
     empty_rows : ndarray of int64
         Rows with no structural non-zero (SPEC 3.6, second fallback).
     entry_row : ndarray of int32, shape (nnz,) or None
@@ -64,8 +92,8 @@ class NodeStructure:
     indices: np.ndarray
     indptr: np.ndarray
     offsets: np.ndarray
-    tindptr: np.ndarray
-    tperm: np.ndarray
+    max_row: int
+    n_blocks: int
     empty_rows: np.ndarray
     entry_row: np.ndarray = None
 
@@ -83,7 +111,7 @@ class NodeStructure:
 
     @property
     def nbytes(self):
-        return sum(a.nbytes for a in (self.indices, self.indptr, self.tindptr, self.tperm))
+        return self.indices.nbytes + self.indptr.nbytes
 
     def max_data(self, selected):
         """Local data of a max node for one input: 1 at the first window entry holding
@@ -178,17 +206,12 @@ def _build(node, sizes):
     indptr = np.ascontiguousarray(indptr, np.int32)
     n_cols = int(offsets[-1])
     _check(node, data, indices, indptr, n_cols)
-    tindptr = np.empty(n_cols + 1, np.int32)
-    tperm = np.empty(nnz, np.int32)
-    status = _core.csr_transpose_memview(indptr, indices, tindptr, tperm)
-    if status != _core.STATUS_OK:
-        raise RuntimeError(f"node {node.name!r}: transpose failed with status {status}")
     counts = np.diff(indptr)
     entry_row = None
     if node.kind == "max":
         entry_row = np.repeat(np.arange(node.size, dtype=np.int32), counts)
-    return NodeStructure(data, indices, indptr, offsets, tindptr, tperm,
-                         np.flatnonzero(counts == 0), entry_row)
+    return NodeStructure(data, indices, indptr, offsets, int(counts.max(initial=0)),
+                         n_blocks(node.size, n_cols, nnz), np.flatnonzero(counts == 0), entry_row)
 
 
 def _hstack(parts, offsets, n_rows):

@@ -16,7 +16,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from refbbp import _core
 from refbbp.bbp.kernels import distribute_node
-from refbbp.bbp.structure import NodeStructure
+from refbbp.bbp.structure import NodeStructure, n_blocks
 
 RULES = {"sign": 0, "deviation": 1, "scores": 2, "weights": 3}
 TEMPERATURES = [0.0, 0.1, 1.0, 10.0, np.inf]
@@ -60,14 +60,12 @@ def random_node(rng, n_rows=40, n_cols=30, density=0.3, empty_rows=2, zero_input
                 scores=scores, weights=weights)
 
 
-def structure_of(a):
+def structure_of(a, blocks=None):
     """A NodeStructure for a CSR matrix (one input)."""
-    tindptr = np.empty(a.shape[1] + 1, np.int32)
-    tperm = np.empty(a.nnz, np.int32)
-    assert _core.csr_transpose_memview(a.indptr, a.indices, tindptr, tperm) == 0
     counts = np.diff(a.indptr)
-    return NodeStructure(a.data, a.indices, a.indptr, np.array([0, a.shape[1]]), tindptr,
-                         tperm, np.flatnonzero(counts == 0))
+    k = n_blocks(*a.shape, a.nnz) if blocks is None else blocks
+    return NodeStructure(a.data, a.indices, a.indptr, np.array([0, a.shape[1]]),
+                         int(counts.max(initial=0)), k, np.flatnonzero(counts == 0))
 
 
 def dense_bbp_node(a, u, slope, bias_x, h, beta, rule, temperature, ext=None):
@@ -110,21 +108,21 @@ def dense_bbp_node(a, u, slope, bias_x, h, beta, rule, temperature, ext=None):
     return received, fallback
 
 
-def run_kernel(node, rule, temperature, n_threads=1):
+def run_kernel(node, rule, temperature, n_threads=1, blocks=None):
     a = node["a"]
     ext = {"scores": node["scores"], "weights": node["weights"]}.get(rule)
-    return distribute_node(structure_of(a), a.data, node["u"], node["slope"],
+    return distribute_node(structure_of(a, blocks), a.data, node["u"], node["slope"],
                            node["bias_x"], node["h"], node["beta"], rule_code=RULES[rule],
-                           temperature=temperature, n_threads=n_threads,
-                           msg=np.empty(a.nnz), ext=ext)
+                           temperature=temperature, n_threads=n_threads, ext=ext)
 
 
 # ---------------------------------------------------------------------- tests
+@pytest.mark.parametrize("blocks", [1, 3, 40], ids=lambda k: f"K={k}")
 @pytest.mark.parametrize("temperature", TEMPERATURES, ids=lambda t: f"T={t}")
 @pytest.mark.parametrize("rule", list(RULES))
-def test_kernel_matches_dense_reference(rng, rule, temperature):
+def test_kernel_matches_dense_reference(rng, rule, temperature, blocks):
     node = random_node(rng)
-    received, fallback = run_kernel(node, rule, temperature)
+    received, fallback = run_kernel(node, rule, temperature, blocks=blocks)
     ext = {"scores": node["scores"], "weights": node["weights"]}.get(rule)
     want, want_fb = dense_bbp_node(node["a"], node["u"], node["slope"], node["bias_x"],
                                    node["h"], node["beta"], rule, temperature, ext)
@@ -139,49 +137,66 @@ def test_kernel_matches_dense_reference(rng, rule, temperature):
 @pytest.mark.parametrize("rule", list(RULES))
 def test_kernel_threads_bitwise(rng, rule):
     node = random_node(rng, n_rows=3000, n_cols=500, density=0.05, empty_rows=20)
+    assert n_blocks(*node["a"].shape, node["a"].nnz) > 2
     one = run_kernel(node, rule, 1.0, n_threads=1)
-    two = run_kernel(node, rule, 1.0, n_threads=2)
-    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    for n_threads in (2, 3, 7):
+        other = run_kernel(node, rule, 1.0, n_threads=n_threads)
+        assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
 
 
-def test_rows_memview_messages_sum_to_beta(rng):
-    """Pass 1 alone: every row's messages sum to its beta, zero-input entries get 0."""
-    node = random_node(rng, empty_rows=0)
-    a = node["a"]
-    msg = np.full(a.nnz, np.nan)
+def rows_memview(a, u, slope, bias_x, h, beta, rule=0, temperature=1.0, ext=None,
+                 blocks=1, n_threads=1):
+    """Call pass 1 on fresh workspace; returns (status, acc, used, fallback)."""
+    acc = np.full((blocks, a.shape[1]), np.nan)
+    longest = max(1, np.diff(a.indptr).max(initial=0))
+    scratch = np.empty((blocks, longest))
+    where = np.empty((blocks, longest), np.int32)
+    used = np.full(blocks, 7, np.uint8)
     fb = np.full(a.shape[0], np.nan)
-    status = _core.bbp_rows_memview(a.data, a.indices, a.indptr, node["u"], node["slope"],
-                                    node["bias_x"], node["h"], node["beta"], np.empty(0),
-                                    0, 1.0, msg, fb, 1)
-    assert status == _core.STATUS_OK
-    assert not np.isnan(msg).any() and not np.isnan(fb).any()
-    sums = np.add.reduceat(msg, a.indptr[:-1])
-    assert_allclose(sums, node["beta"], rtol=1e-13, atol=1e-300)
-    kappa = np.repeat(node["slope"], np.diff(a.indptr)) * a.data * node["u"][a.indices]
-    no_fb = np.repeat(fb == 0, np.diff(a.indptr))
-    assert np.all(msg[no_fb & (kappa == 0)] == 0)
+    status = _core.bbp_rows_memview(a.data, a.indices, a.indptr, u, slope, bias_x, h, beta,
+                                    np.empty(0) if ext is None else ext, rule, temperature,
+                                    acc, scratch, where, used, fb, n_threads)
+    return status, acc, used, fb
+
+
+def test_rows_memview_blocks_hold_their_rows_messages(rng):
+    """Pass 1 alone: block k's accumulator holds the messages of its rows; summed over
+    the columns they give its rows' beta; blocks without sending rows are not used."""
+    node = random_node(rng, n_rows=60, empty_rows=0)
+    a, beta = node["a"], node["beta"]
+    beta[:20] = 0.0                                           # block 0 sends nothing
+    status, acc, used, fb = rows_memview(a, node["u"], node["slope"], node["bias_x"],
+                                         node["h"], beta, blocks=3, n_threads=2)
+    assert status == _core.STATUS_OK and not np.isnan(fb).any()
+    assert list(used) == [0, 1, 1]
+    for k in (1, 2):
+        assert_allclose(acc[k].sum(), beta[20 * k:20 * (k + 1)].sum(), rtol=1e-13)
+
+
+def test_reduce_memview_sums_used_blocks_in_order():
+    acc = np.array([[1.0, 2.0], [np.nan, np.nan], [10.0, 20.0]])
+    used = np.array([1, 0, 1], np.uint8)
+    out = np.empty(2)
+    assert _core.bbp_reduce_memview(acc, used, 0.5, out, 2) == _core.STATUS_OK
+    assert_array_equal(out, [11.5, 22.5])
 
 
 def test_rows_memview_huge_scores_stable():
     """Huge scores: the row maximum is subtracted, nothing overflows (SPEC 3.4)."""
     a = sp.csr_array(np.array([[1e300, -1e300, 1e-300, 3.0]]))
-    msg, fb = np.empty(4), np.empty(1)
     for rule, t in [(0, 1.0), (0, 1e-300), (1, 1.0), (0, 1e300)]:
-        status = _core.bbp_rows_memview(a.data, a.indices, a.indptr, np.ones(4), np.ones(1),
-                                        np.array([-1.0]), np.array([7.0]), np.array([2.0]),
-                                        np.empty(0), rule, t, msg, fb, 1)
-        assert status == 0 and np.all(np.isfinite(msg))
-        assert_allclose(msg.sum(), 2.0, rtol=1e-15)
+        status, acc, used, fb = rows_memview(a, np.ones(4), np.ones(1), np.array([-1.0]),
+                                             np.array([7.0]), np.array([2.0]), rule, t)
+        assert status == 0 and np.all(np.isfinite(acc))
+        assert_allclose(acc.sum(), 2.0, rtol=1e-15)
 
 
 def test_rows_memview_nonfinite_flags_row():
     """A component that overflows to inf with a zero bias (score 0 * inf) is reported,
     not turned into a silent NaN: status 1 and NaN in fallback at that row."""
     a = sp.csr_array(np.array([[1.0, 1.0], [1e200, 1.0]]))
-    u = np.array([1e200, 1.0])
-    msg, fb = np.empty(a.nnz), np.empty(2)
-    status = _core.bbp_rows_memview(a.data, a.indices, a.indptr, u, np.ones(2), np.zeros(2),
-                                    np.ones(2), np.ones(2), np.empty(0), 0, 1.0, msg, fb, 2)
+    status, acc, used, fb = rows_memview(a, np.array([1e200, 1.0]), np.ones(2), np.zeros(2),
+                                         np.ones(2), np.ones(2), n_threads=2)
     assert status == _core.STATUS_NONFINITE
     assert np.isnan(fb[1]) and fb[0] == 0
 
@@ -190,8 +205,9 @@ def _args(**over):
     a = sp.csr_array(np.array([[1.0, 2.0], [0.0, 3.0]]))
     args = dict(data=a.data, indices=a.indices, indptr=a.indptr, u=np.ones(2),
                 slope=np.ones(2), bias_x=np.ones(2), h=np.ones(2), beta=np.ones(2),
-                ext=np.empty(0), rule=0, temperature=1.0, msg=np.empty(a.nnz),
-                fallback=np.empty(2), n_threads=1)
+                ext=np.empty(0), rule=0, temperature=1.0, acc=np.empty((2, 2)),
+                scratch=np.empty((2, 2)), where=np.empty((2, 2), np.int32),
+                used=np.empty(2, np.uint8), fallback=np.empty(2), n_threads=1)
     args.update(over)
     return args
 
@@ -199,68 +215,37 @@ def _args(**over):
 @pytest.mark.parametrize("over, status", [
     ({}, _core.STATUS_OK),
     ({"data": np.ones(2)}, _core.STATUS_SHAPE),             # data shorter than indices
-    ({"msg": np.empty(2)}, _core.STATUS_SHAPE),             # output too short
     ({"beta": np.ones(3)}, _core.STATUS_SHAPE),             # one beta per row
     ({"fallback": np.empty(1)}, _core.STATUS_SHAPE),        # one fallback per row
+    ({"acc": np.empty((2, 3))}, _core.STATUS_SHAPE),        # one accumulator per column
+    ({"acc": np.empty((0, 2))}, _core.STATUS_SHAPE),        # no block at all
+    ({"scratch": np.empty((1, 2))}, _core.STATUS_SHAPE),    # one scratch row per block
+    ({"scratch": np.empty((2, 1))}, _core.STATUS_SHAPE),    # shorter than a row
+    ({"where": np.empty((2, 1), np.int32)}, _core.STATUS_SHAPE),  # shorter than a row
+    ({"used": np.empty(3, np.uint8)}, _core.STATUS_SHAPE),  # one flag per block
     ({"rule": 4}, _core.STATUS_RULE),                       # unknown rule code
     ({"rule": -1}, _core.STATUS_RULE),
     ({"rule": 2}, _core.STATUS_RULE),                       # user scores missing
     ({"temperature": -1.0}, _core.STATUS_TEMPERATURE),      # negative T
     ({"temperature": np.nan}, _core.STATUS_TEMPERATURE),    # NaN T
     ({"n_threads": 0}, _core.STATUS_THREADS),               # no threads
-], ids=["ok", "data", "msg", "beta", "fallback", "rule4", "rule-1", "no-ext", "T<0",
-        "T=nan", "threads"])
+], ids=["ok", "data", "beta", "fallback", "acc-cols", "acc-blocks", "scratch-blocks",
+        "scratch-short", "where-short", "used", "rule4", "rule-1", "no-ext", "T<0", "T=nan", "threads"])
 def test_rows_memview_status(over, status):
     assert _core.bbp_rows_memview(**_args(**over)) == status
 
 
 @pytest.mark.parametrize("over, status", [
     ({}, _core.STATUS_OK),
-    ({"msg": np.empty(2)}, _core.STATUS_SHAPE),             # one message per entry
-    ({"u": np.ones(3)}, _core.STATUS_SHAPE),                # one value per column
-    ({"out": np.empty(1)}, _core.STATUS_SHAPE),             # one output per column
+    ({"acc": np.zeros((2, 3))}, _core.STATUS_SHAPE),        # one value per element
+    ({"used": np.ones(3, np.uint8)}, _core.STATUS_SHAPE),   # one flag per block
     ({"n_threads": 0}, _core.STATUS_THREADS),
-], ids=["ok", "msg", "u", "out", "threads"])
-def test_gather_memview_status(over, status):
-    a = sp.csr_array(np.array([[1.0, 2.0], [0.0, 3.0]]))
-    st = structure_of(a)
-    args = dict(tindptr=st.tindptr, tperm=st.tperm, msg=np.ones(a.nnz), u=np.ones(2),
-                skip_zero_inputs=False, spread=0.0, out=np.empty(2), n_threads=1)
+], ids=["ok", "acc", "used", "threads"])
+def test_reduce_memview_status(over, status):
+    args = dict(acc=np.zeros((2, 2)), used=np.ones(2, np.uint8), spread=0.0,
+                out=np.empty(2), n_threads=1)
     args.update(over)
-    assert _core.bbp_gather_memview(**args) == status
-
-
-def test_gather_memview_column_sums(rng):
-    """Pass 2 alone: out = column sums of the message matrix, plus spread; zero-input
-    columns skipped on request."""
-    node = random_node(rng, empty_rows=0)
-    a, u = node["a"], node["u"]
-    st = structure_of(a)
-    msg = rng.normal(size=a.nnz)
-    out = np.empty(a.shape[1])
-    assert _core.bbp_gather_memview(st.tindptr, st.tperm, msg, u, False, 0.25, out, 2) == 0
-    want = sp.csr_array((msg, a.indices, a.indptr), shape=a.shape).sum(0) + 0.25
-    assert_allclose(out, want, rtol=1e-14)
-    assert _core.bbp_gather_memview(st.tindptr, st.tperm, msg, u, True, 0.25, out, 2) == 0
-    assert np.all(out[u == 0] == 0.25)
-    assert_allclose(out[u != 0], want[u != 0], rtol=1e-14)
-
-
-def test_transpose_memview_matches_scipy(rng):
-    a = random_node(rng, n_rows=50, n_cols=37)["a"]
-    st = structure_of(a)
-    at = a.T.tocsr()
-    assert_array_equal(st.tindptr, at.indptr)
-    # Column by column, in increasing row order: the entries of A^T row by row.
-    rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
-    assert_array_equal(rows[st.tperm], at.indices)
-    assert_array_equal(a.data[st.tperm], at.data)
-
-
-def test_transpose_memview_status():
-    ind, ptr = np.array([0, 1], np.int32), np.array([0, 1, 2], np.int32)
-    assert _core.csr_transpose_memview(ptr, ind, np.empty(3, np.int32),
-                                       np.empty(1, np.int32)) == _core.STATUS_SHAPE
+    assert _core.bbp_reduce_memview(**args) == status
 
 
 @pytest.mark.parametrize("indptr, indices, n_cols, status", [
@@ -281,18 +266,17 @@ def test_check_csr_memview(indptr, indices, n_cols, status):
     ({"beta": np.ones((40, 1))}, TypeError),                # not a vector
     ({"h": np.ones(80)[::2]}, TypeError),                   # not contiguous
     ({"slope": np.ones(39)}, ValueError),                   # one slope per row
-    ({"msg": np.empty(3)}, ValueError),                     # workspace too small
     ({"rule_code": 7}, ValueError),                         # unknown rule
     ({"temperature": -1.0}, ValueError),                    # negative temperature
     ({"n_threads": 0}, ValueError),                         # no threads
-], ids=["f32", "2d", "strided", "slope", "msg", "rule", "T", "threads"])
+], ids=["f32", "2d", "strided", "slope", "rule", "T", "threads"])
 def test_distribute_node_validates(rng, bad, error):
     """The Python wrapper checks dtype, contiguity and sizes before the kernel runs."""
     node = random_node(rng)
     a = node["a"]
     args = dict(st=structure_of(a), data=a.data, u=node["u"], slope=node["slope"],
                 bias_x=node["bias_x"], h=node["h"], beta=node["beta"], rule_code=0,
-                temperature=1.0, n_threads=1, msg=np.empty(a.nnz))
+                temperature=1.0, n_threads=1)
     args.update(bad)
     with pytest.raises(error):
         distribute_node(**args)
