@@ -25,17 +25,17 @@ _SLOW_DRAWS = [HealthCheck.too_slow]
 settings.register_profile(
     "ci",
     derandomize=True,
-    # Each property test of tests/test_properties.py costs ~ 25-60 ms per example
-    # (draw + load + checks), so 100 examples are ~ 3-6 s per test and the five of them
-    # with tests/test_canonical.py stay under a minute on one core.
-    max_examples=100,
+    # Cost per example (draw + load + checks, one core): ~ 15-35 ms for the property
+    # tests of tests/test_properties.py, ~ 10-25 ms for tests/test_canonical.py. With 200
+    # examples: ~ 3-7 s per test, ~ 75 s for those two files (18 Hypothesis tests).
+    max_examples=200,
     deadline=None,          # onnxruntime session creation times vary with load
     print_blob=True,        # a failure prints the @reproduce_failure blob
     suppress_health_check=_SLOW_DRAWS,
 )
 settings.register_profile(
     "dev",
-    # ~ 5x the CI cost: about 20-30 s per property test.
+    # 2.5x the CI cost: ~ 10-20 s per test, ~ 3 minutes for the two files above.
     max_examples=500,
     deadline=None,
     print_blob=True,

@@ -37,7 +37,8 @@ __all__ = [
     "OPSET", "Sketch", "cnns", "logits_name", "mlps", "models", "resnets", "run_ort",
     "add_activation", "add_avgpool", "add_batchnorm", "add_bn_written_out", "add_concat_skip",
     "add_conv", "add_conv_transpose", "add_dense", "add_head", "add_input_normalisation",
-    "add_maxpool", "add_residual", "add_softmax",
+    "add_maxpool", "add_residual", "add_softmax", "add_conv_block", "add_nhwc_conv",
+    "add_normalisation", "add_pad", "add_global_pool", "add_preactivation_skip",
 ]
 
 OPSET = 17
@@ -316,13 +317,15 @@ def _finish_dense(draw, g, n_classes):
 
 @st.composite
 def mlps(draw, max_hidden=3):
-    """Sequential MLPs: input (n,), hidden layers with an activation or none (two
-    matrix ops in a row stay two layers), n_classes outputs."""
+    """Sequential MLPs: input (n,), hidden layers (with a BatchNorm1d or not) with an
+    activation or none (two matrix ops in a row stay two layers), n_classes outputs."""
     rng = np.random.default_rng(draw(seeds))
     n_in = draw(st.integers(1, 12))
     g = Sketch(rng, _input(draw, rng, (n_in,)))
     for width in draw(st.lists(st.integers(1, 10), min_size=0, max_size=max_hidden)):
         add_dense(draw, g, width)
+        if draw(st.booleans()):
+            add_batchnorm(draw, g)  # BatchNorm1d: folds into the dense layer
         add_activation(draw, g, allow_none=True)
     return _finish_dense(draw, g, draw(st.integers(2, 6)))
 
@@ -500,6 +503,22 @@ def add_residual(draw, g):
         g.op("Relu", [g.cur])
 
 
+def add_preactivation_skip(draw, g):
+    """A conv whose output has two readers: the skip, and [a normalisation ->] an
+    activation -> conv branch; joined by Add or Sub. Nothing may fold into or attach to
+    the shared conv (its pre-activation value is read by the skip)."""
+    c = g.shape()[1]
+    add_conv(draw, g, out_channels=c, same=True)
+    shared = g.cur
+    if draw(st.booleans()):
+        add_normalisation(draw, g)
+    add_activation(draw, g, allow_none=False)
+    add_conv(draw, g, out_channels=c, same=True)
+    join = draw(st.sampled_from(["Add", "Sub"]))
+    g.op(join, [shared, g.cur] if draw(st.booleans()) else [g.cur, shared])
+    add_activation(draw, g)
+
+
 def add_concat_skip(draw, g):
     """``Concat(Slice(cur, channels), branch(cur))`` along the channels (either order;
     the Slice may step)."""
@@ -515,16 +534,85 @@ def add_concat_skip(draw, g):
     add_conv(draw, g, out_channels=draw(st.integers(1, max(1, MAX_CHANNELS - 1))), same=True)
     add_activation(draw, g, allow_none=True)
     branch = g.cur
-    g.op("Concat", [sliced, branch] if draw(st.booleans()) else [branch, sliced], axis=1)
+    parts = [sliced, branch] if draw(st.booleans()) else [branch, sliced]
+    if draw(st.integers(0, 3)) == 0:  # a constant channel too: constants in the view
+        shape = list(g.shape(branch))
+        shape[1] = 1
+        parts.insert(draw(st.integers(0, 2)), g.const(g.normal(*shape), "channel"))
+    g.op("Concat", parts, axis=1)
+
+
+def add_normalisation(draw, g):
+    """A BatchNormalization, or the same written out as Sub, Mul/Div, Add."""
+    if draw(st.booleans()):
+        add_batchnorm(draw, g)
+    else:
+        add_bn_written_out(draw, g)
 
 
 def add_conv_block(draw, g):
-    """Conv [+ BN, folded] [-> activation [-> BN, not folded]]."""
+    """Conv [+ BN, folded] [-> activation [-> BN, not folded]], in NCHW or in the NHWC
+    style of TensorFlow exports (Transposes around the conv, the bias added and the
+    activation applied channels-last)."""
+    if draw(st.integers(0, 3)) == 0:
+        add_nhwc_conv(draw, g)
+        return
     add_conv(draw, g)
     if draw(st.booleans()):
-        add_batchnorm(draw, g)
+        add_normalisation(draw, g)
     if add_activation(draw, g, allow_none=True) is not None and draw(st.booleans()):
-        add_batchnorm(draw, g)
+        add_normalisation(draw, g)
+
+
+def add_nhwc_conv(draw, g):
+    """Transpose to channels-last and back, Conv without bias, Transpose to
+    channels-last, Add the bias, activation (PRelu slopes on the last axis), Transpose
+    back to channels-first."""
+    rank = len(g.shape())
+    to_last = [0] + list(range(2, rank)) + [1]
+    to_first = [0, rank - 1] + list(range(1, rank - 1))
+    g.op("Transpose", [g.cur], perm=to_last)
+    g.op("Transpose", [g.cur], perm=to_first)
+    add_conv(draw, g, bias=False)
+    m = g.shape()[1]
+    g.op("Transpose", [g.cur], perm=to_last)
+    g.op("Add", [g.cur, g.const(g.bias(m), "b")])
+    kind = draw(st.sampled_from(ACTIVATIONS + (None,)))
+    if kind == "PRelu":
+        g.op("PRelu", [g.cur, g.const(g.rng.uniform(-1, 1, m).astype(g.dtype), "slope")])
+    elif kind is not None:
+        add_activation(draw, g, kinds=(kind,), allow_none=False)
+    g.op("Transpose", [g.cur], perm=to_first)
+
+
+def add_pad(draw, g):
+    """Pad (constant with a zero or non-zero value, reflect, edge) on the spatial axes,
+    then a conv without padding."""
+    shape = g.shape()
+    spatial = shape[2:]
+    mode = draw(st.sampled_from(["constant", "reflect", "edge"]))
+    limit = [min(2, s - 1) if mode == "reflect" else 2 for s in spatial]
+    begin = [draw(st.integers(0, lim)) for lim in limit]
+    end = [draw(st.integers(0, lim)) for lim in limit]
+    pads = [0, 0] + begin + [0, 0] + end
+    inputs = [g.cur, g.const(np.array(pads), "pads", np.int64)]
+    if mode == "constant":
+        inputs.append(g.const(np.array(draw(st.sampled_from([0.0, 0.5, -1.0]))), "value"))
+    g.op("Pad", inputs, mode=mode)
+    add_conv(draw, g, bias=True)
+
+
+def add_global_pool(draw, g):
+    """Nothing, GlobalAveragePool, ReduceMean over the spatial axes (as the dynamo
+    exporter writes it, keepdims 0 or 1) or GlobalMaxPool."""
+    how = draw(st.sampled_from(["none", "gap", "reduce_mean", "gmp"]))
+    axes = list(range(2, len(g.shape())))
+    if how == "gap":
+        g.op("GlobalAveragePool", [g.cur])
+    elif how == "reduce_mean":
+        g.op("ReduceMean", [g.cur], axes=axes, keepdims=int(draw(st.booleans())))
+    elif how == "gmp":
+        g.op("GlobalMaxPool", [g.cur])
 
 
 def _shrink_channels(draw, g):
@@ -535,9 +623,8 @@ def _shrink_channels(draw, g):
 
 
 def add_head(draw, g, n_classes):
-    """[GlobalAveragePool] -> Flatten or Reshape -> dense -> [Softmax]."""
-    if draw(st.booleans()):
-        g.op("GlobalAveragePool", [g.cur])
+    """[global pooling] -> Flatten or Reshape -> dense -> [Softmax]."""
+    add_global_pool(draw, g)
     how = draw(st.sampled_from(["flatten", "reshape0", "reshape1"]))
     if how == "flatten":
         g.op("Flatten", [g.cur], axis=1)
@@ -556,7 +643,7 @@ def _cnn_input(draw, rng):
     return _input(draw, rng, (c, *spatial), image=image), image
 
 
-CNN_BLOCKS = ("conv", "maxpool", "avgpool", "conv_transpose", "residual", "concat")
+CNN_BLOCKS = ("conv", "maxpool", "avgpool", "conv_transpose", "residual", "concat", "pad")
 
 
 @st.composite
@@ -575,22 +662,30 @@ def cnns(draw, max_blocks=3, blocks=CNN_BLOCKS):
             add_conv_block(draw, g)
         elif kind == "maxpool":
             add_maxpool(draw, g)
+            if draw(st.integers(0, 3)) == 0:  # an activation on a max node: a node of its own
+                add_activation(draw, g, allow_none=False)
         elif kind == "avgpool":
             add_avgpool(draw, g)
         elif kind == "conv_transpose" and np.prod(spatial) <= 36:
             add_conv_transpose(draw, g)
+            if draw(st.booleans()):
+                add_normalisation(draw, g)
             add_activation(draw, g)
         elif kind == "residual":
             add_residual(draw, g)
         elif kind == "concat":
             add_concat_skip(draw, g)
             _shrink_channels(draw, g)
+        elif kind == "pad":
+            add_pad(draw, g)
+            add_activation(draw, g)
     return add_head(draw, g, draw(st.integers(2, 5)))
 
 
 @st.composite
 def resnets(draw, max_blocks=2):
-    """Residual graphs: a stem conv, then residual Add blocks and Slice+Concat skips."""
+    """Residual graphs: a stem conv, then residual Add blocks, skips from a shared
+    pre-activation (Add or Sub), and Slice+Concat skips."""
     rng = np.random.default_rng(draw(seeds))
     x, image = _cnn_input(draw, rng)
     g = Sketch(rng, x)
@@ -599,10 +694,12 @@ def resnets(draw, max_blocks=2):
     else:
         add_conv(draw, g, same=draw(st.booleans()))
     add_activation(draw, g)
-    for kind in draw(st.lists(st.sampled_from(["residual", "concat"]), min_size=1,
-                              max_size=max_blocks)):
+    for kind in draw(st.lists(st.sampled_from(["residual", "concat", "preactivation"]),
+                              min_size=1, max_size=max_blocks)):
         if kind == "residual":
             add_residual(draw, g)
+        elif kind == "preactivation":
+            add_preactivation_skip(draw, g)
         else:
             add_concat_skip(draw, g)
             _shrink_channels(draw, g)

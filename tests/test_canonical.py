@@ -276,3 +276,25 @@ def test_bias_add_on_a_shared_conv_output_is_not_folded(rng):
     net = refbbp.load(g.model())
     assert [n.inputs for n in net.nodes[1:]] == [[0], [1], [1, 2]]
     assert not np.any(net.nodes[1].bias)
+
+
+def test_regression_batchnorm_epsilon_is_the_float32_attribute(rng):
+    """test_conv_bias_and_batchnorm_styles[conv_bn] first failed at 3e-11 because this
+    file folded with ``eps = 1e-3`` as a Python float. An ONNX float attribute is
+    float32 (1e-3 is stored as 0.0010000000474974513); refbbp folds with the stored
+    value, as onnxruntime computes."""
+    g = Sketch(rng, rng.normal(size=(1, 3, 3)), dtype=np.float64)
+    w = rng.normal(size=(2, 1, 1, 1))
+    g.op("Conv", ["x", g.const(w, "W")])
+    gamma, beta, mean = rng.normal(size=2), rng.normal(size=2), rng.normal(size=2)
+    var = np.array([1e-4, 2e-4])  # small, so that eps matters
+    g.op("BatchNormalization", [g.cur] + [g.const(v, n) for v, n in zip(
+        (gamma, beta, mean, var), ("gamma", "beta", "mean", "var"))], epsilon=1e-3)
+    node = refbbp.load(g.model()).nodes[1]
+    eps32 = float(np.float32(1e-3))
+    scale = gamma / np.sqrt(var + eps32)
+    assert_allclose(dense(node.weights[0]), np.kron((w.ravel() * scale)[:, None], np.eye(9)),
+                    rtol=0, atol=1e-15 * np.abs(scale).max())
+    assert_allclose(node.bias, np.repeat(beta - mean * scale, 9), rtol=1e-14)
+    wrong = gamma / np.sqrt(var + 1e-3)
+    assert np.all(np.abs(wrong - scale) > 1e-10 * np.abs(scale))

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import refbbp
-from tests.strategies import models, run_ort, seeds
+from tests.strategies import Sketch, models, run_ort, seeds
 
 EXACT = 1e-9          # SPEC section 2: |w . x + b^x - f(x)| <= 1e-9 * scale
 ORT_RTOL, ORT_ATOL = 1e-4, 1e-5   # SPEC section 2, atol relative to the output scale
@@ -207,3 +207,28 @@ def test_batch_equals_one_at_a_time(example, n, spread, target, seed):
         assert abs(batch.bias[i] - one.bias) <= tol
         assert abs(batch.value[i] - one.value) <= tol
         assert_allclose(batch.bias_all()[i], one.bias_all(), rtol=BATCH_RTOL, atol=tol)
+
+
+# ------------------------------------------------------------ pinned regressions
+@pytest.mark.parametrize("op, attrs", [
+    ("AveragePool", {"count_include_pad": 0}),
+    ("AveragePool", {"count_include_pad": 1}),
+    ("MaxPool", {}),
+])
+@pytest.mark.parametrize("kernel, strides, pads", [
+    ([1, 1], [1, 2], [0, 0, 0, 0]),   # the shrunk example: 4 -> ceil(3 / 2) + 1 = 3 windows
+    ([1, 2], [1, 3], [0, 1, 0, 1]),   # 4 + 2 pads -> ceil(4 / 3) + 1 = 3 windows
+])
+def test_regression_ceil_mode_window_starting_past_the_input(op, attrs, kernel, strides, pads):
+    """cnns() drew a pool with ceil_mode=1 whose last window would start past the
+    input and its begin padding. onnxruntime (like PyTorch) drops that window, ONNX's
+    shape inference does not (so the strategy avoids it: the runtime refuses a graph
+    whose static shapes then disagree). refbbp follows the runtime: 2 windows."""
+    rng = np.random.default_rng(0x5EED)
+    g = Sketch(rng, rng.normal(size=(1, 3, 4)).astype(np.float32))
+    g.op(op, ["x"], kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=1, **attrs)
+    model, x = g.example()
+    expected = run_ort(model, x)
+    net = load(model)
+    assert expected.shape == (1, 1, 3, 2) and net.nodes[net.output].shape == (1, 1, 3, 2)
+    assert_allclose(net.forward(x), expected.ravel(), rtol=ORT_RTOL, atol=ORT_ATOL)
