@@ -137,9 +137,11 @@ class Attribution:
         "cython" or "numpy".
     n_threads : int or None
         Threads the kernel used (None for the numpy backend).
-    timings : dict of str to float
+    timings : dict
         Seconds spent in each phase: "linearize" (forward and gradient), "prepare"
-        (per-node structures, the first time a network is seen), "propagate" (BBp).
+        (per-node structures, the first time a network is seen), "propagate" (BBp);
+        with the Cython backend also "nodes": seconds of each node's step (index to
+        float; includes the Python work around the kernel).
     """
 
     beta: np.ndarray

@@ -27,6 +27,8 @@ _MESSAGES = {
 #: Nodes with fewer stored entries than this run on one thread: below it, starting the
 #: threads costs more than it saves. The result is the same bits either way.
 PARALLEL_MIN_NNZ = 32768
+#: Likewise for the reduction of the block accumulators (K * n_cols values).
+PARALLEL_MIN_REDUCE = 1 << 16
 
 
 def status_message(status):
@@ -124,8 +126,9 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     if not temperature >= 0:
         raise ValueError(f"temperature must be in [0, inf], got {temperature}")
     n_threads = check_n_threads(n_threads)
-    if nnz < PARALLEL_MIN_NNZ:
-        n_threads = 1
+    # Never more threads than blocks: the rest would only wait (the bits are the same).
+    row_threads = 1 if nnz < PARALLEL_MIN_NNZ else min(n_threads, st.n_blocks)
+    reduce_threads = 1 if st.n_blocks * n_cols < PARALLEL_MIN_REDUCE else n_threads
     if n_cols == 0 and np.any(beta):
         raise ValueError(f"{where} has no inputs to pass its bias attribution to")
     acc, scratch, where_, used = (workspace or Workspace()).get(st.n_blocks, n_cols,
@@ -133,7 +136,7 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     fallback = np.empty(n_rows)
     status = _core.bbp_rows_memview(data, st.indices, st.indptr, u, slope, bias_x, h, beta,
                                     ext, rule_code, temperature, acc, scratch, where_, used,
-                                    fallback, n_threads)
+                                    fallback, row_threads)
     if status == _core.STATUS_NONFINITE:
         p = int(np.flatnonzero(np.isnan(fallback))[0])
         raise FloatingPointError(
@@ -145,7 +148,7 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     if st.empty_rows.size:
         spread = float(np.sum(beta[st.empty_rows])) / n_cols
     received = np.empty(n_cols)
-    status = _core.bbp_reduce_memview(acc, used, spread, received, n_threads)
+    status = _core.bbp_reduce_memview(acc, used, spread, received, reduce_threads)
     if status != _core.STATUS_OK:
         raise ValueError(f"{where}: bbp_reduce_memview failed: {status_message(status)}")
     return received, fallback

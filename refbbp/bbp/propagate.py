@@ -205,18 +205,29 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
     node_beta_in = [np.zeros((batch, node.size)) for node in nodes]
     node_beta = [None] * len(nodes)
     fallback = np.zeros((batch, len(nodes)))
+    per_node = {}
     for k in range(len(nodes) - 1, -1, -1):
+        t_node = time.perf_counter()
         node = nodes[k]
         # SPEC 3.1: own bias g_n * b^x_n (affine nodes; offsets d are part of b^x).
-        bias_x = trace.local_bias(k)
+        # b^x = c * b + d, as Trace.local_bias computes it (same bits), reusing c and d.
+        cd = trace.slopes_offsets(k)
+        if node.kind != "affine":
+            bias_x = np.zeros((batch, node.size))
+        elif cd is None:
+            bias_x = np.broadcast_to(node.bias, (batch, node.size))
+        else:
+            bias_x = cd[0] * node.bias + cd[1]
         if node.kind == "affine":
             node_beta[k] = node_beta_in[k] + grads[k] * bias_x
         else:
             node_beta[k] = node_beta_in[k].copy()
-        if node.kind == "input" or not np.any(node_beta[k]):
+        if node.kind == "input":
+            continue
+        if not np.any(node_beta[k]):
+            per_node[k] = time.perf_counter() - t_node
             continue
         st = structures[k]
-        cd = trace.slopes_offsets(k)
         for b in range(batch):
             beta = node_beta[k][b]
             if not np.any(beta):
@@ -239,9 +250,11 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
             fallback[b, k] = float(np.sum(fb))
             for i, src in enumerate(node.inputs):
                 node_beta_in[src][b] += received[st.offsets[i]:st.offsets[i + 1]]
+        per_node[k] = time.perf_counter() - t_node
     if timings is not None:
         timings["prepare"] = t1 - t0
         timings["propagate"] = time.perf_counter() - t1
+        timings["nodes"] = dict(sorted(per_node.items()))
     return node_beta, node_beta_in, fallback
 
 

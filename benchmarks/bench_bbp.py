@@ -1,0 +1,322 @@
+"""Bias backpropagation timings: ``refbbp.bbp`` against the work around it and against a
+straightforward vectorised implementation of the same rule, on three models
+(``benchmarks/models.py``: an MNIST MLP, the BBp paper's STL-10 network, CIFAR VGG-11
+with BatchNorm).
+
+Usage::
+
+    python benchmarks/bench_bbp.py [--models mlp stl10 vgg11_bn] [--rules sign deviation]
+                                   [--budget SECONDS] [--baseline-repeats N]
+
+For each model and rule (T = 1, one input, the predicted class) it prints, all measured
+in the same run (medians of repeats after one warm-up call, ``time.perf_counter``):
+
+* ``bbp 1t`` / ``bbp 2t``: ``refbbp.bbp`` with 1 and 2 kernel threads, end to end (forward,
+  gradient, BBp), and ``bits``: whether the two give bitwise identical beta and per-node
+  beta_in (``np.array_equal``);
+* ``prop 1t`` / ``prop 2t``: the BBp part alone (``Attribution.timings["propagate"]``);
+* (a) ``linearize``: ``refbbp.linearize`` on the same input (forward + gradient);
+* (b) ``ORT fwd``: an onnxruntime forward pass (float32, 1 thread);
+* (c) ``user 1t`` / ``user 2t``: the same rule written the way a user would, in PyTorch
+  float64 with ``unfold``/``fold`` (forward and autograd gradient included), checked here to
+  give the same beta (``user diff``: max |difference| / max |beta|), with torch limited
+  to 1 and 2 threads;
+* ``torch f+b``: a PyTorch forward + backward gradient pass (float32, 1 thread);
+* ratios: ``user/bbp`` (1 thread each; and 2 threads each), ``bbp/lin``,
+  ``bbp/ORT``, ``bbp/torch f+b``.
+
+A second table shows where the time of ``bbp`` goes (1 thread): linearize, then each
+node's BBp step (kernel plus the Python around it) for the largest nodes.
+
+The user implementation does not handle the fallbacks of SPEC 3.6 (rows without a
+non-zero component); the check asserts that refbbp reported no fallback for the input,
+so the two compute the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import scipy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models  # noqa: E402
+
+import refbbp  # noqa: E402
+
+torch = models.torch
+if torch is not None:
+    from torch.nn import functional as F
+
+
+def timeit(fn, *, budget=2.0, min_repeat=3, max_repeat=30):
+    """Median wall time (s) of ``fn()`` after one warm-up call; also the warm-up result."""
+    out = fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_repeat or (len(times) < max_repeat
+                                      and time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+# ------------------------------------------------------- (c) the user's version
+def _fold_bn(w, b, bns):
+    for bn in bns:
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w = w * s.view(-1, *[1] * (w.dim() - 1))
+        b = (b - bn.running_mean) * s + bn.bias
+    return w.detach(), b.detach()
+
+
+def _alpha(kappa, bx, h, rule, T, dim):
+    """softmax(s / T) over the non-zero components along ``dim`` (0 where none)."""
+    nz = kappa != 0
+    if rule == "sign":
+        s = -torch.sign(bx) * kappa
+    else:
+        n = nz.sum(dim, keepdim=True).clamp(min=1)
+        s = (h / n - kappa).abs()
+    s = s.masked_fill(~nz, -float("inf"))
+    return torch.softmax(s / T, dim=dim).nan_to_num(0.0)
+
+
+def user_bbp(module, x, rule="sign", T=1.0):
+    """BBp for an ``nn.Sequential`` of Conv2d/BatchNorm2d/ReLU/MaxPool2d/Flatten/Linear, as
+    a user would write it in PyTorch (float64): hooks-free forward keeping every
+    activation, autograd for the gradients, then, from the output back, each layer's
+    components with ``unfold``, a masked softmax, and the messages folded back with
+    ``fold``. MaxPool sends beta to the selected element (``return_indices``).
+
+    Returns
+    -------
+    ndarray, shape x.shape
+    """
+    layers = list(module)
+    xs = torch.as_tensor(x, dtype=torch.float64)[None].requires_grad_(True)
+    outs = [xs]
+    for layer in layers:
+        outs.append(layer(outs[-1]))
+        outs[-1].retain_grad()
+    logits = outs[-1]
+    logits[0, int(logits.argmax())].backward()
+    grads = [o.grad for o in outs]
+    vals = [o.detach() for o in outs]
+    beta = None
+    i = len(layers)
+    while i > 0:
+        layer = layers[i - 1]
+        if isinstance(layer, torch.nn.Flatten):
+            beta = beta.reshape(vals[i - 1].shape)
+            i -= 1
+            continue
+        if isinstance(layer, torch.nn.MaxPool2d):
+            u = vals[i - 1]
+            _, idx = F.max_pool2d(u, layer.kernel_size, return_indices=True)
+            flat = torch.zeros_like(u).flatten(2)
+            flat.scatter_add_(2, idx.flatten(2), beta.flatten(2))
+            beta = flat.reshape(u.shape)
+            i -= 1
+            continue
+        # An affine node: [Conv2d|Linear] [BatchNorm2d]* [ReLU] ending at layer i - 1.
+        relu = isinstance(layer, torch.nn.ReLU)
+        j = i - 1 if relu else i
+        first = j
+        while not isinstance(layers[first - 1], (torch.nn.Conv2d, torch.nn.Linear)):
+            first -= 1
+        aff = layers[first - 1]
+        w, b = _fold_bn(aff.weight, aff.bias, layers[first:j])
+        u, h, g = vals[first - 1], vals[i], grads[i]
+        c = (h > 0).double() if relu else torch.ones_like(h)
+        bx = c * b.view(1, -1, *[1] * (h.dim() - 2))
+        beta = g * bx if beta is None else beta + g * bx            # own bias
+        if isinstance(aff, torch.nn.Conv2d):
+            cols = F.unfold(u, aff.kernel_size, padding=aff.padding)[0]   # (K, L)
+            wf = w.reshape(w.shape[0], -1)                                 # (O, K)
+            o = w.shape[0]
+            kappa = wf[:, :, None] * cols[None] * c.reshape(o, 1, -1)      # (O, K, L)
+            alpha = _alpha(kappa, bx.reshape(o, 1, -1), h.reshape(o, 1, -1), rule, T, 1)
+            msg = (alpha * beta.reshape(o, 1, -1)).sum(0)                  # (K, L)
+            beta = F.fold(msg[None], u.shape[2:], aff.kernel_size, padding=aff.padding)
+        else:
+            kappa = w * u.reshape(1, -1) * c.reshape(-1, 1)                # (O, I)
+            alpha = _alpha(kappa, bx.reshape(-1, 1), h.reshape(-1, 1), rule, T, 1)
+            beta = (alpha * beta.reshape(-1, 1)).sum(0).reshape(u.shape)
+        i = first - 1
+    return beta[0].numpy()
+
+
+def torch_grad_pass(module, x, target):
+    """Forward + backward for one input: the gradient of logit ``target`` w.r.t. x."""
+    xt = x.clone().requires_grad_(True)
+    out = module(xt[None])
+    out[0, target].backward()
+    return xt.grad
+
+
+# ------------------------------------------------------------------ one model
+def bench_model(name, out_dir, rules, budget, baseline_repeats, rng):
+    path, module, shape = models.build(name, out_dir)
+    net = refbbp.load(path)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    t0 = time.perf_counter()
+    first = refbbp.bbp(net, x64, n_threads=1)            # builds the caches
+    first_s = time.perf_counter() - t0
+    rows, phases = [], []
+
+    lin_s, lin = timeit(lambda: net.linearize(x64), budget=budget)
+    target = int(np.argmax(lin.logits))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x[None]}
+    ort_s, _ = timeit(lambda: sess.run(None, feed), budget=budget)
+    fb_s = None
+    if module is not None:
+        torch.set_num_threads(1)
+        fb_s, _ = timeit(lambda: torch_grad_pass(module, torch.from_numpy(x), target),
+                         budget=budget)
+        m64 = copy.deepcopy(module).double()
+
+    for rule in rules:
+        row = {"model": name, "rule": rule}
+        runs = {}
+        for nt in (1, 2):
+            s, att = timeit(lambda: refbbp.bbp(net, x64, rule=rule, n_threads=nt,
+                                               return_layers=True), budget=budget)
+            prop = statistics.median(
+                refbbp.bbp(net, x64, rule=rule, n_threads=nt).timings["propagate"]
+                for _ in range(3))
+            row[f"bbp {nt}t"], row[f"prop {nt}t"], runs[nt] = s, prop, att
+        a1, a2 = runs[1], runs[2]
+        row["bits"] = "same" if (np.array_equal(a1.beta, a2.beta) and all(
+            np.array_equal(p.beta_in, q.beta_in) for p, q in zip(a1.layers, a2.layers))) \
+            else "DIFFER"
+        row["complete"] = a1.completeness().worst
+        row["linearize"], row["ORT fwd"], row["torch f+b"] = lin_s, ort_s, fb_s
+        if module is not None:
+            assert a1.fallback_total == 0, "the user version has no fallbacks"
+            for nt in (1, 2):
+                torch.set_num_threads(nt)
+                s, beta_u = timeit(lambda: user_bbp(m64, x64, rule), budget=0,
+                                   min_repeat=baseline_repeats)
+                row[f"user {nt}t"] = s
+            torch.set_num_threads(1)
+            row["user diff"] = float(np.abs(beta_u - a1.beta).max() / np.abs(a1.beta).max())
+            row["user/bbp 1t"] = row["user 1t"] / row["bbp 1t"]
+            row["user/bbp 2t"] = row["user 2t"] / row["bbp 2t"]
+            row["bbp/torch f+b"] = row["bbp 1t"] / fb_s
+        row["bbp/lin"] = row["bbp 1t"] / lin_s
+        row["bbp/ORT"] = row["bbp 1t"] / ort_s
+        rows.append(row)
+        if rule == rules[0]:
+            nodes = sorted(a1.timings["nodes"].items(), key=lambda kv: -kv[1])
+            phases.append((name, first_s, a1.timings, [
+                (k, net.nodes[k].op, net.nodes[k].nnz, s) for k, s in nodes[:4]]))
+    return rows, phases
+
+
+COLUMNS = [("model", "{}"), ("rule", "{}"), ("bbp 1t", "ms"), ("bbp 2t", "ms"),
+           ("bits", "{}"), ("prop 1t", "ms"), ("prop 2t", "ms"), ("linearize", "ms"),
+           ("ORT fwd", "ms"), ("torch f+b", "ms"), ("user 1t", "ms"), ("user 2t", "ms"),
+           ("user diff", "{:.0e}"), ("complete", "{:.0e}"), ("user/bbp 1t", "{:.1f}x"),
+           ("user/bbp 2t", "{:.1f}x"), ("bbp/lin", "{:.1f}"), ("bbp/ORT", "{:.0f}"),
+           ("bbp/torch f+b", "{:.0f}")]
+
+
+def _cell(v, fmt):
+    if v is None:
+        return "-"
+    if fmt == "ms":
+        return f"{1e3 * v:.1f}"
+    return fmt.format(v)
+
+
+def format_table(rows, columns=COLUMNS):
+    head = [c + (" ms" if f == "ms" else "") for c, f in columns]
+    body = [[_cell(r.get(c), f) for c, f in columns] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    out = [" | ".join(h.rjust(w) for h, w in zip(head, widths))]
+    out.append("-|-".join("-" * w for w in widths))
+    out += [" | ".join(x.rjust(w) for x, w in zip(line, widths)) for line in body]
+    return "\n".join(out)
+
+
+def format_phases(phases):
+    out = ["where bbp's time goes (1 thread, first rule): linearize = forward + gradient "
+           "(SciPy CSR mat-vecs); node = its BBp step (kernel + Python around it)"]
+    for name, first_s, t, nodes in phases:
+        rest = t["propagate"] - sum(s for *_, s in nodes)
+        top = ", ".join(f"#{k} {op} ({nnz / 1e6:.1f}M nnz) {1e3 * s:.1f}" for k, op, nnz, s
+                        in nodes)
+        out.append(f"  {name}: first call {first_s:.2f} s (structures, gradient caches); "
+                   f"linearize {1e3 * t['linearize']:.1f} ms, propagate "
+                   f"{1e3 * t['propagate']:.1f} ms = {top}, others {1e3 * rest:.1f}")
+    return "\n".join(out)
+
+
+def header():
+    versions = [f"refbbp {refbbp.__version__}", f"numpy {np.__version__}",
+                f"scipy {scipy.__version__}", f"onnx {onnx.__version__}",
+                f"onnxruntime {ort.__version__}"]
+    versions.append(f"torch {torch.__version__}" if torch is not None
+                    else "torch not installed: no user/torch columns")
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    load = ", load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    return (f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+            f"{load}\n" + ", ".join(versions) + "\n"
+            "one input, predicted class, T = 1; medians after a warm-up; refbbp float64; "
+            "'user' = PyTorch float64 unfold version of the same rule (forward and "
+            "gradient included), 'torch f+b' float32")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(models.MODELS),
+                    choices=list(models.MODELS))
+    ap.add_argument("--rules", nargs="+", default=["sign", "deviation"],
+                    choices=["sign", "deviation"])
+    ap.add_argument("--budget", type=float, default=3.0,
+                    help="seconds of repeats per refbbp/ORT/torch timing (at least 3)")
+    ap.add_argument("--baseline-repeats", type=int, default=3,
+                    help="repeats of the (slow) user implementation")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    print(header(), flush=True)
+    rng = np.random.default_rng(args.seed)
+    rows, phases = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            r, p = bench_model(name, tmp, args.rules, args.budget, args.baseline_repeats, rng)
+            rows += r
+            phases += p
+            print(f"  done {name}", file=sys.stderr, flush=True)
+    print(format_table(rows))
+    print(format_phases(phases))
+    if hasattr(os, "getloadavg"):
+        print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
