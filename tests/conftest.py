@@ -7,7 +7,11 @@ Hypothesis profiles (numpy's and scipy's conftest do the same):
 * ``dev``: random examples, more of them, for local runs.
 
 ``ci`` is loaded when the environment variable ``CI`` is set (``.ci/run`` sets it),
-``dev`` otherwise; ``HYPOTHESIS_PROFILE=<name>`` overrides both.
+``dev`` otherwise; ``HYPOTHESIS_PROFILE=<name>`` overrides both. With ``ci`` the whole
+suite (``CI=1 python -m pytest``) took about 2 minutes on 2 busy cores.
+
+The ``rng`` fixture runs a test once per seed, with hex ids (``[0x5eed]``); the seeds
+marked ``extended`` are deselected unless pytest is given ``--extended``.
 """
 
 from __future__ import annotations
@@ -61,12 +65,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    """Without ``--extended``, deselect the extended seeds (reported once as
+    "deselected", not as thousands of skips)."""
     if config.getoption("--extended"):
         return
-    skip = pytest.mark.skip(reason="extended seed: run with --extended")
-    for item in items:
-        if "extended" in item.keywords:
-            item.add_marker(skip)
+    extended = [item for item in items if item.get_closest_marker("extended")]
+    if extended:
+        config.hook.pytest_deselected(items=extended)
+        items[:] = [item for item in items if not item.get_closest_marker("extended")]
 
 
 @pytest.fixture(params=SEEDS + [pytest.param(s, marks=pytest.mark.extended)
