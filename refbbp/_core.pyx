@@ -3,9 +3,10 @@
 
 The NumPy reference of the same computation is ``refbbp/_reference.py``; the two must
 agree (tests/bbp). Inputs are validated in Python before they get here (see
-``refbbp/bbp/kernels.py``): the ``*_memview`` entry points only re-check array sizes and
-return a status code; nothing inside a ``nogil`` section raises or touches a Python
-object. Status codes (``STATUS_*`` below) are turned into messages by
+``refbbp/bbp/kernels.py``): the ``cpdef *_memview`` entry points take typed memoryviews,
+release the GIL and call a ``cdef ... noexcept nogil`` implementation that only
+re-checks array sizes and returns a status code; nothing inside a ``nogil`` section
+raises or touches a Python object. Status codes (``STATUS_*`` below) are turned into messages by
 ``refbbp.bbp.kernels.status_message``.
 
 One node of BBp is two passes over its local matrix, stored as CSR with the node's
@@ -66,9 +67,18 @@ def max_threads():
 
 
 cpdef int check_csr_memview(const int32_t[::1] indptr, const int32_t[::1] indices,
-                            int64_t n_cols) noexcept nogil:
+                            int64_t n_cols):
     """Status of a CSR structure: 0 valid, 1 indptr does not start at 0, 2 indptr
-    decreases, 3 a column index is out of [0, n_cols), 4 indptr[-1] != len(indices)."""
+    decreases, 3 a column index is out of [0, n_cols), 4 indptr[-1] != len(indices).
+    O(n_rows + nnz), without the GIL."""
+    cdef int status
+    with nogil:
+        status = _check_csr(indptr, indices, n_cols)
+    return status
+
+
+cdef int _check_csr(const int32_t[::1] indptr, const int32_t[::1] indices,
+                    int64_t n_cols) noexcept nogil:
     cdef Py_ssize_t r, j
     cdef Py_ssize_t n_rows = indptr.shape[0] - 1
     if n_rows < 0 or indptr[0] != 0:
@@ -180,7 +190,7 @@ cpdef int bbp_rows_memview(const float64_t[::1] data, const int32_t[::1] indices
                            const float64_t[::1] ext, int rule, double temperature,
                            float64_t[:, ::1] acc, float64_t[:, ::1] scratch,
                            int32_t[:, ::1] where, uint8_t[::1] used,
-                           float64_t[::1] fallback, int n_threads) noexcept nogil:
+                           float64_t[::1] fallback, int n_threads):
     """Pass 1 of one BBp node: every row's messages, summed per block (SPEC 3.2-3.6).
 
     Input:
@@ -217,8 +227,24 @@ cpdef int bbp_rows_memview(const float64_t[::1] data, const int32_t[::1] indices
     Complexity O(nnz + n_rows + K * n_cols) time, at most one exp per non-zero
     component.
     Returns STATUS_OK, STATUS_NONFINITE if some row's messages are not finite, or a
-    negative code for bad arguments (nothing written).
+    negative code for bad arguments (nothing written). Runs without the GIL.
     """
+    cdef int status
+    with nogil:
+        status = _bbp_rows(data, indices, indptr, u, slope, bias_x, h, beta, ext, rule,
+                           temperature, acc, scratch, where, used, fallback, n_threads)
+    return status
+
+
+cdef int _bbp_rows(const float64_t[::1] data, const int32_t[::1] indices,
+                   const int32_t[::1] indptr, const float64_t[::1] u,
+                   const float64_t[::1] slope, const float64_t[::1] bias_x,
+                   const float64_t[::1] h, const float64_t[::1] beta,
+                   const float64_t[::1] ext, int rule, double temperature,
+                   float64_t[:, ::1] acc, float64_t[:, ::1] scratch,
+                   int32_t[:, ::1] where, uint8_t[::1] used,
+                   float64_t[::1] fallback, int n_threads) noexcept nogil:
+    """bbp_rows_memview without the GIL."""
     cdef Py_ssize_t n_rows = indptr.shape[0] - 1
     cdef Py_ssize_t nnz = indices.shape[0]
     cdef Py_ssize_t n_cols = u.shape[0]
@@ -277,8 +303,7 @@ cpdef int bbp_rows_memview(const float64_t[::1] data, const int32_t[::1] indices
 
 # -------------------------------------------------------------------- pass 2
 cpdef int bbp_reduce_memview(const float64_t[:, ::1] acc, const uint8_t[::1] used,
-                             double spread, float64_t[::1] out,
-                             int n_threads) noexcept nogil:
+                             double spread, float64_t[::1] out, int n_threads):
     """Pass 2 of one BBp node: what every input element receives (SPEC 3.5).
 
     Input:
@@ -294,8 +319,18 @@ cpdef int bbp_reduce_memview(const float64_t[:, ::1] acc, const uint8_t[::1] use
 
     Parallel over elements (prange, static schedule); each writes only out[q].
     Complexity O(K * n_cols) time, no extra memory.
-    Returns STATUS_OK or a negative code for bad arguments (nothing written).
+    Returns STATUS_OK or a negative code for bad arguments (nothing written). Runs
+    without the GIL.
     """
+    cdef int status
+    with nogil:
+        status = _bbp_reduce(acc, used, spread, out, n_threads)
+    return status
+
+
+cdef int _bbp_reduce(const float64_t[:, ::1] acc, const uint8_t[::1] used,
+                     double spread, float64_t[::1] out, int n_threads) noexcept nogil:
+    """bbp_reduce_memview without the GIL."""
     cdef Py_ssize_t n_cols = out.shape[0]
     cdef Py_ssize_t n_blocks = acc.shape[0]
     cdef Py_ssize_t q, kb
