@@ -174,8 +174,8 @@ def propagate(net, lin, rule, temperature):
             own = grads[k][b] * bias_x if node.kind == "affine" else 0.0
             beta = node_beta_in[k][b] + own
             node_beta[k][b] = beta
-            if node.kind == "input":
-                continue
+            if node.kind == "input" or not np.any(beta):
+                continue                             # nothing to distribute (SPEC 3.5)
             h = trace.values[k][b]
             n_in = sum(nodes[i].size for i in node.inputs)
             # SPEC 3.2: the components of every row.

@@ -35,6 +35,10 @@ RULE_NAMES = ("sign", "deviation")
 class RowLayout:
     """The non-zero components of every row of one node, for one input (SPEC 3.2).
 
+    A rule is called once per node and input, for the nodes that have bias attribution
+    to distribute (``beta`` not all zero), max nodes included (whose rows have at most
+    one component), by both backends alike.
+
     Row ``p`` is element ``p`` of the node; its components are
     ``kappa[indptr[p]:indptr[p+1]]``, listed input by input (in ``node.inputs`` order)
     and, within an input, in increasing element order (for a max node: the selected

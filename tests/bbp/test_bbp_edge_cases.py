@@ -283,3 +283,25 @@ def test_threads_bitwise_identical(rule):
     assert np.array_equal(one.fallback, two.fallback)
     for la, lb in zip(one.layers, two.layers):
         assert np.array_equal(la.beta_in, lb.beta_in)
+
+
+def test_user_rule_called_alike_by_both_backends(rng):
+    """Both backends call a rule once per node with beta to distribute, output first,
+    with the same layouts (same components in the same order)."""
+    net = M.load(M.concat(rng))
+    x = rng.normal(size=(2, 4, 4))
+    calls = {}
+    for backend in ("cython", "numpy"):
+        seen = calls[backend] = []
+
+        def record(layout, seen=seen):
+            seen.append((layout.index, layout.indptr.copy(), layout.kappa.copy(),
+                         layout.input.copy(), layout.column.copy()))
+            return layout.kappa
+
+        refbbp.bbp(net, x, rule=record, backend=backend)
+    assert [c[0] for c in calls["cython"]] == [c[0] for c in calls["numpy"]]
+    assert calls["cython"][0][0] == net.output
+    for a, b in zip(calls["cython"], calls["numpy"]):
+        for u, v in zip(a[1:], b[1:]):
+            assert np.array_equal(u, v)
