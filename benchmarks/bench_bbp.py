@@ -14,7 +14,8 @@ in the same run (medians of repeats after one warm-up call, ``time.perf_counter`
 * ``bbp 1t`` / ``bbp 2t``: ``refbbp.bbp`` with 1 and 2 kernel threads, end to end (forward,
   gradient, BBp), and ``bits``: whether the two give bitwise identical beta and per-node
   beta_in (``np.array_equal``);
-* ``prop 1t`` / ``prop 2t``: the BBp part alone (``Attribution.timings["propagate"]``);
+* ``prop 1t`` / ``prop 2t``: the BBp part alone (``Attribution.timings["propagate"]``), and
+  ``prop Tinf 1t`` the same with T = inf, which computes no exponential;
 * (a) ``linearize``: ``refbbp.linearize`` on the same input (forward + gradient);
 * (b) ``ORT fwd``: an onnxruntime forward pass (float32, 1 thread);
 * (c) ``user 1t`` / ``user 2t``: the same rule written the way a user would, in PyTorch
@@ -202,6 +203,10 @@ def bench_model(name, out_dir, rules, budget, baseline_repeats, rng):
                 refbbp.bbp(net, x64, rule=rule, n_threads=nt).timings["propagate"]
                 for _ in range(3))
             row[f"bbp {nt}t"], row[f"prop {nt}t"], runs[nt] = s, prop, att
+        # The same BBp with T = inf computes no exponential: the difference is their cost.
+        row["prop Tinf 1t"] = statistics.median(
+            refbbp.bbp(net, x64, rule=rule, temperature=np.inf, n_threads=1)
+            .timings["propagate"] for _ in range(3))
         a1, a2 = runs[1], runs[2]
         row["bits"] = "same" if (np.array_equal(a1.beta, a2.beta) and all(
             np.array_equal(p.beta_in, q.beta_in) for p, q in zip(a1.layers, a2.layers))) \
@@ -231,7 +236,8 @@ def bench_model(name, out_dir, rules, budget, baseline_repeats, rng):
 
 
 COLUMNS = [("model", "{}"), ("rule", "{}"), ("bbp 1t", "ms"), ("bbp 2t", "ms"),
-           ("bits", "{}"), ("prop 1t", "ms"), ("prop 2t", "ms"), ("linearize", "ms"),
+           ("bits", "{}"), ("prop 1t", "ms"), ("prop 2t", "ms"), ("prop Tinf 1t", "ms"),
+           ("linearize", "ms"),
            ("ORT fwd", "ms"), ("torch f+b", "ms"), ("user 1t", "ms"), ("user 2t", "ms"),
            ("user diff", "{:.0e}"), ("complete", "{:.0e}"), ("user/bbp 1t", "{:.1f}x"),
            ("user/bbp 2t", "{:.1f}x"), ("bbp/lin", "{:.1f}"), ("bbp/ORT", "{:.0f}"),
