@@ -59,7 +59,8 @@ def zero_bias_network(net, keep=()):
     """
     keep = set(int(k) for k in keep)
     nodes = [node if (k in keep or node.kind != "affine") else
-             dataclasses.replace(node, bias=np.zeros(node.size)) for k, node in enumerate(net.nodes)]
+             dataclasses.replace(node, bias=np.zeros(node.size))
+             for k, node in enumerate(net.nodes)]
     for node, old in zip(nodes, net.nodes):
         if node is not old and "weights_t" in old.__dict__:
             node.__dict__["weights_t"] = old.__dict__["weights_t"]  # share the cache
