@@ -234,10 +234,6 @@ def test_regression_ceil_mode_window_starting_past_the_input(op, attrs, kernel, 
     assert_allclose(net.forward(x), expected.ravel(), rtol=ORT_RTOL, atol=ORT_ATOL)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "refbbp/onnx/pool.py: for auto_pad=VALID the AveragePool divisor with "
-    "count_include_pad=1 counts ceil_mode's overhang past the input as padding "
-    "(x[2] / 2 instead of x[2] / 1); explicit pads=[0, 0] give the right answer"))
 def test_regression_avgpool_valid_ceil_mode_divisor():
     """Found by drawing pools with auto_pad (the strategies now avoid this combination).
     AveragePool(kernel 2, stride 2, auto_pad VALID, ceil_mode 1, count_include_pad 1)

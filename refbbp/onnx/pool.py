@@ -77,7 +77,9 @@ def convert_average_pool(b, node, ins):
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad == "NOTSET":
         pad_end = [s + p for s, p in zip(spatial, pads[n:])]
-    else:  # auto_pad: the padding is implied and counted up to its end
+    elif auto_pad == "VALID":  # no padding: ceil_mode's overhang never counts
+        pad_end = list(spatial)
+    else:  # SAME_*: the implied padding counts up to its end
         pad_end = [(o - 1) * st + (k - 1) * d + 1 - pb for o, st, k, d, pb
                    in zip(geom.out, strides, kernel, dilations, geom.pads_begin)]
     pos, in_pad = windows(spatial, kernel, strides, dilations, geom, pad_end)
