@@ -25,3 +25,18 @@ __all__ = [
     "ModelFormatError", "Network", "Node", "NotPiecewiseLinearError", "PiecewiseLinear",
     "RefbbpError", "Trace", "UnsupportedOpError", "linearize", "load", "supported_ops",
 ]
+
+# Per-layer decompositions, saliency maps, the pixel-removal evaluation and the
+# bias-importance study (SPEC sections 4-6). The modules ``saliency``, ``evaluate`` and
+# ``bias_study`` are exported as modules (``refbbp.evaluate.evaluate(...)``); the
+# function ``decompose`` takes the name of its module, whose other contents are
+# imported with ``from refbbp.decompose import ...``.
+from . import bias_study, evaluate, saliency  # noqa: E402
+from .bias_study import BiasReport, bias_importance, zero_bias_network  # noqa: E402
+from .decompose import Decomposition, LayerAttribution, decompose  # noqa: E402
+from .evaluate import Evaluation  # noqa: E402
+
+__all__ += [
+    "BiasReport", "Decomposition", "Evaluation", "LayerAttribution", "bias_importance",
+    "bias_study", "decompose", "evaluate", "saliency", "zero_bias_network",
+]
