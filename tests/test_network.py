@@ -262,7 +262,8 @@ def test_targets_per_input_in_a_batch():
     assert_array_equal(np.argmax(pred.target, 1), np.argmax(logits, 1))
     top2 = net.linearize(xs, "top2")
     order = np.argsort(-logits, 1)
-    assert_allclose(top2.value, logits[np.arange(3), order[:, 0]] - logits[np.arange(3), order[:, 1]])
+    rows = np.arange(3)
+    assert_allclose(top2.value, logits[rows, order[:, 0]] - logits[rows, order[:, 1]])
 
 
 BAD_TARGETS = [

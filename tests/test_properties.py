@@ -235,7 +235,7 @@ def test_regression_ceil_mode_window_starting_past_the_input(op, attrs, kernel, 
 
 
 def test_regression_avgpool_valid_ceil_mode_divisor():
-    """Found by drawing pools with auto_pad (the strategies now avoid this combination).
+    """Found by drawing pools with auto_pad; fixed in refbbp/onnx/pool.py (59b3c7a).
     AveragePool(kernel 2, stride 2, auto_pad VALID, ceil_mode 1, count_include_pad 1)
     on a length-3 axis: windows [0, 1] and [2] (+ one position past the input, which
     is not padding: VALID has none). onnxruntime: [(x0 + x1) / 2, x2]."""
