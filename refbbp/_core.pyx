@@ -50,6 +50,11 @@ cdef enum:
     RULE_SCORES = 2      # s = ext[j], scores given by the caller
     RULE_WEIGHTS = 3     # alpha = ext[j], weights given by the caller (no softmax)
 
+# Columns per chunk of the reduction (a multiple of the cache line; any value gives the
+# same bits).
+cdef enum:
+    REDUCE_CHUNK = 2048
+
 # Status codes (negative: bad arguments, positive: numerical trouble in some rows).
 # cpdef: also visible from Python as refbbp._core.STATUS_OK, ...
 cpdef enum:
@@ -165,6 +170,12 @@ cdef inline int _row(Py_ssize_t p, const float64_t* data, const index_t* indices
     elif temperature == 0.0:          # the maximum-score components share equally
         for i in range(nz):
             e = 1.0 if scratch[i] == m else 0.0
+            scratch[i] = e
+            total += e
+    elif temperature == 1.0:          # s / 1 is exact: skip the division, same bits
+        for i in range(nz):
+            s = scratch[i]
+            e = 1.0 if s == m else exp(s - m)
             scratch[i] = e
             total += e
     else:
@@ -330,19 +341,36 @@ cpdef int bbp_reduce_memview(const float64_t[:, ::1] acc, const uint8_t[::1] use
 
 cdef int _bbp_reduce(const float64_t[:, ::1] acc, const uint8_t[::1] used,
                      double spread, float64_t[::1] out, int n_threads) noexcept nogil:
-    """bbp_reduce_memview without the GIL."""
+    """bbp_reduce_memview without the GIL.
+
+    Columns are taken in chunks; within a chunk, blocks outer and columns inner, so
+    every pass reads one accumulator row sequentially. Each out[q] still receives
+    spread, then acc[0, q], acc[1, q], ... in block order: the same additions in the
+    same order as a column-by-column loop.
+    """
     cdef Py_ssize_t n_cols = out.shape[0]
     cdef Py_ssize_t n_blocks = acc.shape[0]
-    cdef Py_ssize_t q, kb
-    cdef double s
+    cdef Py_ssize_t n_chunks = (n_cols + REDUCE_CHUNK - 1) // REDUCE_CHUNK
+    cdef Py_ssize_t ch, q, lo, hi, kb
+    cdef float64_t* op
+    cdef const float64_t* ap
     if acc.shape[1] != n_cols or used.shape[0] != n_blocks:
         return STATUS_SHAPE
     if n_threads < 1:
         return STATUS_THREADS
-    for q in prange(n_cols, schedule='static', chunksize=1024, num_threads=n_threads):
-        s = spread
+    if n_cols == 0:
+        return STATUS_OK
+    op = &out[0]
+    for ch in prange(n_chunks, schedule='static', chunksize=1, num_threads=n_threads):
+        lo = ch * REDUCE_CHUNK
+        hi = lo + REDUCE_CHUNK
+        if hi > n_cols:
+            hi = n_cols
+        for q in range(lo, hi):
+            op[q] = spread
         for kb in range(n_blocks):
             if used[kb]:
-                s = s + acc[kb, q]
-        out[q] = s
+                ap = &acc[kb, 0]
+                for q in range(lo, hi):
+                    op[q] = op[q] + ap[q]
     return STATUS_OK
