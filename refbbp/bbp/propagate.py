@@ -102,7 +102,9 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
 
     Examples
     --------
-    >>> net = refbbp.load("model.onnx")
+    >>> from refbbp import data
+    >>> net = refbbp.load(data.model_path())
+    >>> x = data.load_samples()[0][0]
     >>> att = refbbp.bbp(net, x, rule="sign", temperature=1.0)
     >>> att.beta.shape == x.shape
     True
