@@ -41,17 +41,13 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-import scipy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
@@ -182,7 +178,7 @@ def bench_model(name, out_dir, rules, budget, baseline_repeats, rng):
     x = rng.standard_normal(shape).astype(np.float32)
     x64 = x.astype(np.float64)
     t0 = time.perf_counter()
-    first = refbbp.bbp(net, x64, n_threads=1)            # builds the caches
+    refbbp.bbp(net, x64, n_threads=1)                    # builds the caches
     first_s = time.perf_counter() - t0
     rows, phases = [], []
 
@@ -289,21 +285,8 @@ def format_phases(phases):
 
 
 def header():
-    versions = [f"refbbp {refbbp.__version__}", f"numpy {np.__version__}",
-                f"scipy {scipy.__version__}", f"onnx {onnx.__version__}",
-                f"onnxruntime {ort.__version__}"]
-    versions.append(f"torch {torch.__version__}" if torch is not None
-                    else "torch not installed: no user/torch columns")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    load = ", load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return (f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-            f"{load}\n" + ", ".join(versions) + "\n"
+    note = "" if torch is not None else " (no torch: no user/torch columns)"
+    return (models.machine_header() + note + "\n"
             "one input, predicted class, T = 1; best of repeats after a warm-up; refbbp float64; "
             "'user' = PyTorch float64 unfold version of the same rule (forward and "
             "gradient included), 'torch f+b' float32")

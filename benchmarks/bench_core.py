@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,9 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-import scipy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
@@ -151,23 +147,9 @@ def format_table(rows):
 
 
 def header(threads):
-    versions = [f"refbbp {refbbp.__version__}", f"numpy {np.__version__}",
-                f"scipy {scipy.__version__}", f"onnx {onnx.__version__}",
-                f"onnxruntime {ort.__version__}"]
-    if torch is not None:
-        versions.append(f"torch {torch.__version__}")
-    else:
-        versions.append("torch not installed: no torch columns, models written directly")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    load = ", load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return (f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()} "
-            f"on {platform.system()}{load}\n" + ", ".join(versions) + "\n"
+    note = "" if models.torch is not None else \
+        " (no torch: no torch columns, models written directly)"
+    return (models.machine_header() + note + "\n"
             "times: median of repeats after one warm-up (one input, batch 1); refbbp float64 "
             "(SciPy sparse, single-threaded), onnxruntime float32; onnxruntime and torch "
             + (f"limited to {threads} thread(s)" if threads else "with default threads"))

@@ -222,3 +222,30 @@ def onnx_model(name):
                               ir_version=8)  # what opset 17 needs; onnxruntime may lag onnx
     onnx.checker.check_model(model)
     return model
+
+
+def machine_header():
+    """Two lines for a benchmark table's header: the machine (CPU, cores, Python, load)
+    and the versions of the libraries compared."""
+    import os
+    import platform
+
+    import onnxruntime as ort
+    import scipy
+
+    import refbbp
+
+    versions = [f"refbbp {refbbp.__version__}", f"numpy {np.__version__}",
+                f"scipy {scipy.__version__}", f"onnx {onnx.__version__}",
+                f"onnxruntime {ort.__version__}",
+                f"torch {torch.__version__}" if torch is not None else "torch not installed"]
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    load = ", load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    return (f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()} "
+            f"on {platform.system()}{load}\n" + ", ".join(versions))

@@ -106,7 +106,7 @@ def _completeness_rows(names, lin, results, errors, rules):
 
 def cmd_explain(args, demo=False):
     from .inputs import read_inputs
-    from .oracle import beta_key, write_oracle
+    from .oracle import write_oracle
 
     if demo:
         from . import data

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputShapeError
-from .nodes import Node
+
 
 __all__ = ["Network", "Trace"]
 

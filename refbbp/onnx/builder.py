@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from ..errors import MemoryBudgetError
 from ..network.activations import PiecewiseLinear
-from ..network.nodes import Node, matrix_nbytes
+from ..network.nodes import Node
 
 __all__ = ["Builder", "Var", "diagonal"]
 
