@@ -22,6 +22,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The fixture export script needs torch (never a test dependency); with
+# --doctest-modules pytest would import it to look for docstring examples.
+collect_ignore = ["fixtures/make_fixtures.py"]
+
 # Drawing one model runs onnxruntime on the partial graph a few times (~ 5-20 ms), which
 # Hypothesis' too_slow health check would flag; the cost is known and accepted.
 _SLOW_DRAWS = [HealthCheck.too_slow]
