@@ -74,17 +74,25 @@ def conv_matrix(w, spatial, geom, strides, dilations, group, reserve=None):
     return sp.csr_array((data.astype(np.float64), indices, indptr), shape=(n_rows, n_cols))
 
 
-@converter("Conv", first=1)
-def convert_conv(b, node, ins):
+def _operands(node, ins):
+    """``x``, the float64 weights and bias (or ``None``) and the attributes of a Conv or
+    ConvTranspose; only ``x`` may depend on the input."""
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 and ins[2] is not None else None
     if not isinstance(x, Var) or isinstance(w, Var) or isinstance(bias, Var):
-        raise node.not_piecewise_linear("a Conv whose weights or bias depend on the input")
-    w = np.asarray(w, np.float64)
+        raise node.not_piecewise_linear(
+            f"a {node.op_type} whose weights or bias depend on the input")
     if len(x.shape) < 3 or x.shape[0] != 1:
         raise node.unsupported(f"expected an input of shape (1, C, *spatial), got {x.shape}")
+    w = np.asarray(w, np.float64)
+    bias = None if bias is None else np.asarray(bias, np.float64)
+    return (x, w, bias) + _attrs(node, w, len(x.shape) - 2)
+
+
+@converter("Conv", first=1)
+def convert_conv(b, node, ins):
+    x, w, bias, kernel, strides, dilations, group = _operands(node, ins)
     c, spatial = x.shape[1], x.shape[2:]
-    kernel, strides, dilations, group = _attrs(node, w, len(spatial))
     if c % group or w.shape[0] % group or w.shape[1] * group != c:
         raise node.unsupported(f"group={group} does not fit {c} input channels and weights "
                                f"of shape {w.shape}")
@@ -92,7 +100,7 @@ def convert_conv(b, node, ins):
     mat = conv_matrix(w, spatial, geom, strides, dilations, group,
                       reserve=lambda nb: b.reserve(node.name, nb))
     out_shape = (1, w.shape[0]) + geom.out
-    bvec = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, np.float64)
+    bvec = np.zeros(w.shape[0]) if bias is None else bias
     return [b.affine([(x, mat)], np.repeat(bvec, int(np.prod(geom.out))), out_shape,
                      "Conv", node.name, foldable=True)]
 
@@ -145,16 +153,9 @@ def conv_transpose_matrix(w, spatial, out, pads_begin, strides, dilations, group
 
 @converter("ConvTranspose", first=1)
 def convert_conv_transpose(b, node, ins):
-    x, w = ins[0], ins[1]
-    bias = ins[2] if len(ins) > 2 and ins[2] is not None else None
-    if not isinstance(x, Var) or isinstance(w, Var) or isinstance(bias, Var):
-        raise node.not_piecewise_linear("a ConvTranspose whose weights depend on the input")
-    w = np.asarray(w, np.float64)
-    if len(x.shape) < 3 or x.shape[0] != 1:
-        raise node.unsupported(f"expected an input of shape (1, C, *spatial), got {x.shape}")
+    x, w, bias, kernel, strides, dilations, group = _operands(node, ins)
     c, spatial = x.shape[1], x.shape[2:]
     n = len(spatial)
-    kernel, strides, dilations, group = _attrs(node, w, n)
     if w.shape[0] != c or c % group:
         raise node.unsupported(f"weights {w.shape} do not fit {c} input channels, group={group}")
     a = node.attrs
@@ -187,7 +188,7 @@ def convert_conv_transpose(b, node, ins):
                                 reserve=lambda nb: b.reserve(node.name, nb))
     m = w.shape[1] * group
     out_shape = (1, m) + tuple(out)
-    bvec = np.zeros(m) if bias is None else np.asarray(bias, np.float64)
+    bvec = np.zeros(m) if bias is None else bias
     return [b.affine([(x, mat)], np.repeat(bvec, int(np.prod(out))), out_shape,
                      "ConvTranspose", node.name, foldable=True)]
 
