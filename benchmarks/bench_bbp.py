@@ -264,11 +264,7 @@ def _cell(v, fmt):
 def format_table(rows, columns=COLUMNS):
     head = [c + (" ms" if f == "ms" else "") for c, f in columns]
     body = [[_cell(r.get(c), f) for c, f in columns] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    out = [" | ".join(h.rjust(w) for h, w in zip(head, widths))]
-    out.append("-|-".join("-" * w for w in widths))
-    out += [" | ".join(x.rjust(w) for x, w in zip(line, widths)) for line in body]
-    return "\n".join(out)
+    return models.render_table(head, body)
 
 
 def format_phases(phases):

@@ -139,11 +139,7 @@ def format_table(rows):
             else:
                 line.append(fmt.format(v))
         body.append(line)
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    out = [" | ".join(h.rjust(w) for h, w in zip(head, widths))]
-    out.append("-|-".join("-" * w for w in widths))
-    out += [" | ".join(x.rjust(w) for x, w in zip(line, widths)) for line in body]
-    return "\n".join(out)
+    return models.render_table(head, body)
 
 
 def header(threads):
