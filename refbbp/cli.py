@@ -106,7 +106,7 @@ def _completeness_rows(names, lin, results, errors, rules):
 
 def cmd_explain(args, demo=False):
     from .inputs import read_inputs
-    from .oracle import write_oracle
+    from .oracle import beta_key, write_oracle
 
     if demo:
         from . import data
@@ -135,8 +135,10 @@ def cmd_explain(args, demo=False):
     written = []
     if args.format == "npz" or demo:
         path = os.path.join(args.out, "explanations.npz")
+        done = {beta_key(r, args.temperature): np.stack([a.beta for a in results[r]])
+                for r in rules}
         write_oracle(path, net, x, model, target=args.target, rules=rules,
-                     temperatures=(args.temperature,))
+                     temperatures=(args.temperature,), betas=done)
         written.append(path)
     if args.format == "json" and not demo:
         path = os.path.join(args.out, "explanations.json")

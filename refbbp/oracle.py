@@ -54,8 +54,12 @@ def _sha256(path):
 
 
 def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures=(1.0,),
-                  layers=False, progress=None):
-    """Compute the golden fields of the module docstring for inputs ``x`` (n, ...)."""
+                  layers=False, progress=None, betas=None):
+    """Compute the golden fields of the module docstring for inputs ``x`` (n, ...).
+
+    ``betas`` may hold attributions the caller already computed for these inputs and
+    this target, keyed by :func:`beta_key` (without layers); they are not computed again.
+    """
     from .bbp import bbp
 
     lin = net.linearize(x, target)
@@ -66,7 +70,14 @@ def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures
             out[f"node/{k}/h"] = lin.trace.values[k]
             out[f"node/{k}/g"] = lin.grads[k]
             out[f"node/{k}/bias"] = lin.trace.local_bias(k)
-    combos = [(r, t) for r in rules for t in temperatures]
+    betas = {} if betas is None or layers else betas
+    combos = []
+    for rule in rules:
+        for t in temperatures:
+            if beta_key(rule, t) in betas:
+                out[beta_key(rule, t)] = betas[beta_key(rule, t)]
+            else:
+                combos.append((rule, t))
     for rule, t in (progress(combos, desc="bbp") if progress else combos):
         att = bbp(net, x, target=target, rule=rule, temperature=t, return_layers=layers)
         out[beta_key(rule, t)] = att.beta
@@ -77,7 +88,7 @@ def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures
 
 
 def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "deviation"),
-                 temperatures=(1.0,), layers=False, progress=None):
+                 temperatures=(1.0,), layers=False, progress=None, betas=None):
     """Write an oracle file (module docstring) for inputs ``x`` of shape (n, *input_shape).
 
     Returns
@@ -87,7 +98,7 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
     """
     from . import __version__
 
-    fields = oracle_fields(net, x, target, rules, temperatures, layers, progress)
+    fields = oracle_fields(net, x, target, rules, temperatures, layers, progress, betas)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "refbbp_version": __version__,
         "spec": "SPEC.md sections 2 (local linear model) and 3 (BBp)",
