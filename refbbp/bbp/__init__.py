@@ -7,7 +7,7 @@
 * ``kernels.py`` -- validated wrappers around the Cython kernels (``refbbp/_core.pyx``).
 * ``attribution.py`` -- :class:`Attribution`, :class:`Layer`, completeness checks.
 
-The NumPy reference the kernel is tested against is ``refbbp/_reference.py``.
+The NumPy reference the kernel is tested against is ``refbbp/bbp/reference.py``.
 """
 
 from .attribution import Attribution, Completeness, Layer

@@ -5,7 +5,7 @@ gradients ``g_n``), then visit the nodes from the output back to the input. At e
 node the own bias is added (SPEC 3.1) and the node's rows send their beta to their
 inputs (SPEC 3.2-3.6), either through the Cython kernel (``backend="cython"``, this
 module with ``kernels.py``) or through the NumPy reference (``backend="numpy"``,
-``refbbp/_reference.py``), which share this function's contract.
+``refbbp/bbp/reference.py``), which share this function's contract.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from .. import _reference
-from ..linearize import linearize
+from . import reference
+from ..network.linearize import linearize
 from .attribution import Attribution, Layer
 from .kernels import Workspace, check_n_threads, distribute_node
 from .rules import RowLayout, resolve_rule
@@ -77,7 +77,7 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
         applied to weights.
     backend : {"cython", "numpy"}, optional
         ``"cython"``: the parallel kernel of ``refbbp/_core.pyx``; ``"numpy"``: the
-        row-by-row reference of ``refbbp/_reference.py`` (slow; for checking).
+        row-by-row reference of ``refbbp/bbp/reference.py`` (slow; for checking).
     return_layers : bool, optional
         Also return per-node results (:class:`~refbbp.Layer`).
     n_threads : int, optional
@@ -131,7 +131,7 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
             net, lin, rule_, temperature, n_threads, timings)
     else:
         t0 = time.perf_counter()
-        node_beta, node_beta_in, fallback = _reference.propagate(net, lin, rule_, temperature)
+        node_beta, node_beta_in, fallback = reference.propagate(net, lin, rule_, temperature)
         timings["prepare"] = 0.0
         timings["propagate"] = time.perf_counter() - t0
         n_threads = None
@@ -177,7 +177,7 @@ def _result(net, lin, rule, temperature, backend, n_threads, timings, node_beta,
 
 
 def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
-    """BBp through the Cython kernel (same contract as ``refbbp._reference.propagate``).
+    """BBp through the Cython kernel (same contract as ``refbbp.reference.propagate``).
 
     Parameters
     ----------

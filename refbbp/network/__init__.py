@@ -1,7 +1,17 @@
-"""Networks of local affine maps: nodes, activations, forward pass."""
+"""Networks of local affine maps (SPEC sections 1-2).
 
-from .activations import PiecewiseLinear
-from .graph import Network, Trace
+* ``piecewise.py`` -- :class:`PiecewiseLinear`, the elementwise activations.
+* ``nodes.py`` -- :class:`Node`: input, affine and max nodes.
+* ``trace.py`` -- :class:`Trace`, what a forward pass computed.
+* ``linearize.py`` -- :func:`linearize`, the local linear model ``f(x) = w . x + b^x``.
+* ``graph.py`` -- :class:`Network`, the DAG and its float64 forward pass.
+"""
+
+from .graph import Network, live_nodes
+from .linearize import LocalLinearModel, linearize, target_vectors
 from .nodes import Node
+from .piecewise import PiecewiseLinear
+from .trace import Trace
 
-__all__ = ["Network", "Node", "PiecewiseLinear", "Trace"]
+__all__ = ["LocalLinearModel", "Network", "Node", "PiecewiseLinear", "Trace", "linearize",
+           "live_nodes", "target_vectors"]

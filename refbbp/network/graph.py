@@ -2,72 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import scipy.sparse as sp
 
 from ..errors import InputShapeError
+from .linearize import linearize
+from .trace import Trace, matmul_rows, max_forward
 
 
-__all__ = ["Network", "Trace"]
+__all__ = ["Network", "live_nodes"]
 
 
-def matmul_rows(u, a):
-    """``u @ a.T`` for a batch of row vectors ``u`` (batch, n) and a dense or CSR ``a``."""
-    if sp.issparse(a):
-        return np.asarray((a @ u.T).T)
-    return u @ a.T
+def live_nodes(nodes, output):
+    """Which nodes the node ``output`` depends on (itself included).
 
-
-@dataclass(eq=False)
-class Trace:
-    """Everything a forward pass computed, for one input or a batch.
-
-    Attributes
+    Parameters
     ----------
-    values : list of ndarray, shape (batch, node.size)
-        ``h_n``, the output of every node (after its activation).
-    pre : list of ndarray or None
-        ``y_n``, the pre-activation of activated affine nodes (``None`` otherwise).
-    pieces : list of ndarray of int8 or None
-        The activation pattern: the piece every activated element fell in.
-    selected : list of ndarray of int64 or None
-        Max nodes: the input element each output selected (first maximum in window order).
-    batched : bool
-        Whether the input carried a batch dimension.
+    nodes : list of Node
+        In topological order.
+    output : int
+
+    Returns
+    -------
+    ndarray of bool, shape (len(nodes),)
     """
-
-    network: "Network"
-    values: list
-    pre: list
-    pieces: list
-    selected: list
-    batched: bool
-
-    @property
-    def logits(self):
-        """Network output, shape (batch, n_outputs)."""
-        return self.values[self.network.output]
-
-    def slopes_offsets(self, n):
-        """Local slopes ``c`` and offsets ``d`` of node ``n``, each (batch, size), or ``None``."""
-        act = self.network.nodes[n].activation
-        if act is None:
-            return None
-        return act.local(self.pieces[n])
-
-    def local_bias(self, n):
-        """``b^x_n = c * b + d`` (SPEC section 2), shape (batch, size)."""
-        node = self.network.nodes[n]
-        batch = self.values[0].shape[0]
-        if node.kind != "affine":
-            return np.zeros((batch, node.size))
-        cd = self.slopes_offsets(n)
-        if cd is None:
-            return np.broadcast_to(node.bias, (batch, node.size)).copy()
-        c, d = cd
-        return c * node.bias + d
+    live = np.zeros(len(nodes), bool)
+    live[output] = True
+    for k in range(output, -1, -1):
+        if live[k]:
+            live[list(nodes[k].inputs)] = True
+    return live
 
 
 class Network:
@@ -149,7 +112,7 @@ class Network:
         """
         # A node n is a cut iff no edge (i -> k) with i < n < k skips over it, among
         # nodes on input-to-output paths (nodes are in topological order).
-        live = self._live_nodes()
+        live = live_nodes(self.nodes, self.output)
         consumers = self.consumers()
         reach = 0  # furthest node read by an edge leaving a live node before k
         cuts = []
@@ -158,14 +121,6 @@ class Network:
                 cuts.append(int(k))
             reach = max([reach] + [c for c in consumers[k] if live[c]])
         return cuts
-
-    def _live_nodes(self):
-        live = np.zeros(len(self.nodes), bool)
-        live[self.output] = True
-        for k in range(self.output, -1, -1):
-            if live[k]:
-                live[list(self.nodes[k].inputs)] = True
-        return live
 
     # ---------------------------------------------------------------- forward
     def as_batch(self, x):
@@ -211,7 +166,7 @@ class Network:
         for k in range(1, n):
             node = self.nodes[k]
             if node.kind == "max":
-                values[k], selected[k] = _max_forward(values[node.inputs[0]], node.window)
+                values[k], selected[k] = max_forward(values[node.inputs[0]], node.window)
                 continue
             y = np.broadcast_to(node.bias, (xb.shape[0], node.size)).copy()
             for i, w in zip(node.inputs, node.weights):
@@ -303,8 +258,6 @@ class Network:
 
         See :func:`refbbp.linearize`.
         """
-        from ..linearize import linearize
-
         return linearize(self, x, target)
 
     # ---------------------------------------------------------------- display
@@ -342,14 +295,3 @@ def _fmt_bytes(n):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-
-
-def _max_forward(u, window):
-    """Max over windows with padding (-1) excluded; ties go to the first in window order."""
-    batch = u.shape[0]
-    safe = np.where(window >= 0, window, 0)
-    cand = u[:, safe]  # (batch, size, K)
-    cand = np.where(window >= 0, cand, -np.inf)
-    arg = np.argmax(cand, axis=2)
-    sel = np.take_along_axis(np.broadcast_to(safe, (batch,) + safe.shape), arg[..., None], 2)[..., 0]
-    return np.take_along_axis(u, sel, axis=1), sel

@@ -20,7 +20,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-from .activations import PiecewiseLinear
+from .piecewise import PiecewiseLinear
 
 __all__ = ["Node", "matrix_nbytes", "matrix_nnz"]
 

@@ -1,10 +1,11 @@
-"""ONNX import: one converter module per op family, registered explicitly."""
+"""ONNX import: one converter module per op family, registered explicitly.
 
-from . import activations, conv, elementwise, gemm, index, pool  # noqa: F401
-from .loader import ImportNotice, load
+``loader.py`` imports the converter modules (``CONVERTER_MODULES``), each of which
+registers its converters with ``registry.py`` by decorator; ``builder.py`` turns the
+converted ops into the nodes of a :class:`~refbbp.network.Network`.
+"""
+
+from .loader import CONVERTER_MODULES, ImportNotice, load
 from .registry import supported_ops
 
-# The converter modules, imported above for their registrations (in this order).
-CONVERTER_MODULES = (activations, conv, elementwise, gemm, index, pool)
-
-__all__ = ["ImportNotice", "load", "supported_ops", "CONVERTER_MODULES"]
+__all__ = ["CONVERTER_MODULES", "ImportNotice", "load", "supported_ops"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..network.activations import PiecewiseLinear
+from ..network.piecewise import PiecewiseLinear
 from .builder import Var
 from .registry import converter
 

@@ -24,7 +24,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import MemoryBudgetError
-from ..network.activations import PiecewiseLinear
 from ..network.nodes import Node
 
 __all__ = ["Builder", "Var", "diagonal"]
@@ -290,8 +289,3 @@ class Builder:
         if w is not None and w[0] > 0 and np.array_equal(w[1], np.arange(var.size)):
             return w[0]
         return int(self.identity(var, name, "Output").src[0])
-
-
-def make_activation(name, var_size, breaks, slopes, offsets):
-    """Helper for converters: an activation over ``var_size`` elements."""
-    return PiecewiseLinear.uniform(name, var_size, breaks, slopes, offsets)

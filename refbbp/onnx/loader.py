@@ -19,11 +19,15 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import InputShapeError, ModelFormatError, UnsupportedOpError
-from ..network.graph import Network
-from . import registry
+from ..network.graph import Network, live_nodes
+from . import activations, conv, elementwise, gemm, index, pool, registry
 from .builder import Builder, Var
 
-__all__ = ["load", "ImportNotice"]
+__all__ = ["CONVERTER_MODULES", "ImportNotice", "load", "strip_final_softmax",
+           "topological_order"]
+
+#: The converter modules, imported above for their registrations (in this order).
+CONVERTER_MODULES = (activations, conv, elementwise, gemm, index, pool)
 
 DEFAULT_MAX_BYTES = 4 << 30
 
@@ -49,7 +53,7 @@ def _read_model(model):
     return proto, {"path": path, "sha256": hashlib.sha256(raw).hexdigest()}
 
 
-def _topological(nodes, available):
+def topological_order(nodes, available):
     """Kahn's algorithm over ONNX nodes; raises on cycles or missing inputs."""
     produced_by = {}
     for i, n in enumerate(nodes):
@@ -130,7 +134,7 @@ def _input_shape(vi, input_shape):
     return ((1,) + tuple(rest) if batch else tuple(rest)), tuple(rest), batch
 
 
-def _strip_final_softmax(output, produced_by, nodes):
+def strip_final_softmax(output, produced_by, nodes):
     """Follow the output back over a final Softmax/LogSoftmax (or Softmax -> Log) and
     any Identity nodes around it. Returns the tensor to explain and the dropped nodes
     (none if the chain holds no Softmax/LogSoftmax)."""
@@ -177,8 +181,6 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
         An op or attribute refbbp does not convert.
     ModelFormatError, InputShapeError, MemoryBudgetError
     """
-    from . import CONVERTER_MODULES  # noqa: F401  (registers the converters)
-
     proto, source = _read_model(model)
     graph = proto.graph
     opsets = {(o.domain or ""): o.version for o in proto.opset_import}
@@ -202,8 +204,8 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
         raise ModelFormatError(f"no graph output named {output!r}; outputs: {outputs}")
     out_name = output
 
-    nodes, produced_by = _topological(list(graph.node), set(consts) | {vin.name})
-    output, dropped = _strip_final_softmax(output, produced_by, nodes)
+    nodes, produced_by = topological_order(list(graph.node), set(consts) | {vin.name})
+    output, dropped = strip_final_softmax(output, produced_by, nodes)
     notices = []
     if dropped:
         notices.append(
@@ -266,12 +268,9 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
 
 
 def _prune(nodes, out):
-    """Drop nodes the output does not depend on; renumber the rest."""
-    live = np.zeros(len(nodes), bool)
-    live[out] = live[0] = True
-    for k in range(out, 0, -1):
-        if live[k]:
-            live[nodes[k].inputs] = True
+    """Drop nodes the output does not depend on (the input stays); renumber the rest."""
+    live = live_nodes(nodes, out)
+    live[0] = True
     new_index = np.cumsum(live) - 1
     kept = []
     for k in np.flatnonzero(live):

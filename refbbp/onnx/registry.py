@@ -1,7 +1,7 @@
 """The converter registry: ``(domain, op_type, since_version) -> converter``.
 
 Each converter module registers its functions with :func:`converter`, an explicit
-decorator; :data:`CONVERTER_MODULES` in ``refbbp/onnx/__init__.py`` lists the modules
+decorator; :data:`CONVERTER_MODULES` in ``refbbp/onnx/loader.py`` lists the modules
 that are imported. The opset of a node is resolved with
 ``onnx.defs.get_schema(op, max_inclusive_version=opset).since_version``, so one entry
 serves every opset until the op's definition changes.

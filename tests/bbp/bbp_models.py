@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import refbbp

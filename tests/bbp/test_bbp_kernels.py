@@ -4,7 +4,7 @@ points (STYLE 7, 12), against a replicated reference in dense-matrix form (STYLE
 The replicated reference (:func:`dense_bbp_node`) follows SPEC 3.2-3.6 with whole
 matrices: components ``K = diag(c) A * u``, a score matrix, a masked row softmax, the
 message matrix ``alpha * beta[:, None]`` and its column sums. It shares no code with the
-kernel nor with refbbp/_reference.py.
+kernel nor with refbbp/bbp/reference.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from refbbp.cli import main
-from refbbp.oracle import beta_key
+from refbbp.io.oracle import beta_key
 from tests.helpers import make_model, make_node
 
 RNG = np.random.default_rng(0x5EED)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .errors import InputShapeError
+from ..errors import InputShapeError
 
 __all__ = ["read_inputs", "IMAGE_SUFFIXES"]
 

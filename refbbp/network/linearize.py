@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputShapeError
-from .network.graph import Trace, matmul_rows
+from ..errors import InputShapeError
+from .trace import Trace, matmul_rows
 
 __all__ = ["LocalLinearModel", "linearize", "target_vectors"]
 

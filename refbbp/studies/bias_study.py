@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._progress import progress as _progress_bar
-from .network.graph import Network
+from .._progress import progress as _progress_bar
+from ..network.graph import Network
 
 __all__ = ["BiasReport", "bias_importance", "zero_bias_network"]
 

@@ -22,10 +22,10 @@ removed together). Conventions:
   bias-gradients whose tensors have the image's rank), and it is the only choice that
   invents no spatial layout: spreading a dense layer's attribution uniformly over the
   image would give a constant map, which rescales to zeros anyway. Dense layers still
-  count in every *decomposition* (:mod:`refbbp.decompose`); they are only absent from
+  count in every *decomposition* (:mod:`refbbp.explain.decompose`); they are only absent from
   the pixel maps.
 
-Methods (each takes a :class:`~refbbp.decompose.Decomposition`, for one input or a
+Methods (each takes a :class:`~refbbp.explain.decompose.Decomposition`, for one input or a
 batch, and returns maps shaped ``spatial`` or ``(batch, *spatial)``):
 
 * :func:`gradient_map`: ``sum_c |x * grad|``, the gradient x input baseline;

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .bbp.rules import RowLayout
+from .rules import RowLayout
 
 __all__ = ["propagate", "row_components", "row_messages"]
 

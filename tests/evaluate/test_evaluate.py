@@ -18,10 +18,10 @@ import scipy.stats
 
 import refbbp
 from refbbp import evaluate as ev
-from refbbp.decompose import decompose
-from refbbp.saliency import gradient_map
+from refbbp.explain.decompose import decompose
+from refbbp.explain.saliency import gradient_map
 from tests.helpers import make_model
-from tests.test_decompose import _node, build_cnn, build_resnet
+from tests.models import build_cnn, build_resnet, onnx_node
 
 CHUNKS = [1, 2, 3, 5, 64]
 
@@ -43,8 +43,8 @@ FLIP_MARGINS = [1.25, 0.75, -0.25, 1.75, 1.5, 0.5, 0.5, 1.5, -0.5, -1.5, -1.5, -
 
 def flip_flop_model():
     w = np.stack([U, np.zeros(12)])
-    nodes = [_node("Flatten", ["x"], "f", axis=1),
-             _node("Gemm", ["f", "W", "b"], "logits", transB=1)]
+    nodes = [onnx_node("Flatten", ["x"], "f", axis=1),
+             onnx_node("Gemm", ["f", "W", "b"], "logits", transB=1)]
     model = make_model(nodes, {"x": (1, 2, 6)}, ["logits"],
                        {"W": w, "b": np.array([C, 0.0])})
     return model, X_FLIP.reshape(1, 1, 2, 6)
@@ -141,8 +141,8 @@ def test_first_flip_matches_brute_force_on_random_cnns(chunk, baseline, rng):
 
 def _constant_class_model(bias0=100.0):
     """Class 0 always wins by a wide margin: the class never changes."""
-    nodes = [_node("Flatten", ["x"], "f", axis=1),
-             _node("Gemm", ["f", "W", "b"], "logits", transB=1)]
+    nodes = [onnx_node("Flatten", ["x"], "f", axis=1),
+             onnx_node("Gemm", ["f", "W", "b"], "logits", transB=1)]
     w = np.full((2, 4), 0.25)
     return make_model(nodes, {"x": (1, 2, 2)}, ["logits"], {"W": w, "b": np.array([bias0, 0])})
 
@@ -425,8 +425,6 @@ def test_bias_methods_use_bbp(method, rule, rng):
 @pytest.fixture
 def cli_files(tmp_path, rng):
     import onnx
-
-    from tests.test_decompose import build_resnet
 
     model, x = build_resnet(rng, channels=1, size=6, batch=5)
     path = tmp_path / "model.onnx"

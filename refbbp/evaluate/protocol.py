@@ -53,9 +53,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import saliency as sal
-from ._progress import progress as _progress_bar
-from .decompose import decompose
+from ..explain import saliency as sal
+from .._progress import progress as _progress_bar
+from ..explain.decompose import decompose
 
 __all__ = ["DEFAULT_METHODS", "METRICS", "Evaluation", "OnnxScorer", "boxplot",
            "derangement", "evaluate", "first_flips", "removal_order", "saliency_maps",
@@ -341,7 +341,7 @@ def _pixel_sum(net, a):
 
 def _bbp_maps(net, x, classes, rule):
     try:
-        from .bbp import bbp
+        from ..bbp import bbp
     except ImportError as exc:
         raise ImportError(f"the 'bias' methods need refbbp.bbp, which failed to import: "
                           f"{exc}") from exc
@@ -659,7 +659,7 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     """
     import onnx
 
-    from .network.graph import Network
+    from ..network.graph import Network
 
     if isinstance(model, Network):
         net = model
@@ -667,7 +667,7 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
         model_name = "<Network>"
     else:
         if net is None:
-            from .onnx import load
+            from ..onnx import load
 
             net = load(model)
         score = scorer if scorer is not None else OnnxScorer(model, net, max_batch)
@@ -783,7 +783,7 @@ def boxplot(evaluation, path, metrics=("de_minus", "e_minus"), methods=None, tit
     str
         ``path``.
     """
-    from .figures import require_matplotlib
+    from ..figures import require_matplotlib
 
     plt = require_matplotlib()
     methods = list(evaluation.methods if methods is None else methods)

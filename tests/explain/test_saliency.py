@@ -14,8 +14,8 @@ import pytest
 
 import refbbp
 from refbbp import saliency as sal
-from refbbp.decompose import decompose
-from tests.test_decompose import BUILDERS, build_cnn, build_mlp, build_resnet
+from refbbp.explain.decompose import decompose
+from tests.models import BUILDERS, build_cnn, build_mlp, build_resnet
 
 A22 = np.array([[1.0, 2.0], [3.0, 4.0]])
 

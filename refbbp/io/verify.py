@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .onnx.registry import NOT_PIECEWISE_LINEAR
+from ..bbp import bbp
+from ..onnx.loader import strip_final_softmax, topological_order
+from ..onnx.registry import NOT_PIECEWISE_LINEAR
 
 __all__ = ["onnxruntime_logits", "forward_error", "nonlinear_nodes", "verify",
            "FORWARD_RTOL", "FORWARD_ATOL", "LINEAR_TOL"]
@@ -81,13 +83,11 @@ def nonlinear_nodes(model):
     -------
     list of (op_type, node name)
     """
-    from .onnx.loader import _strip_final_softmax, _topological
-
     proto = _proto(model)
     graph = proto.graph
     available = {i.name for i in graph.initializer} | {i.name for i in graph.input}
-    nodes, produced_by = _topological(list(graph.node), available)
-    _, dropped = _strip_final_softmax(graph.output[0].name, produced_by, nodes)
+    nodes, produced_by = topological_order(list(graph.node), available)
+    _, dropped = strip_final_softmax(graph.output[0].name, produced_by, nodes)
     dropped_ids = {id(n) for n in dropped}
     return [(n.op_type, n.name or n.op_type) for n in nodes
             if n.op_type in NOT_PIECEWISE_LINEAR and (n.domain or "") in ("", "ai.onnx")
@@ -104,8 +104,6 @@ def verify(model, net, x, rules=("sign",), temperature=1.0):
         (relative; <= 1e-9 passes), ``bbp_error`` per rule (relative, worst of SPEC 3's
         identities), ``ok``.
     """
-    from .bbp import bbp
-
     x = np.asarray(x, np.float32).astype(np.float64)
     ref = onnxruntime_logits(model, net, x)
     ours = net.forward(x)

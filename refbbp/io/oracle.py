@@ -60,7 +60,7 @@ def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures
     ``betas`` may hold attributions the caller already computed for these inputs and
     this target, keyed by :func:`beta_key` (without layers); they are not computed again.
     """
-    from .bbp import bbp
+    from ..bbp import bbp
 
     lin = net.linearize(x, target)
     out = {"x": np.asarray(x, np.float64), "logits": lin.logits, "target": lin.target,
@@ -96,7 +96,7 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
     dict
         The fields written (without ``meta``).
     """
-    from . import __version__
+    from .._version import __version__
 
     fields = oracle_fields(net, x, target, rules, temperatures, layers, progress, betas)
     meta = {

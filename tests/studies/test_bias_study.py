@@ -15,9 +15,9 @@ import pytest
 from onnx import numpy_helper
 
 import refbbp
-from refbbp.bias_study import bias_importance, zero_bias_network
+from refbbp.studies.bias_study import bias_importance, zero_bias_network
 from tests.helpers import run_ort
-from tests.test_decompose import build_cnn, build_mlp, build_resnet
+from tests.models import build_cnn, build_mlp, build_resnet
 
 # Initializers that hold biases in the test models (tests/test_decompose.py builders);
 # the Clip bounds ("lo", "hi") are activation offsets, not biases, and stay.

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 import refbbp
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 FILES = sorted(FIXTURES.glob("*.onnx"))
 MODELS = sorted({p.name.split(".")[0] for p in FILES})
 

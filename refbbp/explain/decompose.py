@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .linearize import LocalLinearModel, linearize
+from ..network.linearize import LocalLinearModel, linearize
 
 __all__ = ["Decomposition", "LayerAttribution", "decompose", "layer_shape"]
 
