@@ -1,27 +1,42 @@
 """Thin validated Python wrappers around the Cython kernels of ``refbbp/_core.pyx``.
 
 Everything is checked here, before the kernels run without the GIL (STYLE 5-8): array
-dtypes (float64, int32), C-contiguity, sizes, the rule code, the temperature and the
-thread count. The CSR structures themselves were checked once, when the node's
-:class:`~refbbp.bbp.structure.NodeStructure` was built. Status codes returned by the
-kernels become exceptions with a message here (:func:`status_message`).
+dtypes (float64; int32 or int64 indices, the same for ``indices`` and ``indptr``),
+C-contiguity, sizes, the rule code (``_core.RULE_*``), the temperature and the thread
+count (:func:`check_n_threads`). The CSR structures themselves were checked when the
+node's :class:`~refbbp.bbp.structure.NodeStructure` was built, and cannot change after
+(read-only arrays the structure owns). Every kernel entry point returns a code of one
+table, ``_core.STATUS_*``; :data:`STATUS_MESSAGES` gives each its message.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 from .. import _core
 
-__all__ = ["Workspace", "distribute_node", "status_message", "check_n_threads"]
+__all__ = ["INDEX_DTYPES", "STATUS_MESSAGES", "Workspace", "available_cpus",
+           "check_n_threads", "distribute_node", "status_message"]
 
-_MESSAGES = {
+#: The message of every kernel status code (``refbbp._core.STATUS_*``, one table for
+#: every entry point; a test checks that none is missing).
+STATUS_MESSAGES = {
+    _core.STATUS_OK: "ok",
     _core.STATUS_SHAPE: "array sizes are inconsistent",
     _core.STATUS_RULE: "unknown rule code, or the user scores/weights are missing",
     _core.STATUS_TEMPERATURE: "temperature is NaN or negative",
     _core.STATUS_THREADS: "n_threads must be at least 1",
+    _core.STATUS_CSR_INDPTR_START: "indptr does not start at 0",
+    _core.STATUS_CSR_INDPTR_DECREASES: "indptr decreases",
+    _core.STATUS_CSR_INDEX_RANGE: "a column index is outside [0, n_cols)",
+    _core.STATUS_CSR_NNZ: "indptr[-1] differs from the number of entries",
     _core.STATUS_NONFINITE: "some rows produced non-finite messages",
 }
+
+#: Index types the kernels take for ``indices``/``indptr`` (one per call).
+INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
 #: Nodes with fewer stored entries than this run on one thread: below it, starting the
@@ -32,20 +47,61 @@ PARALLEL_MIN_REDUCE = 1 << 16
 
 
 def status_message(status):
-    """The message of a kernel status code."""
-    return _MESSAGES.get(status, f"unknown status {status}")
+    """The message of a kernel status code (:data:`STATUS_MESSAGES`)."""
+    return STATUS_MESSAGES.get(status, f"unknown status {status}")
+
+
+def available_cpus():
+    """CPUs this process may run on: its affinity mask where the OS has one
+    (``os.sched_getaffinity``), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def check_n_threads(n_threads):
-    """Validate ``n_threads`` (None: OpenMP's default) and return an int >= 1."""
+    """Validate ``n_threads`` and return the number of threads the kernel will use.
+
+    ``None`` means OpenMP's default (``omp_get_max_threads``, which follows
+    ``OMP_NUM_THREADS``). Any request is capped at the CPUs the process may use
+    (:func:`available_cpus`), and at 1 when the kernel was built without OpenMP: more
+    threads than CPUs only compete for them (and a huge count makes OpenMP fail).
+    Capping is safe because the kernel gives bitwise identical results for any number
+    of threads.
+
+    Raises
+    ------
+    TypeError
+        ``n_threads`` is not None or an int (bools refused).
+    ValueError
+        ``n_threads`` < 1.
+    """
     if n_threads is None:
-        return max(1, int(_core.max_threads()))
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        n_threads = int(_core.max_threads())
+    elif isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
         raise TypeError(f"n_threads must be None or a positive int, got "
                         f"{type(n_threads).__name__}")
-    if n_threads < 1:
+    elif n_threads < 1:
         raise ValueError(f"n_threads must be None or a positive int, got {n_threads}")
-    return int(n_threads)
+    cap = available_cpus() if _core.openmp_enabled() else 1
+    return max(1, min(int(n_threads), cap))
+
+
+def _check_index(indices, indptr, nnz, n_rows):
+    """``indices`` (nnz,) and ``indptr`` (n_rows + 1,): C-contiguous vectors of one
+    integer type of :data:`INDEX_DTYPES` (scipy's ``check_format`` rule)."""
+    for name, a, n in (("indices", indices, nnz), ("indptr", indptr, n_rows + 1)):
+        if not (isinstance(a, np.ndarray) and a.dtype in INDEX_DTYPES and a.ndim == 1
+                and a.flags.c_contiguous):
+            raise TypeError(f"{name}: expected a C-contiguous int32 or int64 vector, got "
+                            f"{type(a).__name__} {getattr(a, 'dtype', '')} "
+                            f"{getattr(a, 'shape', '')}")
+        if a.shape[0] != n:
+            raise ValueError(f"{name}: expected {n} values, got {a.shape[0]}")
+    if indices.dtype != indptr.dtype:
+        raise TypeError(f"indices ({indices.dtype}) and indptr ({indptr.dtype}) must share "
+                        f"an integer type")
 
 
 def _f64(name, a, n):
@@ -66,16 +122,17 @@ class Workspace:
     def __init__(self):
         self._buf = np.empty(0)
 
-    def get(self, n_blocks, n_cols, max_row):
+    def get(self, n_blocks, n_cols, max_row, index_dtype=np.int32):
         """``acc`` (n_blocks, n_cols), ``scratch`` (n_blocks, max_row) and, fresh,
-        ``where`` (n_blocks, max_row) int32 and ``used`` (n_blocks,) uint8."""
+        ``where`` (n_blocks, max_row) of ``index_dtype`` (the structure's) and ``used``
+        (n_blocks,) uint8."""
         max_row = max(max_row, 1)
         need = n_blocks * (n_cols + max_row)
         if self._buf.size < need:
             self._buf = np.empty(need)
         acc = self._buf[:n_blocks * n_cols].reshape(n_blocks, n_cols)
         scratch = self._buf[n_blocks * n_cols:need].reshape(n_blocks, max_row)
-        return (acc, scratch, np.empty((n_blocks, max_row), np.int32),
+        return (acc, scratch, np.empty((n_blocks, max_row), index_dtype),
                 np.empty(n_blocks, np.uint8))
 
 
@@ -94,14 +151,17 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     slope, bias_x, h, beta : ndarray of float64, shape (n_rows,)
         Activation slopes ``c``, local bias ``b^x``, output values, ``beta_n``.
     rule_code : int
-        0 sign, 1 deviation, 2 scores in ``ext``, 3 weights in ``ext``.
+        ``_core.RULE_SIGN``, ``_core.RULE_DEVIATION``, ``_core.RULE_SCORES`` (scores
+        in ``ext``) or ``_core.RULE_WEIGHTS`` (weights in ``ext``).
     temperature : float
         In [0, inf].
-    n_threads : int
+    n_threads : int or None
+        Validated and capped by :func:`check_n_threads`.
     workspace : Workspace, optional
         Memory to reuse across calls.
     ext : ndarray of float64, shape (nnz,), optional
-        User scores or weights aligned with the CSR entries (rule codes 2 and 3).
+        User scores or weights aligned with the CSR entries (``RULE_SCORES``,
+        ``RULE_WEIGHTS``).
     where : str
         Names the node in error messages.
 
@@ -113,16 +173,18 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
         ``|beta[p]|`` for rows that took a fallback of SPEC 3.6, else 0.
     """
     n_rows, n_cols, nnz = st.n_rows, st.n_cols, st.nnz
+    _check_index(st.indices, st.indptr, nnz, n_rows)
     _f64("data", data, nnz)
     _f64("u", u, n_cols)
     for name, a in (("slope", slope), ("bias_x", bias_x), ("h", h), ("beta", beta)):
         _f64(name, a, n_rows)
-    if rule_code in (2, 3):
+    if rule_code in (_core.RULE_SCORES, _core.RULE_WEIGHTS):
         _f64("ext", ext, nnz)
-    elif rule_code in (0, 1):
+    elif rule_code in (_core.RULE_SIGN, _core.RULE_DEVIATION):
         ext = np.empty(0)
     else:
-        raise ValueError(f"rule code {rule_code} not in 0..3")
+        raise ValueError(f"rule code {rule_code!r} is not one of _core.RULE_SIGN, "
+                         f"RULE_DEVIATION, RULE_SCORES, RULE_WEIGHTS")
     if not temperature >= 0:
         raise ValueError(f"temperature must be in [0, inf], got {temperature}")
     n_threads = check_n_threads(n_threads)
@@ -131,8 +193,8 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     reduce_threads = 1 if st.n_blocks * n_cols < PARALLEL_MIN_REDUCE else n_threads
     if n_cols == 0 and np.any(beta):
         raise ValueError(f"{where} has no inputs to pass its bias attribution to")
-    acc, scratch, where_, used = (workspace or Workspace()).get(st.n_blocks, n_cols,
-                                                                st.max_row)
+    acc, scratch, where_, used = (workspace or Workspace()).get(
+        st.n_blocks, n_cols, st.max_row, st.indices.dtype)
     fallback = np.empty(n_rows)
     status = _core.bbp_rows_memview(data, st.indices, st.indptr, u, slope, bias_x, h, beta,
                                     ext, rule_code, temperature, acc, scratch, where_, used,

@@ -6,19 +6,67 @@ all of its components (SPEC 3.2: the softmax runs over the union of the row's
 components across all inputs). The structure also fixes the node's row blocks
 (:func:`n_blocks`), which fix the order of every sum the kernel makes.
 
-* CSR weights are used as they are (no copy) when the node has a single input.
+* CSR weights are copied (see *Safety* below); a single input's canonical CSR matrix
+  (sorted indices, no duplicates) is copied once and used as it is.
 * Dense weights (Gemm, MatMul) become a CSR *view*: ``data`` is the dense array itself
-  (``A.reshape(-1)``, no copy) and every entry is a structural non-zero (a dense layer's
-  receptive field is its whole input). One kernel, one code path to test, serves every
-  layer; the price is a 4-byte column index per entry (a dense kernel would compute
-  it), small beside the convolutions of the networks BBp is used on, and the rows of a
-  dense layer are contiguous, so the CSR pass streams them as a dense one would.
+  (``A.reshape(-1)``, no copy, for a single input stored as C-contiguous float64) and
+  every entry is a structural non-zero (a dense layer's receptive field is its whole
+  input). One kernel, one code path to test, serves every
+  layer; the price is a column index per entry (a dense kernel would compute it), small
+  beside the convolutions of the networks BBp is used on, and the rows of a dense layer
+  are contiguous, so the CSR pass streams them as a dense one would.
 * A max node's structure is its window (padding removed): the structural non-zeros of
   the unscaled row (SPEC 3.6). Its local data -- 1 at the selected element, 0 elsewhere
   -- depends on the input and is made per input by :meth:`NodeStructure.max_data`.
+* Indices are int32 while the node's entries, columns and rows fit (``INDEX32_LIMIT``),
+  else int64 (``indices`` and ``indptr`` always share one type); the kernel gives the
+  same bits for both.
 
-The cache is keyed on the node object (weakly) and remembers the weight objects it was
-built from, so replacing ``node.weights`` rebuilds it.
+Safety: nothing edited from outside reaches the kernel unchecked
+----------------------------------------------------------------
+The kernel trusts the structure: it never re-checks a column index (that would cost
+O(nnz) per node and per input). So a structure *owns* what the kernel indexes with:
+``indices``, ``indptr`` and ``data`` are its own copies, checked once when it is built
+(``_core.check_csr_memview``, O(nnz)) and read-only from then on
+(``flags.writeable = False``). The one exception is the ``data`` of a single-input
+dense layer stored as C-contiguous float64: a read-only view of the matrix itself (no
+copy of the largest matrices; entries are never used as addresses, and an edit in place
+is then seen alike by the forward pass, the gradients -- ``A.T`` is a view too -- and
+the kernel).
+
+Owning its arrays keeps a structure safe; it also has to stay *current*. The cache is
+keyed on the node object (weakly) and holds the matrices the structure was built from,
+with copies of their arrays (for a canonical single-input CSR matrix, the structure's
+own arrays serve as these copies). :func:`node_structures`, which ``refbbp.bbp`` calls
+before its forward pass, checks on every call that each weight matrix (and a max node's
+window) is still the same object, of the same shape, holding the same bytes: one
+``memcmp`` per array (``_core.same_bytes_memview``: no allocation, no GIL). If anything
+changed -- an edit in place or a new matrix -- the structure is rebuilt and re-checked
+and the node's cached transposes (``node.weights_t``, read by the gradient pass) are
+dropped, so the call computes the attribution of the edited network; a matrix that is
+no longer a valid CSR matrix, or has the wrong shape, raises a ``ValueError`` naming the
+node. This check comes before the forward pass on purpose: scipy's matrix products do
+not check indices either, so a corrupt ``indices`` array would crash there first.
+
+Why this choice, against the alternatives:
+
+* checking a structure only when it is (re)built, keyed on the identity of the weight
+  objects: free per call, but misses edits in place -- the stale structure is safe (it
+  owns its arrays), yet the forward pass crashes on corrupt indices and in-bounds edits
+  give silently wrong attributions;
+* a bounds check of the user's indices on every call: prevents the crash at a third of
+  the cost or less, but misses in-bounds edits and edits of ``data``, which then give
+  silently wrong attributions (stale structure, stale transposes);
+* a fingerprint of the contents: no cheaper (both are bound by memory bandwidth, and
+  ``memcmp`` runs at it), and only probabilistic;
+* making the network's own arrays read-only: free, but it changes objects the user owns
+  and forbids edits that are legitimate (ablations).
+
+The price is the copies (12 bytes per stored CSR entry: as much as the transposes the
+node caches already) and the comparison, O(nnz) per ``bbp`` call (not per input):
+about 50 ms for the 83 million entries of the STL-10 benchmark network, where one
+input takes about 0.3 s on one thread (forward and gradient passes included). Edits made before refbbp first used a node cannot
+be told from the original; the structure is then simply built from the edited matrix.
 """
 
 from __future__ import annotations
@@ -30,10 +78,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _core
+from .kernels import INDEX_DTYPES, status_message
 
-__all__ = ["NodeStructure", "n_blocks", "node_structure"]
+__all__ = ["NodeStructure", "index_dtype", "n_blocks", "node_structure",
+           "node_structures"]
 
-INT32_MAX = np.iinfo(np.int32).max
+#: The largest number of entries, columns or rows a structure stores with int32
+#: indices; above it, int64. (Tests lower it to run small layers with int64 indices.)
+INDEX32_LIMIT = np.iinfo(np.int32).max
 
 #: Row blocks per node: at most this many ...
 MAX_BLOCKS = 64
@@ -62,20 +114,27 @@ def n_blocks(n_rows, n_cols, nnz):
             nnz // (MIN_ENTRIES_PER_VALUE * cols))
     return max(1, int(k))
 
-_CACHE = weakref.WeakKeyDictionary()
+def index_dtype(nnz, n_cols, n_rows=0):
+    """The index type of a structure: int32 if its entries, columns and rows all fit
+    :data:`INDEX32_LIMIT`, else int64."""
+    fits = max(int(nnz), int(n_cols), int(n_rows)) <= INDEX32_LIMIT
+    return np.dtype(np.int32) if fits else np.dtype(np.int64)
 
 
 @dataclass(eq=False)
 class NodeStructure:
     """One node's local matrix over its stacked inputs, for the kernel.
 
+    Built by :func:`node_structure`, every array is read-only and owned by the structure
+    (``data`` excepted for a single-input dense layer: a read-only view of its matrix).
+
     Attributes
     ----------
     data : ndarray of float64, shape (nnz,)
         Unscaled entries ``A[p, q]`` (affine nodes); ones for a max node.
-    indices : ndarray of int32, shape (nnz,)
+    indices : ndarray of int32 or int64, shape (nnz,)
         Stacked column of each entry: input ``i``'s element ``q`` is ``offsets[i] + q``.
-    indptr : ndarray of int32, shape (n_rows + 1,)
+    indptr : ndarray, shape (n_rows + 1,), the dtype of ``indices``
     offsets : ndarray of int64, shape (n_inputs + 1,)
         Where each input starts in the stacked columns; ``offsets[-1] = n_cols``.
     max_row : int
@@ -84,7 +143,7 @@ class NodeStructure:
         Row blocks of the kernel (:func:`n_blocks`).
     empty_rows : ndarray of int64
         Rows with no structural non-zero (SPEC 3.6, second fallback).
-    entry_row : ndarray of int32, shape (nnz,) or None
+    entry_row : ndarray, shape (nnz,), the dtype of ``indices``, or None
         Row of every entry (max nodes only: used to build their local data).
     """
 
@@ -134,8 +193,35 @@ class NodeStructure:
         return data
 
 
+_CACHE = weakref.WeakKeyDictionary()   # node -> _Entry
+
+
+def node_structures(network):
+    """Every node's :class:`NodeStructure` (None for the input node), each checked
+    against the node's current matrices (module docstring, *Safety*). ``refbbp.bbp``
+    calls it before anything reads ``node.weights``.
+
+    Parameters
+    ----------
+    network : Network
+
+    Returns
+    -------
+    list of NodeStructure or None, one per node
+
+    Raises
+    ------
+    ValueError
+        A node's matrix is not a valid CSR matrix, or does not fit the node (the
+        message names the node).
+    """
+    return [None if node.kind == "input" else node_structure(network, k)
+            for k, node in enumerate(network.nodes)]
+
+
 def node_structure(network, k):
-    """The cached :class:`NodeStructure` of node ``k`` (affine or max), built on first use.
+    """The cached :class:`NodeStructure` of node ``k`` (affine or max), built on first
+    use and rebuilt when the node's matrices changed (module docstring, *Safety*).
 
     Parameters
     ----------
@@ -146,76 +232,243 @@ def node_structure(network, k):
     Returns
     -------
     NodeStructure
+
+    Raises
+    ------
+    ValueError
+        As :func:`node_structures`.
     """
     node = network.nodes[k]
     sizes = tuple(network.nodes[i].size for i in node.inputs)
-    key = [*node.weights, node.window, *node.inputs, *sizes]
-    hit = _CACHE.get(node)
-    if hit is not None and len(hit[0]) == len(key) and all(
-            a is b or (isinstance(a, int) and a == b) for a, b in zip(hit[0], key)):
-        return hit[1]
-    st = _build(node, sizes)
-    _CACHE[node] = (key, st)
-    return st
+    entry = _CACHE.get(node)
+    if entry is not None and entry.current(node, sizes):
+        return entry.structure
+    # New or edited matrices: the transposes the node caches for the gradient pass
+    # (Node.weights_t) may be stale too.
+    node.weights_changed()
+    structure, sources = _build(node, sizes, f"node {k} ({node.name!r})")
+    _CACHE[node] = _Entry(structure, node.kind, tuple(node.inputs), sizes, sources)
+    return structure
 
 
-def _csr_parts(w):
-    """``(data, indices, indptr, n_cols)`` of one weight matrix; dense -> all entries."""
-    if sp.issparse(w):
-        w = w.tocsr() if w.format != "csr" else w
-        if not w.has_canonical_format:
-            w = w.copy()
-            w.sum_duplicates()  # also sorts the indices
-        return (np.ascontiguousarray(w.data, np.float64), np.ascontiguousarray(w.indices),
-                np.ascontiguousarray(w.indptr), w.shape[1])
-    w = np.ascontiguousarray(w, np.float64)
-    n_rows, n_cols = w.shape
-    if w.size > INT32_MAX:
-        raise ValueError(f"dense layer of shape {w.shape} exceeds int32 CSR indices")
-    indices = np.tile(np.arange(n_cols, dtype=np.int32), n_rows)
-    indptr = (np.arange(n_rows + 1, dtype=np.int64) * n_cols).astype(np.int32)
-    return w.reshape(-1), indices, indptr, n_cols
+@dataclass(eq=False)
+class _Entry:
+    """A cached structure and what it was built from (never the node itself: the cache
+    holds the node weakly)."""
+
+    structure: NodeStructure
+    kind: str
+    inputs: tuple
+    sizes: tuple
+    sources: tuple   # one _Source per weight matrix, or the window's (max nodes)
+
+    def current(self, node, sizes):
+        """Whether the node still has the matrices, holding the same bytes."""
+        mats = _matrices(node)
+        return (node.kind == self.kind and tuple(node.inputs) == self.inputs
+                and sizes == self.sizes and len(mats) == len(self.sources)
+                and all(s.holds(m) for s, m in zip(self.sources, mats)))
 
 
-def _build(node, sizes):
+class _Source:
+    """One matrix a structure was built from: the object, its shape and read-only copies
+    of its arrays (``copies`` None: the structure reads the matrix in place, a
+    C-contiguous float64 ndarray)."""
+
+    __slots__ = ("obj", "shape", "copies")
+
+    def __init__(self, obj, copies):
+        self.obj, self.shape, self.copies = obj, _shape(obj), copies
+
+    def holds(self, obj):
+        """Whether ``obj`` is this matrix, unchanged: O(1) for a matrix read in place,
+        else one ``memcmp`` per array."""
+        if obj is not self.obj or _shape(obj) != self.shape:
+            return False
+        if self.copies is None:
+            return _is_f64_c(obj)
+        arrays = _arrays(obj)
+        return len(arrays) == len(self.copies) and all(
+            _same(a, c) for a, c in zip(arrays, self.copies))
+
+
+def _matrices(node):
+    return [node.window] if node.kind == "max" else list(node.weights)
+
+
+def _shape(m):
+    shape = getattr(m, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _arrays(m):
+    """The arrays of a matrix: ``(data, indices, indptr)`` of a sparse one (converted to
+    CSR if it is not), ``(array,)`` of a dense one."""
+    if sp.issparse(m):
+        if m.format != "csr":
+            m = m.tocsr()
+        return m.data, m.indices, m.indptr
+    return (np.asarray(m),)
+
+
+def _is_f64_c(a):
+    return isinstance(a, np.ndarray) and a.dtype == np.float64 and a.flags.c_contiguous
+
+
+def _same(a, c):
+    """``a`` holds exactly the bytes of ``c`` (same dtype and shape)."""
+    if not (isinstance(a, np.ndarray) and a.dtype == c.dtype and a.shape == c.shape):
+        return False
+    if a.flags.c_contiguous:
+        return bool(_core.same_bytes_memview(a.reshape(-1).view(np.uint8),
+                                             c.reshape(-1).view(np.uint8)))
+    return bool(np.array_equal(a, c))
+
+
+def _frozen(a):
+    """``a``, read-only (a view stays a view: only this array object is frozen)."""
+    a.flags.writeable = False
+    return a
+
+
+def _owned_copy(a):
+    return _frozen(np.array(a, copy=True))
+
+
+def _check(indptr, indices, n_cols, where):
+    """CSR invariants (scipy's ``check_format``), O(n_rows + nnz), by the kernel's own
+    ``check_csr_memview``; its status codes become a ValueError naming ``where``."""
+    status = _core.check_csr_memview(indptr, indices, n_cols)
+    if status != _core.STATUS_OK:
+        raise ValueError(f"{where}: invalid CSR structure: {status_message(status)} "
+                         f"(n_cols = {n_cols})")
+
+
+def _build(node, sizes, where):
+    """``(NodeStructure, sources)`` of a node, from copies of its matrices (checked)."""
+    n_rows = node.size
     if node.kind == "max":
-        window = np.asarray(node.window)
+        window, source = _window(node, sizes, where)
         valid = window >= 0
         counts = valid.sum(1)
-        indices = window[valid].astype(np.int32)       # row-major: window order
-        indptr = np.zeros(node.size + 1, np.int64)
+        indptr = np.zeros(n_rows + 1, np.int64)
         np.cumsum(counts, out=indptr[1:])
-        parts = [(np.ones(indices.size), indices, indptr, None)]
-        offsets = np.array([0, sizes[0]], np.int64)
+        indices = window[valid]                              # row-major: window order
+        _check(indptr, indices, sizes[0], f"{where}: window")  # before any cast
+        parts = [(np.ones(indices.size), indices, indptr)]
+        sources = [source]
     elif node.kind == "affine":
-        parts = [_csr_parts(w) for w in node.weights]
-        offsets = np.zeros(len(parts) + 1, np.int64)
-        np.cumsum([p[3] for p in parts], out=offsets[1:])
+        if len(node.weights) != len(node.inputs):
+            raise ValueError(f"{where}: {len(node.weights)} weight matrices for "
+                             f"{len(node.inputs)} inputs")
+        parts, sources = [], []
+        for i, (w, n_cols) in enumerate(zip(node.weights, sizes)):
+            part, source = _part(w, (n_rows, n_cols), len(sizes) == 1,
+                                 f"{where}: weight {i}")
+            parts.append(part)
+            sources.append(source)
     else:
-        raise ValueError(f"node {node.name!r} of kind {node.kind!r} has no local matrix")
-    if len(parts) == 1:
-        data, indices, indptr, _ = parts[0]
-    else:
-        data, indices, indptr = _hstack(parts, offsets, node.size)
-    nnz = indices.size
-    if nnz > INT32_MAX or offsets[-1] > INT32_MAX:
-        raise ValueError(f"node {node.name!r}: {nnz:,} entries over {offsets[-1]:,} columns "
-                         f"exceed int32 CSR indices")
-    data = np.ascontiguousarray(data, np.float64)
-    indices = np.ascontiguousarray(indices, np.int32)
-    indptr = np.ascontiguousarray(indptr, np.int32)
+        raise ValueError(f"{where} of kind {node.kind!r} has no local matrix")
+    offsets = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
     n_cols = int(offsets[-1])
-    _check(node, data, indices, indptr, n_cols)
+    nnz = sum(p[0].size for p in parts)
+    dtype = index_dtype(nnz, n_cols, n_rows)
+    if len(parts) == 1:
+        data, indices, indptr = parts[0]
+        if indices is None:                                  # dense: every entry
+            indices, indptr = _dense_index(n_rows, n_cols, dtype)
+    else:
+        data, indices, indptr = _hstack(parts, offsets, n_rows)
+    data = _frozen(np.ascontiguousarray(data, np.float64))
+    indices = _frozen(np.ascontiguousarray(indices, dtype))
+    indptr = _frozen(np.ascontiguousarray(indptr, dtype))
+    _check(indptr, indices, n_cols, where)                   # what the kernel reads
     counts = np.diff(indptr)
     entry_row = None
     if node.kind == "max":
-        entry_row = np.repeat(np.arange(node.size, dtype=np.int32), counts)
-    return NodeStructure(data, indices, indptr, offsets, int(counts.max(initial=0)),
-                         n_blocks(node.size, n_cols, nnz), np.flatnonzero(counts == 0), entry_row)
+        entry_row = _frozen(np.repeat(np.arange(n_rows, dtype=dtype), counts))
+    structure = NodeStructure(
+        data, indices, indptr, _frozen(offsets), int(counts.max(initial=0)),
+        n_blocks(n_rows, n_cols, nnz), _frozen(np.flatnonzero(counts == 0)), entry_row)
+    return structure, tuple(sources)
+
+
+def _window(node, sizes, where):
+    """A max node's window: an owned copy (checked: integers, one row per element)."""
+    w = node.window
+    if not (isinstance(w, np.ndarray) and w.ndim == 2 and w.shape[0] == node.size
+            and w.dtype.kind in "iu"):
+        raise ValueError(f"{where}: window must be an integer array of shape "
+                         f"({node.size}, K), got {type(w).__name__} {_shape(w)}")
+    copy = _owned_copy(w)
+    return copy.astype(np.int64, copy=False), _Source(w, (copy,))
+
+
+def _part(w, shape, in_place, where):
+    """One weight matrix as CSR parts ``(data, indices, indptr)`` -- canonical and
+    checked; ``indices`` and ``indptr`` None for a dense matrix -- and its _Source.
+
+    ``in_place``: a C-contiguous float64 dense matrix is read in place (no copy).
+    """
+    if _shape(w) != shape:
+        raise ValueError(f"{where} has shape {_shape(w)}, expected {shape} "
+                         f"(node size, input size)")
+    if sp.issparse(w):
+        copies = tuple(_owned_copy(a) for a in _arrays(w))
+        return _csr_part(*copies, shape, where), _Source(w, copies)
+    a = np.asarray(w)
+    _check_entries(a, where)
+    if in_place and a is w and _is_f64_c(a):
+        return (_frozen(a.reshape(-1)), None, None), _Source(w, None)
+    copy = _owned_copy(a)
+    return (np.ascontiguousarray(copy, np.float64).reshape(-1), None, None), \
+        _Source(w, (copy,))
+
+
+def _check_entries(a, where):
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{where}: entries of type {a.dtype}, expected real numbers")
+
+
+def _csr_part(data, indices, indptr, shape, where):
+    """Checked, canonical (sorted, no duplicates) CSR parts from owned copies."""
+    n_rows, n_cols = shape
+    _check_entries(data, where)
+    for name, a in (("indices", indices), ("indptr", indptr)):
+        if a.ndim != 1 or a.dtype.kind not in "iu":
+            raise ValueError(f"{where}: {name} must be a vector of integers, got "
+                             f"{a.dtype} {a.shape}")
+    if data.shape != indices.shape:
+        raise ValueError(f"{where}: {data.size} entries for {indices.size} column indices")
+    if len(indptr) != n_rows + 1:
+        raise ValueError(f"{where}: indptr has {len(indptr)} entries, expected "
+                         f"{n_rows + 1}")
+    if not (indices.dtype == indptr.dtype and indices.dtype in INDEX_DTYPES):
+        indices, indptr = indices.astype(np.int64), indptr.astype(np.int64)
+    _check(indptr, indices, n_cols, where)
+    # Only now may scipy read the arrays (its C++ routines trust them as the kernel does).
+    m = sp.csr_array((data, indices, indptr), shape=shape)
+    if not m.has_canonical_format:
+        m = sp.csr_array((data.astype(np.float64), indices, indptr), shape=shape,
+                         copy=True)
+        m.sum_duplicates()  # also sorts the indices
+        data, indices, indptr = m.data, m.indices, m.indptr
+    return data, indices, indptr
+
+
+def _dense_index(n_rows, n_cols, dtype):
+    """``indices``, ``indptr`` of a dense (n_rows, n_cols) matrix, every entry stored."""
+    indices = np.tile(np.arange(n_cols, dtype=dtype), n_rows)
+    indptr = (np.arange(n_rows + 1, dtype=np.int64) * n_cols).astype(dtype)
+    return indices, indptr
 
 
 def _hstack(parts, offsets, n_rows):
     """Stack CSR parts side by side, keeping explicit zeros (scipy's hstack may not)."""
+    parts = [(d, *_dense_index(n_rows, int(hi - lo), np.int64)) if ind is None
+             else (d, ind, ptr)
+             for (d, ind, ptr), lo, hi in zip(parts, offsets[:-1], offsets[1:])]
     counts = [np.diff(p[2]) for p in parts]
     total = np.sum(counts, axis=0)
     indptr = np.zeros(n_rows + 1, np.int64)
@@ -224,7 +477,7 @@ def _hstack(parts, offsets, n_rows):
     data = np.empty(nnz)
     indices = np.empty(nnz, np.int64)
     before = np.zeros(n_rows, np.int64)  # entries of earlier inputs in each row
-    for (d, ind, ptr, _), cnt, off in zip(parts, counts, offsets[:-1]):
+    for (d, ind, ptr), cnt, off in zip(parts, counts, offsets[:-1]):
         rows = np.repeat(np.arange(n_rows), cnt)
         within = np.arange(ind.size) - np.asarray(ptr, np.int64)[rows]
         dest = indptr[rows] + before[rows] + within
@@ -232,18 +485,3 @@ def _hstack(parts, offsets, n_rows):
         indices[dest] = ind.astype(np.int64) + off
         before += cnt
     return data, indices, indptr
-
-
-def _check(node, data, indices, indptr, n_cols):
-    """CSR invariants (scipy ``check_format``) before anything enters the kernel."""
-    if len(indptr) != node.size + 1:
-        raise ValueError(f"node {node.name!r}: indptr has {len(indptr)} entries, expected "
-                         f"{node.size + 1}")
-    if data.shape != indices.shape:
-        raise ValueError(f"node {node.name!r}: {data.size} values for {indices.size} indices")
-    status = _core.check_csr_memview(indptr, indices, n_cols)
-    if status:
-        what = {1: "indptr does not start at 0", 2: "indptr decreases",
-                3: f"a column index is outside [0, {n_cols})",
-                4: "indptr[-1] differs from the number of entries"}[status]
-        raise ValueError(f"node {node.name!r}: invalid CSR structure: {what}")

@@ -84,8 +84,14 @@ class Node:
 
     @cached_property
     def weights_t(self):
-        """``A_i^T`` as CSR (or dense ``A_i.T``): the reverse pass reads these rows."""
+        """``A_i^T`` as CSR (or dense ``A_i.T``): the reverse pass reads these rows.
+
+        Cached; whoever changes ``weights`` calls :meth:`weights_changed`."""
         return [w.T.tocsr() if sp.issparse(w) else w.T for w in self.weights]
+
+    def weights_changed(self):
+        """Forget what was derived from ``weights`` (the cached transposes)."""
+        self.__dict__.pop("weights_t", None)
 
     @property
     def nnz(self):

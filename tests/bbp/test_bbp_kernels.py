@@ -15,10 +15,12 @@ import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
 
 from refbbp import _core
-from refbbp.bbp.kernels import distribute_node
+from refbbp.bbp.kernels import STATUS_MESSAGES, check_n_threads, distribute_node
 from refbbp.bbp.structure import NodeStructure, n_blocks
 
-RULES = {"sign": 0, "deviation": 1, "scores": 2, "weights": 3}
+RULES = {"sign": _core.RULE_SIGN, "deviation": _core.RULE_DEVIATION,
+         "scores": _core.RULE_SCORES, "weights": _core.RULE_WEIGHTS}
+INDEX_TYPES = [np.int32, np.int64]
 TEMPERATURES = [0.0, 0.1, 1.0, 10.0, np.inf]
 AGREE = 1e-12   # kernel vs replicated reference, relative to the row's |beta|
 
@@ -60,12 +62,13 @@ def random_node(rng, n_rows=40, n_cols=30, density=0.3, empty_rows=2, zero_input
                 scores=scores, weights=weights)
 
 
-def structure_of(a, blocks=None):
-    """A NodeStructure for a CSR matrix (one input)."""
+def structure_of(a, blocks=None, index_type=np.int32):
+    """A NodeStructure for a CSR matrix (one input), with indices of ``index_type``."""
     counts = np.diff(a.indptr)
     k = n_blocks(*a.shape, a.nnz) if blocks is None else blocks
-    return NodeStructure(a.data, a.indices, a.indptr, np.array([0, a.shape[1]]),
-                         int(counts.max(initial=0)), k, np.flatnonzero(counts == 0))
+    return NodeStructure(a.data, a.indices.astype(index_type), a.indptr.astype(index_type),
+                         np.array([0, a.shape[1]]), int(counts.max(initial=0)), k,
+                         np.flatnonzero(counts == 0))
 
 
 def dense_bbp_node(a, u, slope, bias_x, h, beta, rule, temperature, ext=None):
@@ -108,10 +111,11 @@ def dense_bbp_node(a, u, slope, bias_x, h, beta, rule, temperature, ext=None):
     return received, fallback
 
 
-def run_kernel(node, rule, temperature, n_threads=1, blocks=None):
+def run_kernel(node, rule, temperature, n_threads=1, blocks=None, index_type=np.int32):
     a = node["a"]
     ext = {"scores": node["scores"], "weights": node["weights"]}.get(rule)
-    return distribute_node(structure_of(a, blocks), a.data, node["u"], node["slope"],
+    return distribute_node(structure_of(a, blocks, index_type), a.data, node["u"],
+                           node["slope"],
                            node["bias_x"], node["h"], node["beta"], rule_code=RULES[rule],
                            temperature=temperature, n_threads=n_threads, ext=ext)
 
@@ -134,6 +138,18 @@ def test_kernel_matches_dense_reference(rng, rule, temperature, blocks):
     assert abs(received.sum() - node["beta"].sum()) <= 1e-12 * scale
 
 
+@pytest.mark.parametrize("index_type", INDEX_TYPES, ids=lambda t: t.__name__)
+@pytest.mark.parametrize("rule", list(RULES))
+def test_kernel_index_widths_bitwise(rng, rule, index_type):
+    """int32 and int64 indices (the fused index_t of the kernel) give the same bits,
+    on one block and on several."""
+    node = random_node(rng, n_rows=300, n_cols=80, density=0.1, empty_rows=5)
+    for blocks in (1, 7):
+        want = run_kernel(node, rule, 1.0, n_threads=2, blocks=blocks)
+        got = run_kernel(node, rule, 1.0, n_threads=2, blocks=blocks, index_type=index_type)
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+
+
 @pytest.mark.parametrize("rule", list(RULES))
 def test_kernel_threads_bitwise(rng, rule):
     node = random_node(rng, n_rows=3000, n_cols=500, density=0.05, empty_rows=20)
@@ -144,13 +160,13 @@ def test_kernel_threads_bitwise(rng, rule):
         assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
 
 
-def rows_memview(a, u, slope, bias_x, h, beta, rule=0, temperature=1.0, ext=None,
-                 blocks=1, n_threads=1):
+def rows_memview(a, u, slope, bias_x, h, beta, rule=_core.RULE_SIGN, temperature=1.0,
+                 ext=None, blocks=1, n_threads=1):
     """Call pass 1 on fresh workspace; returns (status, acc, used, fallback)."""
     acc = np.full((blocks, a.shape[1]), np.nan)
     longest = max(1, np.diff(a.indptr).max(initial=0))
     scratch = np.empty((blocks, longest))
-    where = np.empty((blocks, longest), np.int32)
+    where = np.empty((blocks, longest), a.indices.dtype)
     used = np.full(blocks, 7, np.uint8)
     fb = np.full(a.shape[0], np.nan)
     status = _core.bbp_rows_memview(a.data, a.indices, a.indptr, u, slope, bias_x, h, beta,
@@ -184,16 +200,17 @@ def test_reduce_memview_sums_used_blocks_in_order():
 def test_rows_memview_huge_scores_stable():
     """Huge scores: the row maximum is subtracted, nothing overflows (SPEC 3.4)."""
     a = sp.csr_array(np.array([[1e300, -1e300, 1e-300, 3.0]]))
-    for rule, t in [(0, 1.0), (0, 1e-300), (1, 1.0), (0, 1e300)]:
+    for rule, t in [(_core.RULE_SIGN, 1.0), (_core.RULE_SIGN, 1e-300),
+                    (_core.RULE_DEVIATION, 1.0), (_core.RULE_SIGN, 1e300)]:
         status, acc, used, fb = rows_memview(a, np.ones(4), np.ones(1), np.array([-1.0]),
                                              np.array([7.0]), np.array([2.0]), rule, t)
-        assert status == 0 and np.all(np.isfinite(acc))
+        assert status == _core.STATUS_OK and np.all(np.isfinite(acc))
         assert_allclose(acc.sum(), 2.0, rtol=1e-15)
 
 
 def test_rows_memview_nonfinite_flags_row():
     """A component that overflows to inf with a zero bias (score 0 * inf) is reported,
-    not turned into a silent NaN: status 1 and NaN in fallback at that row."""
+    not turned into a silent NaN: STATUS_NONFINITE and NaN in fallback at that row."""
     a = sp.csr_array(np.array([[1.0, 1.0], [1e200, 1.0]]))
     status, acc, used, fb = rows_memview(a, np.array([1e200, 1.0]), np.ones(2), np.zeros(2),
                                          np.ones(2), np.ones(2), n_threads=2)
@@ -205,7 +222,8 @@ def _args(**over):
     a = sp.csr_array(np.array([[1.0, 2.0], [0.0, 3.0]]))
     args = dict(data=a.data, indices=a.indices, indptr=a.indptr, u=np.ones(2),
                 slope=np.ones(2), bias_x=np.ones(2), h=np.ones(2), beta=np.ones(2),
-                ext=np.empty(0), rule=0, temperature=1.0, acc=np.empty((2, 2)),
+                ext=np.empty(0), rule=_core.RULE_SIGN, temperature=1.0,
+                acc=np.empty((2, 2)),
                 scratch=np.empty((2, 2)), where=np.empty((2, 2), np.int32),
                 used=np.empty(2, np.uint8), fallback=np.empty(2), n_threads=1)
     args.update(over)
@@ -223,14 +241,22 @@ def _args(**over):
     ({"scratch": np.empty((2, 1))}, _core.STATUS_SHAPE),    # shorter than a row
     ({"where": np.empty((2, 1), np.int32)}, _core.STATUS_SHAPE),  # shorter than a row
     ({"used": np.empty(3, np.uint8)}, _core.STATUS_SHAPE),  # one flag per block
+    ({"indptr": np.array([1, 2, 3], np.int32)}, _core.STATUS_CSR_INDPTR_START),
+    ({"indptr": np.array([0, 2, 2], np.int32)}, _core.STATUS_CSR_NNZ),  # 2 != nnz = 3
+    ({"indptr": np.array([0, 3, 2], np.int32),                # row 1 "ends" before
+      "data": np.ones(2), "indices": np.array([0, 1], np.int32)},  # it starts
+     _core.STATUS_CSR_INDPTR_DECREASES),
     ({"rule": 4}, _core.STATUS_RULE),                       # unknown rule code
     ({"rule": -1}, _core.STATUS_RULE),
-    ({"rule": 2}, _core.STATUS_RULE),                       # user scores missing
+    ({"rule": _core.RULE_SCORES}, _core.STATUS_RULE),       # user scores missing
     ({"temperature": -1.0}, _core.STATUS_TEMPERATURE),      # negative T
     ({"temperature": np.nan}, _core.STATUS_TEMPERATURE),    # NaN T
     ({"n_threads": 0}, _core.STATUS_THREADS),               # no threads
+    ({"n_threads": 10**6}, _core.STATUS_OK),                # capped at the 2 blocks
 ], ids=["ok", "data", "beta", "fallback", "acc-cols", "acc-blocks", "scratch-blocks",
-        "scratch-short", "where-short", "used", "rule4", "rule-1", "no-ext", "T<0", "T=nan", "threads"])
+        "scratch-short", "where-short", "used", "indptr-start", "indptr-nnz",
+        "indptr-decreases", "rule4", "rule-1", "no-ext", "T<0", "T=nan", "threads",
+        "threads-huge"])
 def test_rows_memview_status(over, status):
     assert _core.bbp_rows_memview(**_args(**over)) == status
 
@@ -240,7 +266,8 @@ def test_rows_memview_status(over, status):
     ({"acc": np.zeros((2, 3))}, _core.STATUS_SHAPE),        # one value per element
     ({"used": np.ones(3, np.uint8)}, _core.STATUS_SHAPE),   # one flag per block
     ({"n_threads": 0}, _core.STATUS_THREADS),
-], ids=["ok", "acc", "used", "threads"])
+    ({"n_threads": 10**6}, _core.STATUS_OK),                # capped at the 1 chunk
+], ids=["ok", "acc", "used", "threads", "threads-huge"])
 def test_reduce_memview_status(over, status):
     args = dict(acc=np.zeros((2, 2)), used=np.ones(2, np.uint8), spread=0.0,
                 out=np.empty(2), n_threads=1)
@@ -248,17 +275,89 @@ def test_reduce_memview_status(over, status):
     assert _core.bbp_reduce_memview(**args) == status
 
 
+@pytest.mark.parametrize("index_type", INDEX_TYPES, ids=lambda t: t.__name__)
 @pytest.mark.parametrize("indptr, indices, n_cols, status", [
-    ([0, 1, 2], [0, 1], 2, 0),          # valid
-    ([1, 1, 2], [0, 1], 2, 1),          # indptr does not start at 0
-    ([0, 2, 1], [0, 1], 2, 2),          # indptr decreases
-    ([0, 1, 2], [0, 2], 2, 3),          # column out of range
-    ([0, 1, 2], [0, -1], 2, 3),         # negative column
-    ([0, 1, 3], [0, 1], 2, 4),          # indptr[-1] != nnz
+    ([0, 1, 2], [0, 1], 2, _core.STATUS_OK),                      # valid
+    ([0], [], 0, _core.STATUS_OK),                                # no rows at all
+    ([], [], 2, _core.STATUS_CSR_INDPTR_START),                   # no indptr at all
+    ([1, 1, 2], [0, 1], 2, _core.STATUS_CSR_INDPTR_START),        # not starting at 0
+    ([0, 2, 1], [0, 1], 2, _core.STATUS_CSR_INDPTR_DECREASES),    # indptr decreases
+    ([0, 1, 2], [0, 2], 2, _core.STATUS_CSR_INDEX_RANGE),         # column out of range
+    ([0, 1, 2], [0, -1], 2, _core.STATUS_CSR_INDEX_RANGE),        # negative column
+    ([0, 1, 3], [0, 1], 2, _core.STATUS_CSR_NNZ),                 # indptr[-1] != nnz
 ])
-def test_check_csr_memview(indptr, indices, n_cols, status):
-    assert _core.check_csr_memview(np.array(indptr, np.int32), np.array(indices, np.int32),
-                                   n_cols) == status
+def test_check_csr_memview(indptr, indices, n_cols, status, index_type):
+    assert _core.check_csr_memview(np.array(indptr, index_type),
+                                   np.array(indices, index_type), n_cols) == status
+
+
+def test_check_csr_memview_int64_beyond_int32():
+    """int64 indices past 2**31 are checked as they are (no truncation to int32)."""
+    big = 2**31 + 5
+    indptr, indices = np.array([0, 1], np.int64), np.array([big], np.int64)
+    assert _core.check_csr_memview(indptr, indices, big + 1) == _core.STATUS_OK
+    assert _core.check_csr_memview(indptr, indices, big) == _core.STATUS_CSR_INDEX_RANGE
+
+
+def test_check_csr_memview_refuses_mixed_index_types():
+    """indices and indptr are one fused type: int32 with int64 has no kernel."""
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        _core.check_csr_memview(np.array([0, 1], np.int64), np.array([0], np.int32), 1)
+
+
+def test_one_status_table():
+    """Every kernel status has a distinct value and a message (kernels.STATUS_MESSAGES),
+    and the rule codes are distinct."""
+    names = [n for n in dir(_core) if n.startswith("STATUS_")]
+    values = [getattr(_core, n) for n in names]
+    assert len(set(values)) == len(values)
+    assert set(values) == set(STATUS_MESSAGES)
+    assert {"STATUS_CSR_INDPTR_START", "STATUS_CSR_INDPTR_DECREASES",
+            "STATUS_CSR_INDEX_RANGE", "STATUS_CSR_NNZ", "STATUS_NONFINITE"} <= set(names)
+    rules = [getattr(_core, n) for n in dir(_core) if n.startswith("RULE_")]
+    assert sorted(rules) == [_core.RULE_SIGN, _core.RULE_DEVIATION, _core.RULE_SCORES,
+                             _core.RULE_WEIGHTS] and len(set(rules)) == 4
+
+
+def test_same_bytes_memview():
+    a = np.arange(6, dtype=np.float64)
+    b = a.copy()
+    as_bytes = lambda x: x.reshape(-1).view(np.uint8)  # noqa: E731
+    assert _core.same_bytes_memview(as_bytes(a), as_bytes(b))
+    b[5] = np.nextafter(b[5], 10)
+    assert not _core.same_bytes_memview(as_bytes(a), as_bytes(b))
+    assert not _core.same_bytes_memview(as_bytes(a), as_bytes(a[:5]))
+    assert _core.same_bytes_memview(as_bytes(a[:0]), as_bytes(b[:0]))
+
+
+def test_openmp_guard():
+    """max_threads() works with or without OpenMP (1 without)."""
+    assert isinstance(_core.openmp_enabled(), bool)
+    assert _core.max_threads() >= 1
+    if not _core.openmp_enabled():
+        assert _core.max_threads() == 1
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 7, 10**6, np.int64(40000), None])
+def test_check_n_threads_caps_at_available_cpus(n_threads):
+    from refbbp.bbp.kernels import available_cpus
+    got = check_n_threads(n_threads)
+    cap = available_cpus() if _core.openmp_enabled() else 1
+    assert isinstance(got, int) and 1 <= got <= cap
+    if n_threads is not None:
+        assert got == min(int(n_threads), cap)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (0, ValueError, "positive int"),           # no threads
+    (-3, ValueError, "positive int"),
+    (2.0, TypeError, "got float"),             # not an int
+    ("4", TypeError, "got str"),
+    (True, TypeError, "got bool"),             # bools are not counts
+])
+def test_check_n_threads_refuses(bad, error, match):
+    with pytest.raises(error, match=match):
+        check_n_threads(bad)
 
 
 @pytest.mark.parametrize("bad, error", [
@@ -269,14 +368,20 @@ def test_check_csr_memview(indptr, indices, n_cols, status):
     ({"rule_code": 7}, ValueError),                         # unknown rule
     ({"temperature": -1.0}, ValueError),                    # negative temperature
     ({"n_threads": 0}, ValueError),                         # no threads
-], ids=["f32", "2d", "strided", "slope", "rule", "T", "threads"])
+    ({"index_type": np.int16}, TypeError),                  # not an index type
+    ({"indptr_type": np.int64}, TypeError),                 # indices int32, indptr int64
+], ids=["f32", "2d", "strided", "slope", "rule", "T", "threads", "int16", "mixed"])
 def test_distribute_node_validates(rng, bad, error):
     """The Python wrapper checks dtype, contiguity and sizes before the kernel runs."""
     node = random_node(rng)
     a = node["a"]
-    args = dict(st=structure_of(a), data=a.data, u=node["u"], slope=node["slope"],
-                bias_x=node["bias_x"], h=node["h"], beta=node["beta"], rule_code=0,
-                temperature=1.0, n_threads=1)
+    bad = dict(bad)                      # the table is shared by the seeds
+    st = structure_of(a, index_type=bad.pop("index_type", np.int32))
+    if "indptr_type" in bad:
+        st.indptr = st.indptr.astype(bad.pop("indptr_type"))
+    args = dict(st=st, data=a.data, u=node["u"], slope=node["slope"],
+                bias_x=node["bias_x"], h=node["h"], beta=node["beta"],
+                rule_code=_core.RULE_SIGN, temperature=1.0, n_threads=1)
     args.update(bad)
     with pytest.raises(error):
         distribute_node(**args)
