@@ -11,7 +11,8 @@ Hypothesis profiles (numpy's and scipy's conftest do the same):
 suite (``CI=1 python -m pytest``) took about 2 minutes on 2 busy cores.
 
 The ``rng`` fixture runs a test once per seed, with hex ids (``[0x5eed]``); the seeds
-marked ``extended`` are deselected unless pytest is given ``--extended``.
+marked ``extended`` are deselected unless pytest is given ``--extended``;
+``--extended -m extended`` runs those alone (``.ci/run`` does, after the main suite).
 """
 
 from __future__ import annotations
