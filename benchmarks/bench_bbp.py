@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from functools import partial
 import os
 import sys
 import tempfile
@@ -200,8 +201,8 @@ def bench_model(name, out_dir, rules, budget, baseline_repeats, rng):
         row = {"model": name, "rule": rule}
         runs = {}
         for nt in (1, 2):
-            s, att = timeit(lambda: refbbp.bbp(net, x64, rule=rule, n_threads=nt,
-                                               return_layers=True), budget=budget)
+            s, att = timeit(partial(refbbp.bbp, net, x64, rule=rule, n_threads=nt,
+                                    return_layers=True), budget=budget)
             prop = min(refbbp.bbp(net, x64, rule=rule, n_threads=nt).timings["propagate"]
                        for _ in range(5))
             row[f"bbp {nt}t"], row[f"prop {nt}t"], runs[nt] = s, prop, att
@@ -312,7 +313,7 @@ def main(argv=None):
     print(format_table(rows))
     print(format_phases(phases))
     if hasattr(os, "getloadavg"):
-        print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
+        print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return 0
 
 

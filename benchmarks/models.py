@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from refbbp._tables import text_table
+
 try:
     import torch
     from torch import nn
@@ -246,15 +248,12 @@ def machine_header():
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    load = ", load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    load = (", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+            if hasattr(os, "getloadavg") else "")
     return (f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()} "
             f"on {platform.system()}{load}\n" + ", ".join(versions))
 
 
 def render_table(head, body):
     """A right-aligned text table: header, a rule, one line per row of strings."""
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    out = [" | ".join(h.rjust(w) for h, w in zip(head, widths))]
-    out.append("-|-".join("-" * w for w in widths))
-    out += [" | ".join(x.rjust(w) for x, w in zip(line, widths)) for line in body]
-    return "\n".join(out)
+    return text_table(body, head, align="right", sep=" | ")

@@ -7,12 +7,13 @@ local affine maps (:func:`load`), computes the local linear model in float64
 (:func:`linearize`) and distributes the bias ``b^x`` over the input features by bias
 backpropagation (:func:`bbp`). The semantics are fixed in SPEC.md.
 
-The subpackages follow the pipeline, each importing only from the ones before it:
-
-``onnx`` (import) -> ``network`` (local affine maps, linearisation) -> ``bbp`` (bias
-backpropagation) -> ``explain`` (decompositions, saliency) -> ``evaluate`` (pixel
-removal) -> ``studies`` (bias importance); ``io`` (inputs, bundled data, oracle files,
-checks against onnxruntime) and ``cli`` sit at the edge.
+The subpackages follow the pipeline: ``onnx`` (import) builds a ``network`` (local
+affine maps, linearisation), then ``bbp`` (bias backpropagation) -> ``explain``
+(decompositions, saliency) -> ``evaluate`` (pixel removal) -> ``studies`` (bias
+importance); ``io`` (inputs, bundled data, oracle files, checks against onnxruntime) and
+``cli`` sit at the edge. Each imports only from the ones before it, with ``network``
+before ``onnx`` (the importer builds networks; a network knows nothing of ONNX);
+``tests/test_imports.py`` checks the order and that there is no import cycle.
 """
 
 from ._version import __version__

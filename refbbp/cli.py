@@ -9,28 +9,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import warnings
 
 import numpy as np
 
+from ._progress import progress
+from ._tables import text_table
+from .bbp import bbp
+from .bbp.propagate import check_temperature
+from .bbp.rules import RULE_NAMES
 from .errors import NotPiecewiseLinearError, RefbbpError
+from .evaluate import DEFAULT_METHODS, method_syntaxes
+
+from .io import data
+from .io.inputs import read_inputs
+from .io.oracle import beta_key, compare, write_oracle
+from .io.verify import nonlinear_nodes, verify
+from .studies.bias_study import bias_importance
+from .tolerance import FORWARD_ATOL, FORWARD_RTOL, TOLERANCE, as_text
 
 __all__ = ["main"]
-
-RULES = ("sign", "deviation")
 
 
 def _temperature(s):
     try:
         t = float(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"temperature must be a number, 0 or inf; got {s!r}")
-    if not (t >= 0) or math.isnan(t):
-        raise argparse.ArgumentTypeError(f"temperature must be >= 0 (or inf); got {s!r}")
-    return t
+        raise argparse.ArgumentTypeError(
+            f"temperature must be a number, 0 or inf; got {s!r}") from None
+    try:
+        return check_temperature(t)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _target(s):
@@ -40,21 +52,7 @@ def _target(s):
         return int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--target must be a class index, 'pred' or 'top2'; "
-                                         f"got {s!r}")
-
-
-def _table(rows, header):
-    cells = [list(map(str, header))] + [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[j]) for r in cells) for j in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(c):
-    if isinstance(c, float):
-        return f"{c:.3g}"
-    return str(c)
+                                         f"got {s!r}") from None
 
 
 def _load(path, input_shape=None):
@@ -71,9 +69,6 @@ def _load(path, input_shape=None):
 # --------------------------------------------------------------------------- explain
 def _explain_inputs(net, x, target, rules, temperature, progress_desc="explain"):
     """BBp of every input for every rule, with the completeness errors of each."""
-    from ._progress import progress
-    from .bbp import bbp
-
     results = {r: [] for r in rules}
     errors = []
     lin = net.linearize(x, target)
@@ -91,12 +86,12 @@ def _explain_inputs(net, x, target, rules, temperature, progress_desc="explain")
 def _completeness_rows(names, lin, results, errors, rules):
     rows, ok = [], True
     for i, name in enumerate(names):
-        r = [name, int(np.argmax(lin.logits[i])), float(lin.value[i]), float(lin.bias[i]),
+        r = [name, int(np.argmax(lin.logits[i])), float(lin.value[i]), float(lin.bias_x[i]),
              float((lin.w[i] * lin.trace.values[0][i].reshape(lin.w[i].shape)).sum())]
         for rule in rules:
             err = errors[i][rule]
             r += [float(results[rule][i].beta.sum()), err]
-            ok &= err <= 1e-9
+            ok &= err <= TOLERANCE
         rows.append(r)
     header = ["input", "pred", "f(x)", "b^x", "sum w*x"]
     for rule in rules:
@@ -105,12 +100,7 @@ def _completeness_rows(names, lin, results, errors, rules):
 
 
 def cmd_explain(args, demo=False):
-    from .io.inputs import read_inputs
-    from .io.oracle import beta_key, write_oracle
-
     if demo:
-        from .io import data
-
         model = str(data.model_path())
         x, labels = data.load_samples()
         names = [f"sample {i} (label {labels[i]})" for i in range(len(x))]
@@ -121,16 +111,16 @@ def cmd_explain(args, demo=False):
         x, names = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
                                args.layout)
         labels = None
-    rules = list(RULES) if args.rule == "both" else [args.rule]
+    rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
     lin, results, errors = _explain_inputs(net, x, args.target, rules, args.temperature)
     rows, header, ok = _completeness_rows(names, lin, results, errors, rules)
     print(f"model: {model}  ({len(net.nodes)} nodes, input {net.input_shape}, "
           f"{net.n_outputs} outputs)")
     print(f"explained: {args.target or 'pred'}; rules {', '.join(rules)}; "
           f"temperature {args.temperature}")
-    print(_table(rows, header))
+    print(text_table(rows, header))
     print("completeness (SPEC 3: sum beta = b^x, sum w*x + sum beta = f(x), every cut): "
-          + ("all within 1e-9 x scale" if ok else "FAILED for some inputs"))
+          + (f"all within {as_text(TOLERANCE)} x scale" if ok else "FAILED for some inputs"))
     os.makedirs(args.out, exist_ok=True)
     written = []
     if args.format == "npz" or demo:
@@ -147,7 +137,7 @@ def cmd_explain(args, demo=False):
         for i, name in enumerate(names):
             payload["inputs"].append({
                 "name": name, "logits": lin.logits[i].tolist(), "value": float(lin.value[i]),
-                "bias": float(lin.bias[i]), "w": lin.w[i].tolist(),
+                "bias_x": float(lin.bias_x[i]), "w": lin.w[i].tolist(),
                 "beta": {r: results[r][i].beta.tolist() for r in rules}})
         with open(path, "w") as fh:
             json.dump(payload, fh)
@@ -176,8 +166,6 @@ def cmd_explain(args, demo=False):
 
 # ---------------------------------------------------------------------------- verify
 def cmd_verify(args):
-    from .io.inputs import read_inputs
-    from .io.verify import nonlinear_nodes, verify
 
     report = {"model": args.model}
     bad = nonlinear_nodes(args.model)
@@ -203,7 +191,7 @@ def cmd_verify(args):
     if not xs:
         raise ValueError("nothing to check: give --inputs FILE or --n-random N > 0")
     x = np.concatenate(xs)
-    report.update(verify(args.model, net, x, rules=RULES))
+    report.update(verify(args.model, net, x, rules=RULE_NAMES))
     report["nodes"] = [{"name": n.name, "op": n.op, "kind": n.kind, "shape": list(n.shape),
                         "activation": n.activation.name if n.activation else None,
                         "nnz": n.nnz, "bytes": n.nbytes} for n in net.nodes]
@@ -213,14 +201,16 @@ def cmd_verify(args):
     else:
         print(net.summary())
         print()
+        exact = f"{as_text(TOLERANCE)} x scale"
         rows = [["forward vs onnxruntime", f"{report['forward_error']:.3g} x tolerance",
-                 "rtol 1e-4, atol 1e-5 x scale", _ok(report["forward_error"] <= 1)],
-                ["w.x + b^x = f(x)", f"{report['linear_error']:.3g}", "1e-9 x scale",
-                 _ok(report["linear_error"] <= 1e-9)]]
+                 f"rtol {as_text(FORWARD_RTOL)}, atol {as_text(FORWARD_ATOL)} x scale",
+                 _ok(report["forward_error"] <= 1)],
+                ["w.x + b^x = f(x)", f"{report['linear_error']:.3g}", exact,
+                 _ok(report["linear_error"] <= TOLERANCE)]]
         for rule, e in report["bbp_error"].items():
-            rows.append([f"BBp completeness ({rule})", f"{e:.3g}", "1e-9 x scale", _ok(e <= 1e-9)])
-        print(_table(rows, ["check", f"worst over {report['n_inputs']} inputs", "tolerance",
-                            "result"]))
+            rows.append([f"BBp completeness ({rule})", f"{e:.3g}", exact, _ok(e <= TOLERANCE)])
+        print(text_table(rows, ["check", f"worst over {report['n_inputs']} inputs",
+                                "tolerance", "result"]))
         print("verified: OK" if report["ok"] else "verified: FAILED")
     return 0 if report["ok"] else 1
 
@@ -231,14 +221,11 @@ def _ok(b):
 
 # ----------------------------------------------------------------- oracle / compare
 def cmd_oracle(args):
-    from ._progress import progress
-    from .io.inputs import read_inputs
-    from .io.oracle import write_oracle
 
     net = _load(args.model, args.input_shape)
     x, _ = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
                        args.layout)
-    rules = list(RULES) if args.rule == "both" else [args.rule]
+    rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
     fields = write_oracle(args.output, net, x, args.model, target=args.target, rules=rules,
                           temperatures=args.temperatures, layers=args.layers,
                           progress=progress)
@@ -248,7 +235,6 @@ def cmd_oracle(args):
 
 
 def cmd_compare(args):
-    from .io.oracle import compare
 
     for p in (args.golden, args.candidate):
         if not os.path.exists(p):
@@ -264,7 +250,7 @@ def cmd_compare(args):
                   "-" if r["max_rel"] is None else f"{r['max_rel']:.3g}",
                   ("ok" if r["ok"] else "FAIL") + (f" ({r['why']})" if r["why"] else "")]
                  for r in rows]
-        print(_table(table, ["field", "shape", "max abs err", "max rel err", "result"]))
+        print(text_table(table, ["field", "shape", "max abs err", "max rel err", "result"]))
         print(f"{sum(r['ok'] for r in rows)} of {len(rows)} fields pass "
               f"(rtol {args.rtol:g}, atol {args.atol:g}): {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
@@ -330,19 +316,18 @@ def cmd_evaluate(args):
     print(f"model: {args.model}  ({res.n} images, baseline {args.baseline:g}, seed "
           f"{args.seed}; {res.config['forward_passes']:,} forward passes)")
     rows, header = res.table()
-    print(_table(rows, header))
+    print(text_table(rows, header))
     print()
     print(f"Wilcoxon signed-rank tests on {args.metric}, paired per image (median of a - b):")
-    print(_table([[c["a"], c["b"], c["median_difference"], c["statistic"],
-                   f"{c['pvalue']:.3g}", c["n"]] for c in comps],
-                 ["a", "b", "median diff", "statistic", "p-value", "n"]))
+    print(text_table([[c["a"], c["b"], c["median_difference"], c["statistic"],
+                       f"{c['pvalue']:.3g}", c["n"]] for c in comps],
+                     ["a", "b", "median diff", "statistic", "p-value", "n"]))
     for p in written:
         print(f"wrote {p}")
     return 0
 
 
 def cmd_bias_report(args):
-    from .studies.bias_study import bias_importance
 
     net = _load(args.model)
     x, y = _labelled_data(args.data, net, args.n, need_labels=True)
@@ -353,7 +338,7 @@ def cmd_bias_report(args):
         return 0
     print(f"model: {args.model}  ({rep.n} labelled inputs)")
     rows, header = rep.table()
-    print(_table(rows, header))
+    print(text_table(rows, header))
     b = rep.bias_abs
     print(f"predicted class: median |b^x| {b['median_abs_bias']:.3g}, median |W^x x| "
           f"{b['median_abs_wx']:.3g}, median |b^x| / (|W^x x| + |b^x|) "
@@ -361,7 +346,7 @@ def cmd_bias_report(args):
     if rep.scaled or rep.shifted:
         print()
         rows, header = rep.robustness_table()
-        print(_table(rows, header))
+        print(text_table(rows, header))
     return 0
 
 
@@ -403,7 +388,7 @@ def build_parser():
     p.add_argument("inputs", nargs="+", help=".npy/.npz arrays or image files")
     p.add_argument("--target", type=_target, default=None,
                    help="class index, 'pred' (default) or 'top2' (top-1 minus top-2 logit)")
-    p.add_argument("--rule", choices=RULES + ("both",), default="both")
+    p.add_argument("--rule", choices=RULE_NAMES + ("both",), default="both")
     p.add_argument("--temperature", type=_temperature, default=1.0,
                    help="softmax temperature T > 0, 0 (hard) or inf (uniform); default 1")
     p.add_argument("--out", default="refbbp-out", help="output folder (default ./refbbp-out)")
@@ -430,7 +415,7 @@ def build_parser():
     p.add_argument("inputs", nargs="+")
     p.add_argument("-o", "--output", required=True, help="the .npz file to write")
     p.add_argument("--target", type=_target, default=None)
-    p.add_argument("--rule", choices=RULES + ("both",), default="both")
+    p.add_argument("--rule", choices=RULE_NAMES + ("both",), default="both")
     p.add_argument("--temperatures", type=_temperature, nargs="+", default=[1.0])
     p.add_argument("--layers", action="store_true", help="also every node's h, g, b^x, beta")
     _add_input_options(p)
@@ -450,11 +435,9 @@ def build_parser():
                        "(companion paper section 4)")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("data", help=".npz with arrays x (n, *input_shape) and, optionally, y (n,)")
-    p.add_argument("--methods", nargs="+", default=["gradient", "fullgrad", "layers-all",
-                                                    "layers-top2", "bias", "random"],
-                   help="gradient, fullgrad, fullgrad-layer, layers-all, layers-topK, "
-                        "layers-from:N, activity:N, biasgrad:N, bias, bias-deviation, random "
-                        "(default: gradient fullgrad layers-all layers-top2 bias random)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                   help=f"{', '.join(method_syntaxes())} "
+                        f"(default: {' '.join(DEFAULT_METHODS)})")
     p.add_argument("--n", type=int, default=None, help="only the first N images")
     p.add_argument("--out", default=None,
                    help="folder for evaluation.csv, evaluation.json and evaluation.png")

@@ -92,7 +92,7 @@ def bbp_figure(path, images, grad_input, betas, labels=None, fraction=0.1, title
         gmap = pixel_map(grad_input[i])
         gtop = top_fraction(gmap, fraction)
         panels = [("image", img), ("signed", gmap), ("overlay", gtop)]
-        for rule, beta in betas.items():
+        for beta in betas.values():
             bmap = pixel_map(beta[i])
             btop = top_fraction(bmap, fraction)
             panels += [("signed", bmap), ("overlay", btop), ("overlay", btop & ~gtop)]

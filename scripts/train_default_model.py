@@ -169,9 +169,9 @@ def describe(bias):
                 f"MaxPool 2 -> residual block [Conv({c}->{c}, 3x3, pad 1) + BatchNorm + ReLU "
                 f"+ Conv({c}->{c}, 3x3, pad 1) + BatchNorm, + block input, ReLU] -> MaxPool 2 "
                 f"-> Flatten -> Linear({c * 49}, {h}) + ReLU -> Linear({h}, 10)")
-    return (f"same as digits_cnn without any bias: input x/std; Conv and Linear with "
-            f"bias=False; each BatchNorm replaced by a shift-free uncentred normalisation "
-            f"gamma * x / sqrt(E[x^2] + eps) (a per-channel scale at inference)")
+    return ("same as digits_cnn without any bias: input x/std; Conv and Linear with "
+            "bias=False; each BatchNorm replaced by a shift-free uncentred normalisation "
+            "gamma * x / sqrt(E[x^2] + eps) (a per-channel scale at inference)")
 
 
 # ----------------------------------------------------------------------- training
@@ -258,17 +258,18 @@ def verify(path, model, x_test, y_test, samples, bias, log):
 
     lin = net.linearize(samples)
     check = lin.check()
-    bias_all = lin.bias_all()
+    bias_all = lin.bias_x_all()
     res = dict(test_accuracy=acc, test_accuracy_refbbp=acc_ref,
                max_abs_torch_vs_ort=torch_vs_ort, max_abs_refbbp_vs_ort=ref_vs_ort,
                max_abs_logit=scale, linearize_check=check,
-               max_abs_bias_samples=float(np.max(np.abs(lin.bias))),
+               max_abs_bias_samples=float(np.max(np.abs(lin.bias_x))),
                max_abs_bias_all_outputs=float(np.max(np.abs(bias_all))),
                refbbp_nodes=len(net.nodes), onnx_bytes=os.path.getsize(path))
     log(f"  {path.name}: test acc {acc:.4f} (refbbp {acc_ref:.4f}); "
         f"max|torch-ORT| {torch_vs_ort:.2e}, max|refbbp-ORT| {ref_vs_ort:.2e} "
         f"(max|logit| {scale:.1f}); lin.check {check:.2e}; "
-        f"max|b^x| {res['max_abs_bias_samples']:.3e}, all outputs {res['max_abs_bias_all_outputs']:.3e}")
+        f"max|b^x| {res['max_abs_bias_samples']:.3e}, "
+        f"all outputs {res['max_abs_bias_all_outputs']:.3e}")
     problems = []
     if torch_vs_ort > 1e-4 * max(scale, 1.0):
         problems.append(f"torch vs onnxruntime differ by {torch_vs_ort}")
@@ -279,10 +280,10 @@ def verify(path, model, x_test, y_test, samples, bias, log):
     if not bias:
         # zero up to float64 rounding: relative to the size of w . x
         wx = np.abs(lin.w * samples).reshape(len(samples), -1).sum(1)
-        rel = float(np.max(np.abs(lin.bias) / wx))
+        rel = float(np.max(np.abs(lin.bias_x) / wx))
         res["max_rel_bias_samples"] = rel
         if rel > 1e-12 or np.max(np.abs(bias_all)) > 1e-12 * scale:
-            problems.append(f"bias-free model has nonzero bias: {np.abs(lin.bias).max()}")
+            problems.append(f"bias-free model has nonzero bias: {np.abs(lin.bias_x).max()}")
     if problems:
         raise SystemExit(f"{path}: verification failed: " + "; ".join(problems))
     return res

@@ -84,23 +84,58 @@ def make_model(nodes, inputs, outputs, initializers=None, opset=17, *, batch=BAT
                              producer_name="refbbp-tests")
 
 
+_SESSION_OPTIONS = ort.SessionOptions()
+_SESSION_OPTIONS.intra_op_num_threads = 1
+_SESSION_OPTIONS.inter_op_num_threads = 1
+# No graph rewrites: onnxruntime should compute the graph as written (fusing Conv+BN in
+# float32 would blur what is compared).
+_SESSION_OPTIONS.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+_SESSION_OPTIONS.log_severity_level = 3
+
+
+def with_outputs(model, names):
+    """A copy of ``model`` whose graph outputs are the tensors ``names`` (shapes left
+    to the runtime)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    elem = model.graph.input[0].type.tensor_type.elem_type
+    m.graph.output.extend(helper.make_tensor_value_info(n, elem, None) for n in names)
+    return m
+
+
 def run_ort(model, x, output=None):
-    """Run ``model`` on ``x`` with onnxruntime's CPU provider (no graph optimisations, so
-    each op's own kernel is the reference).
+    """Run ``model`` with onnxruntime on one input ``x`` (no batch axis) or a batch.
+
+    The one onnxruntime runner of the tests: one thread, no graph optimisations (so each
+    op's own kernel is the reference; fusing Conv+BN in float32 would blur what is
+    compared).
+
+    Parameters
+    ----------
+    model : onnx.ModelProto, or the path of an ONNX file
+    x : ndarray, shape input_shape or (batch, *input_shape)
+    output : str, optional
+        Tensor to return; default the graph's first output.
 
     Returns
     -------
     ndarray
-        The output named ``output`` (default the first), as onnxruntime returns it.
+        In the graph's float type, with the batch axis as the graph has it.
     """
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    if output is not None and output != model.graph.output[0].name:
+        model = with_outputs(model, [output])
+    elem = model.graph.input[0].type.tensor_type.elem_type
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    rank = len(model.graph.input[0].type.tensor_type.shape.dim)
+    x = np.asarray(x, dtype)
+    if x.ndim == rank - 1:
+        x = x[None]
+    sess = ort.InferenceSession(model.SerializeToString(), _SESSION_OPTIONS,
                                 providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    outs = sess.run([output] if output else None, {name: np.asarray(x, np.float32)})
-    return np.asarray(outs[0])
+    return sess.run(None, {model.graph.input[0].name: x})[0]
 
 
 def run_onnx_reference(model, x, output=None):
@@ -130,7 +165,7 @@ def _scales(lin):
 
 def check_linear_model(net, x, classes=None):
     """The local linear model is exact at ``x`` (a batch): ``|w . x + b^x - f| <= 1e-9 *
-    scale`` for the predicted class and for ``classes``, and ``bias_all()`` holds each
+    scale`` for the predicted class and for ``classes``, and ``bias_x_all()`` holds each
     class's bias.
 
     Parameters
@@ -140,17 +175,17 @@ def check_linear_model(net, x, classes=None):
     """
     lin = net.linearize(x)
     assert lin.check() <= 1e-9, lin.check()
-    bias_all = np.atleast_2d(lin.bias_all())
+    bias_all = np.atleast_2d(lin.bias_x_all())
     n_out = net.n_outputs
     classes = sorted({0, n_out - 1}) if classes is None else classes
     for c in classes:
         lc = net.linearize(x, target=c)
         assert lc.check() <= 1e-9, (c, lc.check())
         f = np.einsum("bi,bi->b", lc.w.reshape(len(x), -1), x.reshape(len(x), -1))
-        np.testing.assert_array_less(np.abs(f + lc.bias - lc.value), 1e-9 * _scales(lc) + 1e-300)
-        np.testing.assert_allclose(bias_all[:, c], lc.bias, rtol=0,
+        np.testing.assert_array_less(np.abs(f + lc.bias_x - lc.value), 1e-9 * _scales(lc) + 1e-300)
+        np.testing.assert_allclose(bias_all[:, c], lc.bias_x, rtol=0,
                                    atol=float(np.max(1e-9 * _scales(lc))) + 1e-300,
-                                   err_msg=f"bias_all()[:, {c}] != linearize(target={c}).bias")
+                                   err_msg=f"bias_x_all()[:, {c}] != linearize(target={c}).bias_x")
     return lin
 
 
@@ -169,7 +204,7 @@ def check_against_ort(model, x, rtol=1e-4, atol_scale=1e-5, *, output=None, clas
     output : str, optional
         Graph output to explain (passed to ``refbbp.load`` and onnxruntime).
     classes : sequence of int, optional
-        Outputs whose bias is compared with ``bias_all()`` (see ``check_linear_model``).
+        Outputs whose bias is compared with ``bias_x_all()`` (see ``check_linear_model``).
     runtime : callable(model, x, output)
         The reference: ``run_ort``, or ``run_onnx_reference`` where onnxruntime refuses
         the model.

@@ -28,10 +28,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
+
+from tests.helpers import run_ort
 
 __all__ = [
     "OPSET", "Sketch", "cnns", "logits_name", "mlps", "models", "resnets", "run_ort",
@@ -50,54 +50,6 @@ seeds = st.integers(0, 2**32 - 1)
 
 
 # ---------------------------------------------------------------------- onnxruntime
-_SESSION_OPTIONS = ort.SessionOptions()
-_SESSION_OPTIONS.intra_op_num_threads = 1
-_SESSION_OPTIONS.inter_op_num_threads = 1
-# No graph rewrites: onnxruntime should compute the graph as written (fusing Conv+BN in
-# float32 would blur what is compared).
-_SESSION_OPTIONS.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-_SESSION_OPTIONS.log_severity_level = 3
-
-
-def with_outputs(model, names):
-    """A copy of ``model`` whose graph outputs are the tensors ``names`` (shapes left
-    to the runtime)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.output[:]
-    elem = model.graph.input[0].type.tensor_type.elem_type
-    m.graph.output.extend(helper.make_tensor_value_info(n, elem, None) for n in names)
-    return m
-
-
-def run_ort(model, x, output=None):
-    """Run ``model`` with onnxruntime on one input ``x`` (no batch axis) or a batch.
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-    x : ndarray, shape input_shape or (batch, *input_shape)
-    output : str, optional
-        Tensor to return; default the graph's first output.
-
-    Returns
-    -------
-    ndarray
-        In the graph's float type, with the batch axis as the graph has it.
-    """
-    if output is not None and output != model.graph.output[0].name:
-        model = with_outputs(model, [output])
-    elem = model.graph.input[0].type.tensor_type.elem_type
-    dtype = helper.tensor_dtype_to_np_dtype(elem)
-    rank = len(model.graph.input[0].type.tensor_type.shape.dim)
-    x = np.asarray(x, dtype)
-    if x.ndim == rank - 1:
-        x = x[None]
-    sess = ort.InferenceSession(model.SerializeToString(), _SESSION_OPTIONS,
-                                providers=["CPUExecutionProvider"])
-    return sess.run(None, {model.graph.input[0].name: x})[0]
-
-
 def logits_name(model):
     """The tensor refbbp explains: the graph output, before a final Softmax."""
     name = model.graph.output[0].name

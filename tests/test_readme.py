@@ -15,5 +15,5 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     namespace = {}
     for block in blocks:  # later blocks use names defined by earlier ones
         exec(compile(block, str(README), "exec"), namespace)
-    assert abs(namespace["att"].beta.sum() - namespace["att"].bias) <= 1e-9 * (
-        1 + abs(namespace["att"].bias))
+    assert abs(namespace["att"].beta.sum() - namespace["att"].bias_x) <= 1e-9 * (
+        1 + abs(namespace["att"].bias_x))

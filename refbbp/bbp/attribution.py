@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Attribution", "Completeness", "Layer", "TOLERANCE"]
+from ..tolerance import TOLERANCE, relative_error
 
-#: Completeness tolerance, relative to the scale of the terms added (SPEC section 2).
-TOLERANCE = 1e-9
+__all__ = ["Attribution", "Completeness", "Layer"]
 
 
 @dataclass(eq=False)
@@ -28,7 +27,7 @@ class Layer:
         ("input", "affine", "max").
     shape : tuple of int
         The node's output shape (as in the ONNX graph, batch dimension 1).
-    cut : bool
+    is_cut : bool
         Whether every input-to-output path passes through the node (completeness
         ``sum(g * h) + sum(beta_in) = f(x)`` holds there).
     beta : ndarray, shape (size,)
@@ -52,7 +51,7 @@ class Layer:
     op: str
     kind: str
     shape: tuple
-    cut: bool
+    is_cut: bool
     beta: np.ndarray
     beta_in: np.ndarray
     own: np.ndarray
@@ -70,7 +69,7 @@ class Completeness:
 
     Attributes
     ----------
-    bias : float
+    bias_x : float
         ``sum(beta) = b^x`` (eq. 12 at the input). Scale: ``sum |beta|`` plus the bias
         terms ``sum_n sum |g_n * b^x_n|`` that make up ``b^x``.
     total : float
@@ -82,22 +81,23 @@ class Completeness:
         ``sum |g_m * b^x_m| + sum |beta_m|`` (the mass redistributed on the way down).
     """
 
-    bias: float
+    bias_x: float
     total: float
     cuts: dict = field(default_factory=dict)
 
     @property
     def worst(self):
         """The largest relative error of all identities."""
-        return max([self.bias, self.total, *self.cuts.values()])
+        return max([self.bias_x, self.total, *self.cuts.values()])
 
     def ok(self, tol=TOLERANCE):
-        """Whether every identity holds within ``tol`` (default 1e-9)."""
+        """Whether every identity holds within ``tol`` (default
+        :data:`refbbp.tolerance.TOLERANCE`, 1e-9)."""
         return self.worst <= tol
 
     def __str__(self):
         cuts = ", ".join(f"{k}: {v:.1e}" for k, v in self.cuts.items())
-        return f"Completeness(bias {self.bias:.1e}, total {self.total:.1e}, cuts {{{cuts}}})"
+        return f"Completeness(bias_x {self.bias_x:.1e}, total {self.total:.1e}, cuts {{{cuts}}})"
 
 
 @dataclass(eq=False)
@@ -116,7 +116,7 @@ class Attribution:
         ``df/dx``, the weights of the local linear model.
     grad_input : ndarray, shape input_shape
         ``w * x``, so that ``sum(grad_input) + sum(beta) = f(x)``.
-    bias : float
+    bias_x : float
         ``b^x``, the bias of the local linear model.
     value : float
         ``f(x) = v . logits``, the explained scalar.
@@ -128,7 +128,7 @@ class Attribution:
         ``fallback.sum()``.
     layers : list of Layer or None
         Per node (in network order), when ``return_layers=True``.
-    model : LocalLinearModel
+    linear : LocalLinearModel
         The local linear model (forward trace, gradients ``g_n`` of every node).
     rule : str
         The rule's name.
@@ -147,12 +147,12 @@ class Attribution:
     beta: np.ndarray
     w: np.ndarray
     grad_input: np.ndarray
-    bias: object
+    bias_x: object
     value: object
     fallback: np.ndarray
     fallback_total: object
     layers: list
-    model: object
+    linear: object
     rule: str
     temperature: float
     backend: str
@@ -164,7 +164,7 @@ class Attribution:
 
     @property
     def network(self):
-        return self.model.network
+        return self.linear.network
 
     def completeness(self):
         """Relative errors of every completeness identity (see :class:`Completeness`).
@@ -174,7 +174,7 @@ class Attribution:
         Completeness
             ``.ok()`` tells whether all of them are within 1e-9 (SPEC section 2).
         """
-        net, lin = self.network, self.model
+        net, lin = self.network, self.linear
         trace, grads = lin.trace, lin.grads
         x = trace.values[0]
         n = len(net.nodes)
@@ -186,10 +186,10 @@ class Attribution:
         f_scale = np.abs(v * trace.logits).sum(1)
         beta = self.node_beta[0]
         wx = grads[0] * x
-        b_x = np.atleast_1d(lin.bias)
+        b_x = np.atleast_1d(lin.bias_x)
 
         def rel(err, scale):
-            return float(np.max(np.abs(err) / np.maximum(scale, np.finfo(float).tiny)))
+            return float(np.max(relative_error(err, scale)))
 
         all_bias = np.sum(bias_terms, axis=0)
         e_bias = rel(beta.sum(1) - b_x, beta_mass[0] + all_bias + np.abs(b_x))

@@ -20,7 +20,7 @@ from ..network.linearize import linearize
 from .attribution import Attribution, Layer
 from .kernels import Workspace, check_n_threads, distribute_node
 from .rules import RowLayout, resolve_rule
-from .structure import node_structure
+from .structure import node_structures
 
 __all__ = ["bbp", "check_temperature", "propagate_cython"]
 
@@ -87,7 +87,7 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
     Returns
     -------
     Attribution
-        ``beta`` (shaped like x), ``w``, ``grad_input = w * x``, ``bias = b^x``,
+        ``beta`` (shaped like x), ``w``, ``grad_input = w * x``, ``bias_x = b^x``,
         ``value = f(x)``, ``fallback`` per node, and ``layers`` if asked for.
         ``attribution.completeness()`` checks the identities of SPEC section 3.
 
@@ -123,16 +123,21 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
 
     timings = {}
     t0 = time.perf_counter()
+    # Before the forward pass reads node.weights: each matrix is checked against its
+    # node's kernel structure, which is rebuilt if the matrix changed and refused if it
+    # is corrupt (structure.py, "Safety"; scipy's products would not check it).
+    structures = node_structures(net)
+    timings["prepare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     lin = linearize(net, x, target)
     timings["linearize"] = time.perf_counter() - t0
     _check_finite(net, lin)
     if backend == "cython":
         node_beta, node_beta_in, fallback = propagate_cython(
-            net, lin, rule_, temperature, n_threads, timings)
+            net, lin, rule_, temperature, n_threads, timings, structures)
     else:
         t0 = time.perf_counter()
         node_beta, node_beta_in, fallback = reference.propagate(net, lin, rule_, temperature)
-        timings["prepare"] = 0.0
         timings["propagate"] = time.perf_counter() - t0
         n_threads = None
     return _result(net, lin, rule_, temperature, backend, n_threads, timings,
@@ -163,20 +168,21 @@ def _result(net, lin, rule, temperature, backend, n_threads, timings, node_beta,
             own = lin.grads[k] * bx if node.kind == "affine" else np.zeros_like(bx)
             layers.append(Layer(
                 index=k, name=node.name, op=node.op, kind=node.kind, shape=node.shape,
-                cut=k in cuts, beta=one(node_beta[k]), beta_in=one(node_beta_in[k]),
+                is_cut=k in cuts, beta=one(node_beta[k]), beta_in=one(node_beta_in[k]),
                 own=one(own), g=one(lin.grads[k]), h=one(trace.values[k]),
                 bias_x=one(bx), fallback=one(fallback[:, k])))
     total = fallback.sum(1)
     return Attribution(
         beta=one(beta), w=lin.w, grad_input=one((lin.grads[0] * x).reshape(shape)),
-        bias=lin.bias, value=lin.value, fallback=one(fallback),
+        bias_x=lin.bias_x, value=lin.value, fallback=one(fallback),
         fallback_total=one(total) if trace.batched else float(total[0]),
-        layers=layers, model=lin, rule=rule.name, temperature=temperature, backend=backend,
+        layers=layers, linear=lin, rule=rule.name, temperature=temperature, backend=backend,
         n_threads=n_threads, timings=timings, node_beta=node_beta,
         node_beta_in=node_beta_in)
 
 
-def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
+def propagate_cython(net, lin, rule, temperature, n_threads, timings=None,
+                     structures=None):
     """BBp through the Cython kernel (same contract as ``refbbp.reference.propagate``).
 
     Parameters
@@ -187,7 +193,9 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
     temperature : float
     n_threads : int
     timings : dict, optional
-        Receives "prepare" and "propagate" seconds.
+        Receives "prepare" (added to) and "propagate" seconds.
+    structures : list of NodeStructure or None, optional
+        ``structure.node_structures(net)``, if the caller has them.
 
     Returns
     -------
@@ -199,8 +207,8 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
     t0 = time.perf_counter()
     nodes, trace, grads = net.nodes, lin.trace, lin.grads
     batch = trace.values[0].shape[0]
-    structures = [None if node.kind == "input" else node_structure(net, k)
-                  for k, node in enumerate(nodes)]
+    if structures is None:
+        structures = node_structures(net)
     workspace = Workspace()
     t1 = time.perf_counter()
 
@@ -254,7 +262,7 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None):
                 node_beta_in[src][b] += received[st.offsets[i]:st.offsets[i + 1]]
         per_node[k] = time.perf_counter() - t_node
     if timings is not None:
-        timings["prepare"] = t1 - t0
+        timings["prepare"] = timings.get("prepare", 0.0) + (t1 - t0)
         timings["propagate"] = time.perf_counter() - t1
         timings["nodes"] = dict(sorted(per_node.items()))
     return node_beta, node_beta_in, fallback
@@ -291,5 +299,5 @@ def layout_from_structure(net, k, st, data, u, slope, bias_x, h, beta):
     inp = np.searchsorted(st.offsets, col, side="right") - 1
     layout = RowLayout(node=node, index=k, indptr=indptr, kappa=kappa[entries],
                        weight=weight[entries], value=value[entries], input=inp,
-                       column=col - st.offsets[inp], row=row, bias=bias_x, h=h, beta=beta)
+                       column=col - st.offsets[inp], row=row, bias_x=bias_x, h=h, beta=beta)
     return layout, entries

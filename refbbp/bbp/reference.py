@@ -138,7 +138,7 @@ def _layout(net, k, b, rows, bias_x, h, beta):
 
     return RowLayout(node=node, index=k, indptr=indptr, kappa=cat(4), weight=cat(2),
                      value=cat(3), input=cat(0, np.int64), column=cat(1, np.int64),
-                     row=np.repeat(np.arange(len(rows)), counts), bias=bias_x, h=h,
+                     row=np.repeat(np.arange(len(rows)), counts), bias_x=bias_x, h=h,
                      beta=beta)
 
 
@@ -188,7 +188,7 @@ def propagate(net, lin, rule, temperature):
             if rule.func is not None:
                 layout = _layout(net, k, b, rows, bias_x, h, beta)
                 user = np.split(rule.evaluate(layout), layout.indptr[1:-1])
-            for p, (inputs, columns, weights, values, kappa) in enumerate(rows):
+            for p, (inputs, columns, _weights, _values, kappa) in enumerate(rows):
                 beta_p = beta[p]
                 if beta_p == 0:
                     continue

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _core
 from ..network.nodes import Node
 
 __all__ = ["RowLayout", "Rule", "deviation_scores", "resolve_rule", "sign_scores",
@@ -29,6 +30,8 @@ __all__ = ["RowLayout", "Rule", "deviation_scores", "resolve_rule", "sign_scores
 WEIGHT_SUM_RTOL = 1e-9
 
 RULE_NAMES = ("sign", "deviation")
+#: The kernel's rule code of each named rule (``refbbp/_core.pyx``, ``RULE_*``).
+RULE_CODES = {"sign": _core.RULE_SIGN, "deviation": _core.RULE_DEVIATION}
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +68,7 @@ class RowLayout:
         Which element ``q`` of that input.
     row : ndarray of int64, shape (m,)
         The row ``p`` of each component (``np.repeat(arange(size), counts)``).
-    bias : ndarray, shape (size,)
+    bias_x : ndarray, shape (size,)
         The node's local bias ``b^x = c * b + d`` (0 for a max node).
     h : ndarray, shape (size,)
         The node's output values.
@@ -82,7 +85,7 @@ class RowLayout:
     input: np.ndarray
     column: np.ndarray
     row: np.ndarray
-    bias: np.ndarray
+    bias_x: np.ndarray
     h: np.ndarray
     beta: np.ndarray
 
@@ -125,7 +128,7 @@ def sign_scores(layout):
     -------
     ndarray, shape (m,)
     """
-    sgn = np.where(layout.bias > 0, -1.0, np.where(layout.bias < 0, 1.0, 0.0))
+    sgn = np.where(layout.bias_x > 0, -1.0, np.where(layout.bias_x < 0, 1.0, 0.0))
     return sgn[layout.row] * layout.kappa
 
 
@@ -172,8 +175,9 @@ def weights_rule(func):
 
 @dataclass(frozen=True)
 class Rule:
-    """A resolved rule: ``code`` is the kernel's rule code (0 sign, 1 deviation,
-    2 scores from ``func``, 3 weights from ``func``)."""
+    """A resolved rule: ``code`` is the kernel's rule code, ``_core.RULE_SIGN``,
+    ``RULE_DEVIATION``, ``RULE_SCORES`` (scores from ``func``) or ``RULE_WEIGHTS``
+    (weights from ``func``)."""
 
     name: str
     code: int
@@ -181,7 +185,7 @@ class Rule:
 
     @property
     def returns(self):
-        return "weights" if self.code == 3 else "scores"
+        return "weights" if self.code == _core.RULE_WEIGHTS else "scores"
 
     def evaluate(self, layout):
         """Call the user rule on ``layout`` and check what it returns: a float array of
@@ -207,7 +211,7 @@ class Rule:
             j = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{where} returned a non-finite {self.returns[:-1]} "
                              f"({out[j]!r}) at row {int(layout.row[j])}")
-        if self.code == 3 and out.size:
+        if self.code == _core.RULE_WEIGHTS and out.size:
             sums = layout.row_sum(out)
             mags = np.maximum(1.0, layout.row_sum(np.abs(out)))
             fail = (layout.counts > 0) & ~(np.abs(sums - 1.0) <= WEIGHT_SUM_RTOL * mags)
@@ -226,13 +230,14 @@ def resolve_rule(rule):
                              f"{', '.join(map(repr, RULE_NAMES))} or a callable taking a "
                              f"RowLayout and returning scores (or weights, with "
                              f"@refbbp.weights_rule)")
-        return Rule(rule, RULE_NAMES.index(rule))
+        return Rule(rule, RULE_CODES[rule])
     if callable(rule):
         returns = getattr(rule, "bbp_returns", "scores")
         if returns not in ("scores", "weights"):
             raise ValueError(f"rule {rule!r} has bbp_returns={returns!r}: expected "
                              f"'scores' or 'weights'")
         name = getattr(rule, "__qualname__", None) or getattr(rule, "__name__", repr(rule))
-        return Rule(name, 3 if returns == "weights" else 2, rule)
+        return Rule(name, _core.RULE_WEIGHTS if returns == "weights" else _core.RULE_SCORES,
+                    rule)
     raise TypeError(f"rule must be 'sign', 'deviation' or a callable, got "
                     f"{type(rule).__name__}")

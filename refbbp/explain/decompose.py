@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._tables import text_table
+from ..tolerance import relative_error
 from ..network.linearize import LocalLinearModel, linearize
 
 __all__ = ["Decomposition", "LayerAttribution", "decompose", "layer_shape"]
@@ -176,7 +178,7 @@ class Decomposition:
         return self.linear.network
 
     @property
-    def input_attribution(self):
+    def grad_input(self):
         """``a = x * df/dx`` (gradient x input, ``a^{h,0}``), shaped like ``x``."""
         return self.layers[0].a_h
 
@@ -241,8 +243,7 @@ class Decomposition:
                 s, a = self._sums(self.layers[m].a_b)
                 total, scale = total + s, scale + a
         f = np.atleast_1d(self.value)
-        err = np.abs(total - f)
-        return np.where(err == 0, 0.0, err / np.maximum(scale, np.finfo(float).tiny))
+        return relative_error(total - f, scale)
 
     def check(self):
         """Largest relative completeness error over every cut and input (eq. 13).
@@ -258,8 +259,8 @@ class Decomposition:
         """A table, one row per node, of input ``i``: kind, shape, cut, ``A^h``, ``A^b``
         and the share of ``f`` the biases downstream of each cut carry."""
         f = float(np.atleast_1d(self.value)[i])
-        rows = [("#", "name", "op", "kind", "shape", "cut", "A^h", "A^b",
-                 "bias above / f")]
+        header = ("#", "name", "op", "kind", "shape", "cut", "A^h", "A^b", "bias above / f")
+        rows = []
         for la in self.layers:
             ah = "" if la.a_h is None else f"{np.atleast_1d(la.A_h)[i]:.4g}"
             ab = "" if la.a_b is None else f"{np.atleast_1d(la.A_b)[i]:.4g}"
@@ -269,9 +270,7 @@ class Decomposition:
             rows.append((str(la.index), la.name[:32], la.op, la.kind,
                          "x".join(map(str, la.shape)), "yes" if la.is_cut else "",
                          ah, ab, share))
-        widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "-" * len(lines[0]))
+        lines = [text_table(rows, header)]
         lines.append(f"f(x) = {f:.6g}; completeness error {self.check():.2g}")
         return "\n".join(lines)
 

@@ -198,7 +198,7 @@ def gradient_map(dec):
     -------
     ndarray, shape map or (batch, *map)
     """
-    return _input_channel_sum(dec, np.abs(dec.input_attribution))
+    return _input_channel_sum(dec, np.abs(dec.grad_input))
 
 
 def fullgrad(dec, normalise="channel"):
@@ -238,7 +238,7 @@ def fullgrad(dec, normalise="channel"):
             maps = bilinear_upsample(rescale(a, nd + 1), size)
         return maps.sum(axis=batch_axes)
 
-    s = term(dec.input_attribution, len(dec.network.input_shape) >= 2)
+    s = term(dec.grad_input, len(dec.network.input_shape) >= 2)
     for la in dec.layers[1:]:
         if la.a_b is not None and _fits(dec, la):
             s = s + term(la.a_b, True)
@@ -293,7 +293,7 @@ def layer_aggregate(dec, l0="all", include_input=True, layers=None):
     ndarray, shape map or (batch, *map)
     """
     size = _input_spatial(dec)
-    a0 = _input_channel_sum(dec, dec.input_attribution)
+    a0 = _input_channel_sum(dec, dec.grad_input)
     s = psi(a0, size) if include_input else np.zeros(a0.shape)
     for n in _select_layers(dec, l0, layers):
         s = s + psi(dec.layers[n].a_h_map, size)
@@ -322,7 +322,7 @@ def layer_map(dec, n, kind="h"):
     if kind not in ("h", "b"):
         raise ValueError(f"kind must be 'h' (activity) or 'b' (bias), got {kind!r}")
     if n == 0 and kind == "h":
-        return psi(_input_channel_sum(dec, dec.input_attribution), size)
+        return psi(_input_channel_sum(dec, dec.grad_input), size)
     a = la.a_h_map if kind == "h" else la.a_b_map
     if a is None or not _fits(dec, la):
         what = "a cut" if kind == "h" else "an affine node"

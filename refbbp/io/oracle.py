@@ -6,7 +6,7 @@ same field names for the same ``x`` and compares it with :func:`compare` (or
 ``refbbp compare``). The fields (all defined in SPEC.md):
 
 ``meta``
-    0-d string: JSON with ``format`` ("refbbp-oracle"), ``format_version`` (1),
+    0-d string: JSON with ``format`` ("refbbp-oracle"), ``format_version`` (2),
     ``refbbp_version``, ``model`` (file name and sha256 of the ONNX file), ``input_shape``,
     ``target`` (as requested), ``rules``, ``temperatures`` and ``fields`` (this list).
 ``x``            (n, *input_shape): the inputs.
@@ -14,16 +14,20 @@ same field names for the same ``x`` and compares it with :func:`compare` (or
 ``target``       (n, n_outputs): the vector ``v`` explained, ``f = v . logits``.
 ``value``        (n,): ``f(x)``.
 ``w``            (n, *input_shape): ``df/dx``.
-``bias``         (n,): ``b^x = f(x) - w . x``, accumulated as ``sum_n g_n . b^x_n``.
-``bias_all``     (n, n_outputs): ``b^x`` of every output (pattern frozen, input 0).
+``bias_x``       (n,): ``b^x = f(x) - w . x``, accumulated as ``sum_n g_n . b^x_n``.
+``bias_x_all``   (n, n_outputs): ``b^x`` of every output (pattern frozen, input 0).
 ``beta/<rule>/T=<T>``  (n, *input_shape): the BBp bias attribution (SPEC 3) for
     each rule ("sign", "deviation") and temperature (``T=1.0``, ``T=0.0``, ``T=inf``).
 With layers (``--layers``), for every node ``k`` of the network (see ``refbbp verify``
 for the node list):
 ``node/<k>/h``  (n, size): the node's output ``h_k``;
 ``node/<k>/g``  (n, size): ``df/dh_k``;
-``node/<k>/bias`` (n, size): the local bias ``b^x_k = c * b + d``;
+``node/<k>/bias_x`` (n, size): the local bias ``b^x_k = c * b + d``;
 ``node/<k>/beta_in/<rule>/T=<T>`` (n, size): the BBp mass node ``k`` received.
+
+Format version 1 (refbbp 0.1.0) named the local biases ``bias``, ``bias_all`` and
+``node/<k>/bias``; :func:`read_oracle` reads both versions and gives version 2's names,
+so :func:`compare` accepts a version-1 file on either side.
 """
 
 from __future__ import annotations
@@ -34,10 +38,16 @@ import os
 
 import numpy as np
 
-__all__ = ["write_oracle", "compare", "FORMAT", "FORMAT_VERSION", "beta_key"]
+from .._version import __version__
+from ..bbp import bbp
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "beta_key", "compare", "read_oracle", "write_oracle"]
 
 FORMAT = "refbbp-oracle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+#: Version 1's field names of the local biases -> version 2's.
+_V1_NAMES = {"bias": "bias_x", "bias_all": "bias_x_all"}
 
 
 def beta_key(rule, temperature):
@@ -60,16 +70,14 @@ def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures
     ``betas`` may hold attributions the caller already computed for these inputs and
     this target, keyed by :func:`beta_key` (without layers); they are not computed again.
     """
-    from ..bbp import bbp
-
     lin = net.linearize(x, target)
     out = {"x": np.asarray(x, np.float64), "logits": lin.logits, "target": lin.target,
-           "value": lin.value, "w": lin.w, "bias": lin.bias, "bias_all": lin.bias_all()}
+           "value": lin.value, "w": lin.w, "bias_x": lin.bias_x, "bias_x_all": lin.bias_x_all()}
     if layers:
         for k in range(len(net.nodes)):
             out[f"node/{k}/h"] = lin.trace.values[k]
             out[f"node/{k}/g"] = lin.grads[k]
-            out[f"node/{k}/bias"] = lin.trace.local_bias(k)
+            out[f"node/{k}/bias_x"] = lin.trace.local_bias(k)
     betas = {} if betas is None or layers else betas
     combos = []
     for rule in rules:
@@ -96,8 +104,6 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
     dict
         The fields written (without ``meta``).
     """
-    from .._version import __version__
-
     fields = oracle_fields(net, x, target, rules, temperatures, layers, progress, betas)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "refbbp_version": __version__,
@@ -113,11 +119,47 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
     return fields
 
 
+def _v2_name(key):
+    """A field's version-2 name (version 1 named the local biases ``bias``)."""
+    if key in _V1_NAMES:
+        return _V1_NAMES[key]
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "node" and parts[2] == "bias":
+        return f"node/{parts[1]}/bias_x"
+    return key
+
+
+def read_oracle(path):
+    """Read an oracle file of format version 1 or 2.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An ``.npz`` written by :func:`write_oracle` (or by another implementation with
+        the same field names).
+
+    Returns
+    -------
+    meta : dict or None
+        The parsed ``meta`` field (``None`` for a file without one, e.g. a candidate
+        written by other code), with ``format_version`` as stored.
+    fields : dict of str to ndarray
+        Every other field, under version 2's names.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+        version = (meta or {}).get("format_version", FORMAT_VERSION)
+        rename = _v2_name if version == 1 else (lambda key: key)
+        fields = {rename(k): z[k] for k in z.files if k != "meta"}
+    return meta, fields
+
+
 def compare(golden, candidate, rtol=1e-6, atol=1e-9):
     """Compare a candidate oracle file with a golden one, field by field.
 
     A field passes when ``|candidate - golden| <= atol + rtol * |golden|`` everywhere
     (``numpy.allclose``) and the shapes agree; a field missing from the candidate fails.
+    Both files are read with :func:`read_oracle`, so either may be of format version 1.
 
     Returns
     -------
@@ -125,31 +167,31 @@ def compare(golden, candidate, rtol=1e-6, atol=1e-9):
         ``field``, ``shape``, ``max_abs``, ``max_rel`` (relative to ``|golden|``, over
         entries where it is non-zero), ``ok`` and ``why`` (for failures).
     """
-    with np.load(golden, allow_pickle=False) as g, np.load(candidate, allow_pickle=False) as c:
-        rows = []
-        for key in sorted(k for k in g.files if k != "meta"):
-            ref = g[key]
-            row = {"field": key, "shape": list(ref.shape), "max_abs": None, "max_rel": None,
-                   "ok": False, "why": ""}
-            if key not in c.files:
-                row["why"] = "missing from the candidate"
-            elif c[key].shape != ref.shape:
-                row["why"] = f"shape {list(c[key].shape)} instead of {list(ref.shape)}"
-            else:
-                got = np.asarray(c[key], np.float64)
-                diff = np.abs(got - ref)
-                nz = ref != 0
-                row["max_abs"] = float(diff.max(initial=0.0))
-                row["max_rel"] = float((diff[nz] / np.abs(ref[nz])).max(initial=0.0))
-                finite = np.all(np.isfinite(got))
-                row["ok"] = bool(finite and np.allclose(got, ref, rtol=rtol, atol=atol))
-                if not finite:
-                    row["why"] = "NaN or infinite values"
-                elif not row["ok"]:
-                    row["why"] = f"exceeds atol={atol:g} + rtol={rtol:g} * |golden|"
-            rows.append(row)
-        extra = sorted(set(c.files) - set(g.files))
-        for key in extra:
-            rows.append({"field": key, "shape": list(c[key].shape), "max_abs": None,
-                         "max_rel": None, "ok": True, "why": "not in the golden file (ignored)"})
+    g = read_oracle(golden)[1]
+    c = read_oracle(candidate)[1]
+    rows = []
+    for key in sorted(g):
+        ref = g[key]
+        row = {"field": key, "shape": list(ref.shape), "max_abs": None, "max_rel": None,
+               "ok": False, "why": ""}
+        if key not in c:
+            row["why"] = "missing from the candidate"
+        elif c[key].shape != ref.shape:
+            row["why"] = f"shape {list(c[key].shape)} instead of {list(ref.shape)}"
+        else:
+            got = np.asarray(c[key], np.float64)
+            diff = np.abs(got - ref)
+            nz = ref != 0
+            row["max_abs"] = float(diff.max(initial=0.0))
+            row["max_rel"] = float((diff[nz] / np.abs(ref[nz])).max(initial=0.0))
+            finite = np.all(np.isfinite(got))
+            row["ok"] = bool(finite and np.allclose(got, ref, rtol=rtol, atol=atol))
+            if not finite:
+                row["why"] = "NaN or infinite values"
+            elif not row["ok"]:
+                row["why"] = f"exceeds atol={atol:g} + rtol={rtol:g} * |golden|"
+        rows.append(row)
+    for key in sorted(set(c) - set(g)):
+        rows.append({"field": key, "shape": list(c[key].shape), "max_abs": None,
+                     "max_rel": None, "ok": True, "why": "not in the golden file (ignored)"})
     return rows

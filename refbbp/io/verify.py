@@ -1,8 +1,8 @@
 """Checks of a loaded network against onnxruntime and against SPEC's identities.
 
-Tolerances are SPEC section 2's: the float64 forward pass agrees with onnxruntime (float32)
-within ``rtol = 1e-4`` and ``atol = 1e-5 * output scale``; the local linear model is exact
-to ``1e-9 * scale``.
+Tolerances are SPEC section 2's (``refbbp/tolerance.py``): the float64 forward pass
+agrees with onnxruntime (float32) within ``rtol = 1e-4`` and ``atol = 1e-5 * output
+scale``; the local linear model is exact to ``1e-9 * scale``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ import onnx
 from ..bbp import bbp
 from ..onnx.loader import strip_final_softmax, topological_order
 from ..onnx.registry import NOT_PIECEWISE_LINEAR
+from ..onnx.runtime import RuntimeSession
+from ..tolerance import TOLERANCE, forward_error
 
-__all__ = ["onnxruntime_logits", "forward_error", "nonlinear_nodes", "verify",
-           "FORWARD_RTOL", "FORWARD_ATOL", "LINEAR_TOL"]
-
-FORWARD_RTOL = 1e-4
-FORWARD_ATOL = 1e-5  # times the output scale
-LINEAR_TOL = 1e-9
+__all__ = ["nonlinear_nodes", "onnxruntime_logits", "verify"]
 
 
 def _proto(model):
@@ -30,7 +27,8 @@ def onnxruntime_logits(model, net, x):
     """The logits ``net`` explains, computed by onnxruntime (float32) on ``x``.
 
     The tensor ``net.output_name`` is added as a graph output when it is not one (a final
-    Softmax was dropped), so the comparison is on logits.
+    Softmax was dropped), so the comparison is on logits. A thin function over
+    :class:`refbbp.onnx.runtime.RuntimeSession`.
 
     Parameters
     ----------
@@ -42,38 +40,7 @@ def onnxruntime_logits(model, net, x):
     -------
     ndarray, shape (n, n_outputs), float64
     """
-    import onnxruntime as ort
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(_proto(model))
-    outs = [o.name for o in proto.graph.output]
-    if net.output_name not in outs:
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(
-            net.output_name, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-    vin = next(i for i in sess.get_inputs() if i.name == net.input_name)
-    x32 = np.asarray(x, np.float32)
-    if net.batch_axis:
-        lead = vin.shape[0] if vin.shape else None
-        if isinstance(lead, int):  # a fixed batch dimension: one input at a time
-            res = [sess.run([net.output_name], {vin.name: xi[None]})[0] for xi in x32]
-        else:
-            res = [sess.run([net.output_name], {vin.name: x32})[0]]
-    else:
-        res = [sess.run([net.output_name], {vin.name: xi})[0][None] for xi in x32]
-    return np.concatenate([r.reshape(r.shape[0] if net.batch_axis else 1, -1) for r in res]
-                          ).astype(np.float64)
-
-
-def forward_error(ours, ref):
-    """``max |ours - ref| / (atol * scale + rtol * |ref|)``: at most 1 passes SPEC 2."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    scale = max(np.abs(ref).max(initial=0.0), np.finfo(np.float32).tiny)
-    bound = FORWARD_ATOL * scale + FORWARD_RTOL * np.abs(ref)
-    return float(np.max(np.abs(ours - ref) / bound, initial=0.0))
+    return RuntimeSession(model, net)(x)
 
 
 def nonlinear_nodes(model):
@@ -114,6 +81,6 @@ def verify(model, net, x, rules=("sign",), temperature=1.0):
     for rule in rules:
         att = bbp(net, x, rule=rule, temperature=temperature)
         report["bbp_error"][rule] = float(att.completeness().worst)
-    report["ok"] = bool(report["forward_error"] <= 1 and report["linear_error"] <= LINEAR_TOL
-                        and all(e <= LINEAR_TOL for e in report["bbp_error"].values()))
+    report["ok"] = bool(report["forward_error"] <= 1 and report["linear_error"] <= TOLERANCE
+                        and all(e <= TOLERANCE for e in report["bbp_error"].values()))
     return report

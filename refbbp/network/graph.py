@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._tables import text_table
 from ..errors import InputShapeError
 from .linearize import linearize
 from .trace import Trace, matmul_rows, max_forward
@@ -141,7 +142,8 @@ class Network:
         else:
             raise InputShapeError(
                 f"input of shape {x.shape} does not fit the network: expected "
-                f"{self.input_shape} (one input) or (batch, {', '.join(map(str, self.input_shape))})")
+                f"{self.input_shape} (one input) or "
+                f"(batch, {', '.join(map(str, self.input_shape))})")
         xb = np.ascontiguousarray(xb, dtype=np.float64)
         if not np.all(np.isfinite(xb)):
             raise InputShapeError("input contains NaN or infinite values")
@@ -263,16 +265,16 @@ class Network:
     # ---------------------------------------------------------------- display
     def summary(self):
         """A table of the nodes: kind, op, inputs, shape, activation, non-zeros, bytes."""
-        rows = [("#", "name", "op", "kind", "inputs", "shape", "act", "storage", "nnz", "bytes")]
+        header = ("#", "name", "op", "kind", "inputs", "shape", "act", "storage", "nnz",
+                  "bytes")
+        rows = []
         for k, node in enumerate(self.nodes):
             act = "" if node.activation is None else node.activation.name
             rows.append((str(k), _clip(node.name, 32), node.op, node.kind,
                          ",".join(map(str, node.inputs)), "x".join(map(str, node.shape)),
                          act, node.describe_storage(), f"{node.nnz:,}", _fmt_bytes(node.nbytes)))
-        widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines = [text_table(rows, header)]
         total = sum(n.nbytes for n in self.nodes)
-        lines.insert(1, "-" * len(lines[0]))
         lines.append(f"{len(self.nodes)} nodes, input {self.input_shape}, "
                      f"{self.n_outputs} outputs (node {self.output}), {_fmt_bytes(total)} in all")
         lines += [f"note: {m}" for m in self.notices]

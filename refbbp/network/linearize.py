@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputShapeError
+from ..tolerance import relative_error
 from .trace import Trace, matmul_rows
 
 __all__ = ["LocalLinearModel", "linearize", "target_vectors"]
@@ -29,8 +30,8 @@ class LocalLinearModel:
     ----------
     w : ndarray, shape input_shape
         ``df/dx``, the gradient.
-    bias : ndarray, shape ()
-        ``b^x = sum_n g_n . b^x_n``.
+    bias_x : ndarray, shape ()
+        ``b^x = sum_n g_n . b^x_n``, the local bias (a node's own constant is ``node.bias``).
     value : ndarray, shape ()
         ``f(x) = v . logits``.
     logits : ndarray, shape (n_outputs,)
@@ -43,7 +44,7 @@ class LocalLinearModel:
     """
 
     w: np.ndarray
-    bias: np.ndarray
+    bias_x: np.ndarray
     value: np.ndarray
     logits: np.ndarray
     target: np.ndarray
@@ -59,7 +60,7 @@ class LocalLinearModel:
         """The activation pattern: per node, the piece of every element (or ``None``)."""
         return self.trace.pieces
 
-    def bias_all(self):
+    def bias_x_all(self):
         """The local bias of every output at once: the network with its pattern frozen,
         evaluated at input 0 (SPEC section 2). Shape (n_outputs,) or (batch, n_outputs)."""
         b = self.network.frozen_forward(self.trace, 0.0)
@@ -75,8 +76,8 @@ class LocalLinearModel:
         w = self.grads[0]
         terms = [np.abs(w * x).sum(1)] + [np.abs(t).sum(1) for t in self.node_bias_terms()]
         scale = np.sum(terms, axis=0) + np.abs(np.atleast_1d(self.value))
-        err = np.abs((w * x).sum(1) + np.atleast_1d(self.bias) - np.atleast_1d(self.value))
-        return float(np.max(err / np.maximum(scale, np.finfo(float).tiny)))
+        err = np.abs((w * x).sum(1) + np.atleast_1d(self.bias_x) - np.atleast_1d(self.value))
+        return float(np.max(relative_error(err, scale)))
 
 
 def target_vectors(logits, target, n_outputs):
@@ -165,12 +166,12 @@ def linearize(network, x, target=None):
     trace = network.trace(x)
     v = target_vectors(trace.logits, target, network.n_outputs)
     grads = reverse(network, trace, v)
-    bias = np.zeros(v.shape[0])
+    bias_x = np.zeros(v.shape[0])
     for n in range(1, len(network.nodes)):
         if network.nodes[n].kind == "affine":
-            bias += np.einsum("bp,bp->b", grads[n], trace.local_bias(n))
+            bias_x += np.einsum("bp,bp->b", grads[n], trace.local_bias(n))
     value = np.einsum("bo,bo->b", v, trace.logits)
     w = grads[0].reshape((-1,) + network.input_shape)
     one = (lambda a: a) if trace.batched else (lambda a: a[0])
-    return LocalLinearModel(w=one(w), bias=one(bias), value=one(value),
+    return LocalLinearModel(w=one(w), bias_x=one(bias_x), value=one(value),
                             logits=one(trace.logits), target=one(v), trace=trace, grads=grads)

@@ -76,5 +76,6 @@ def max_forward(u, window):
     cand = u[:, safe]  # (batch, size, K)
     cand = np.where(window >= 0, cand, -np.inf)
     arg = np.argmax(cand, axis=2)
-    sel = np.take_along_axis(np.broadcast_to(safe, (batch,) + safe.shape), arg[..., None], 2)[..., 0]
+    sel = np.take_along_axis(np.broadcast_to(safe, (batch,) + safe.shape), arg[..., None],
+                             2)[..., 0]
     return np.take_along_axis(u, sel, axis=1), sel

@@ -49,7 +49,8 @@ class Var:
         self.shape = tuple(int(s) for s in shape)
         self.src = np.asarray(src, np.int64).ravel()
         self.idx = np.asarray(idx, np.int64).ravel()
-        self.const = np.zeros(self.src.size) if const is None else np.asarray(const, np.float64).ravel()
+        self.const = (np.zeros(self.src.size) if const is None
+                      else np.asarray(const, np.float64).ravel())
         assert self.src.size == self.idx.size == self.const.size == self.size, (
             self.shape, self.src.size)
 
@@ -245,7 +246,7 @@ class Builder:
             s[perm], t[perm] = scale, shift
             node.weights = [_scale_rows(a, s) for a in node.weights]
             node.bias = s * node.bias + t
-            node.__dict__.pop("weights_t", None)
+            node.weights_changed()
             if name not in node.name.split("+"):
                 node.name = f"{node.name}+{name}"
             return var

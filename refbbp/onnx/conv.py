@@ -162,8 +162,7 @@ def convert_conv_transpose(b, node, ins):
     out_pad = list(a.get("output_padding", [0] * n))
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     full = [st * (s - 1) + op + e for st, s, op, e in zip(strides, spatial, out_pad, extent)]
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = a.get("auto_pad", "NOTSET")
     if "output_shape" in a:
         # ONNX: the extra padding of an odd total goes to the end for SAME_UPPER, to the
         # beginning otherwise (NOTSET and SAME_LOWER alike).

@@ -28,8 +28,7 @@ def _pool_setup(node, x):
     kernel = list(a["kernel_shape"])
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = a.get("auto_pad", "NOTSET")
     if auto_pad.startswith("SAME") and any(d != 1 for d in dilations):
         # The definition pads for the dilated kernel, so that the output has
         # ceil(input / stride) positions; onnxruntime pads for the undilated kernel and
@@ -73,8 +72,7 @@ def convert_average_pool(b, node, ins):
     a = node.attrs
     n = len(spatial)
     pads = list(a.get("pads", [0] * (2 * n)))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = a.get("auto_pad", "NOTSET")
     if auto_pad == "NOTSET":
         pad_end = [s + p for s, p in zip(spatial, pads[n:])]
     elif auto_pad == "VALID":  # no padding: ceil_mode's overhang never counts

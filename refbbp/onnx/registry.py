@@ -56,6 +56,15 @@ PIECEWISE_LINEAR_UNSUPPORTED = {
 }
 
 
+def _decoded(value):
+    """``bytes`` attribute values (and lists of them) as ``str``."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value
+
+
 @dataclass
 class OnnxNode:
     """An ONNX node as converters see it: decoded attributes and its resolved opset."""
@@ -77,7 +86,9 @@ class OnnxNode:
 
     @property
     def attrs(self):
-        return {a.name: helper.get_attribute_value(a) for a in self.proto.attribute}
+        """Attribute values by name; string attributes (``auto_pad``, ``mode``, ...) as
+        ``str``, not the ``bytes`` protobuf stores."""
+        return {a.name: _decoded(helper.get_attribute_value(a)) for a in self.proto.attribute}
 
     def unsupported(self, reason):
         """The error to raise for an unsupported attribute or input of this node."""

@@ -25,8 +25,7 @@ def geometry(node, spatial, kernel, strides, dilations, ceil_mode=False):
     """Resolve ``pads``/``auto_pad``/``ceil_mode`` to output sizes (ONNX semantics)."""
     attrs = node.attrs
     n = len(spatial)
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = attrs.get("auto_pad", "NOTSET")
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = [math.ceil(s / st) for s, st in zip(spatial, strides)]

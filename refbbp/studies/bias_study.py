@@ -8,7 +8,7 @@ every class at every input:
 * **only wx**: accuracy of ``argmax (W^x x)``, computed per class as
   ``logits - b^x`` (BBp Table 1, "Test Only wx");
 * **only b**: accuracy of ``argmax b^x`` ("Test Only b"), where ``b^x`` is the local
-  bias of every class at once (:meth:`LocalLinearModel.bias_all`: the network with its
+  bias of every class at once (:meth:`LocalLinearModel.bias_x_all`: the network with its
   activation pattern frozen, evaluated at input 0);
 * **zero bias**: accuracy of the same network with every bias set to zero
   (:func:`zero_bias_network`), the companion paper's brute-force bias removal;

@@ -69,7 +69,7 @@ def test_result_fields_one_input(net, x):
     assert att.beta.shape == x.shape and att.w.shape == x.shape
     assert_allclose(att.w, lin.w)
     assert_allclose(att.grad_input, lin.w * x)
-    assert att.bias == lin.bias and att.value == lin.value
+    assert att.bias_x == lin.bias_x and att.value == lin.value
     assert att.fallback.shape == (len(net.nodes),)
     assert isinstance(att.fallback_total, float)
     assert att.layers is None
@@ -87,7 +87,7 @@ def test_layers(net, x):
     for la, node in zip(att.layers, net.nodes):
         assert (la.name, la.op, la.kind, la.shape) == (node.name, node.op, node.kind,
                                                        node.shape)
-        assert la.cut == (la.index in cuts)
+        assert la.is_cut == (la.index in cuts)
         for a in (la.beta, la.beta_in, la.own, la.g, la.h, la.bias_x):
             assert a.shape == (node.size,)
         assert_allclose(la.beta, la.beta_in + la.own, rtol=0, atol=0)
@@ -111,7 +111,7 @@ def test_targets(net, x, target):
     att = refbbp.bbp(net, x, target=target)
     lin = net.linearize(x, target)
     assert_allclose(att.value, lin.value)
-    assert_allclose(att.beta.sum(), lin.bias, rtol=1e-12, atol=1e-14)
+    assert_allclose(att.beta.sum(), lin.bias_x, rtol=1e-12, atol=1e-14)
     assert att.completeness().ok()
 
 
@@ -119,14 +119,14 @@ def test_per_input_targets_batch(net, x):
     xs = np.stack([x, -x])
     att = refbbp.bbp(net, xs, target=[2, 0])
     assert att.beta.shape == xs.shape
-    assert_allclose(att.beta.reshape(2, -1).sum(1), att.bias, rtol=1e-12)
+    assert_allclose(att.beta.reshape(2, -1).sum(1), att.bias_x, rtol=1e-12)
 
 
 def test_completeness_report(net, x):
     c = refbbp.bbp(net, x).completeness()
     assert isinstance(c, refbbp.Completeness)
     assert set(c.cuts) == set(net.cut_nodes())
-    assert c.worst == max(c.bias, c.total, *c.cuts.values())
+    assert c.worst == max(c.bias_x, c.total, *c.cuts.values())
     assert c.ok() and c.worst < 1e-12
     assert "Completeness(" in str(c)
 
@@ -135,7 +135,7 @@ def test_completeness_detects_a_broken_attribution(net, x):
     att = refbbp.bbp(net, x)
     att.node_beta[0] = att.node_beta[0] + 1e-3
     c = att.completeness()
-    assert not c.ok() and c.bias > 1e-9 and c.total > 1e-9
+    assert not c.ok() and c.bias_x > 1e-9 and c.total > 1e-9
 
 
 def test_numpy_backend_reports_no_threads(net, x):

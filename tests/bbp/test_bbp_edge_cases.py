@@ -23,7 +23,7 @@ def test_all_zero_input_mlp(rng, rule):
     uniformly over their (dense) receptive field: every input gets b^x / n."""
     net = M.load(M.mlp(rng))
     att = check_model(net, np.zeros(6), rule, 1.0)
-    assert_allclose(att.beta, np.full(6, att.bias / 6), rtol=1e-13)
+    assert_allclose(att.beta, np.full(6, att.bias_x / 6), rtol=1e-13)
     assert att.fallback[1] > 0 and att.fallback_total == att.fallback.sum()
     assert_allclose(att.fallback[1], np.abs(att.node_beta[1]).sum(), rtol=1e-14)
 
@@ -64,9 +64,22 @@ def test_row_without_structural_nonzero(rng, fill):
     structural non-zero and bias ``fill``. Their beta spreads over every element of the
     node's input (SPEC 3.6) and is reported."""
     net = M.load(M.empty_row_pad(rng, fill=fill))
-    x = -np.abs(rng.normal(size=(1, 4, 4)))          # ReLU(conv) small: pads win
-    att = refbbp.bbp(net, x, return_layers=True)
+    # An input for which a pad wins, whatever the seed: move a random x along the conv's
+    # first row a_0 until its pre-activation is -1, so ReLU(conv)[0, 0, 0] = 0. The first
+    # MaxPool window reads the 6x6 padded map at rows and columns 0-1: three pads of value
+    # fill > 0 and that 0, so it selects a pad (padding element 0 also comes first).
+    conv = net.nodes[1]
+    assert conv.kind == "affine" and conv.inputs == [0]
+    a0 = conv.weights[0].toarray()[0]
+    assert np.any(a0 != 0)
+    x = rng.normal(size=16)
+    x -= (a0 @ x + conv.bias[0] + 1.0) * a0 / (a0 @ a0)
+    x = x.reshape(1, 4, 4)
     gather = next(k for k, n in enumerate(net.nodes) if n.name.endswith("/gather"))
+    pool = next(k for k, n in enumerate(net.nodes) if n.kind == "max")
+    assert net.trace(x).pre[1][0, 0] == pytest.approx(-1.0)
+    assert net.trace(x).selected[pool][0, 0] == net.nodes[pool].window[0, 0] == 0
+    att = refbbp.bbp(net, x, return_layers=True)
     a = net.nodes[gather].weights[0]
     empty = np.diff(a.indptr) == 0
     beta = att.layers[gather].beta
@@ -85,7 +98,7 @@ def test_max_row_with_zero_selected_input(rule):
     att = check_model(net, np.zeros((1, 2, 2)), rule, 1.0)
     k = next(k for k, n in enumerate(net.nodes) if n.kind == "max")
     assert att.fallback[k] > 0 and att.fallback[k + 1] > 0
-    assert_allclose(att.beta, np.full((1, 2, 2), att.bias / 4), rtol=1e-14)
+    assert_allclose(att.beta, np.full((1, 2, 2), att.bias_x / 4), rtol=1e-14)
 
 
 # ------------------------------------------------------------ activations
@@ -100,7 +113,7 @@ def test_prelu_negative_slope(rng, rule):
         if np.any(net.trace(x).slopes_offsets(1)[0] < 0):
             break
     att = check_model(net, x, rule, 1.0)
-    c, _ = att.model.trace.slopes_offsets(1)
+    c, _ = att.linear.trace.slopes_offsets(1)
     assert np.any(c < 0)
 
 
@@ -140,7 +153,7 @@ def test_concat_softmax_over_union_of_inputs(rng):
     att = refbbp.bbp(net, x, rule="sign", temperature=np.inf, return_layers=True)
     assert_complete(att)
     k = next(k for k, n in enumerate(net.nodes) if len(n.inputs) == 2)
-    node, trace = net.nodes[k], att.model.trace
+    node, trace = net.nodes[k], att.linear.trace
     c = trace.slopes_offsets(k)[0][0]
     K = [c[:, None] * w.toarray() * trace.values[i][0][None, :]
          for i, w in zip(node.inputs, node.weights)]
@@ -159,7 +172,7 @@ def test_batch_equals_one_by_one(rng, rule):
     xs[1] = 0.0                                       # one input with fallbacks
     batch = refbbp.bbp(net, xs, target=[0, 1, 2], rule=rule, return_layers=True)
     assert batch.beta.shape == xs.shape and batch.fallback.shape == (3, len(net.nodes))
-    assert batch.bias.shape == (3,) and batch.fallback_total.shape == (3,)
+    assert batch.bias_x.shape == (3,) and batch.fallback_total.shape == (3,)
     for i in range(3):
         one = refbbp.bbp(net, xs[i], target=i, rule=rule, return_layers=True)
         assert_allclose(batch.beta[i], one.beta, rtol=1e-12, atol=1e-14)

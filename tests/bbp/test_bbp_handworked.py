@@ -64,7 +64,7 @@ def test_two_layer_dense_by_hand(rule, backend):
     att = refbbp.bbp(net, x, rule=rule, temperature=1.0, backend=backend,
                      return_layers=True)
     recv1, beta1, beta = dense_expected(rule)
-    assert att.value == 6.0 and att.bias == -1.0
+    assert att.value == 6.0 and att.bias_x == -1.0
     assert_allclose(att.w, [5.0, 1.0], rtol=1e-15)
     assert_allclose(att.layers[2].beta, [-1.0, 0.0], rtol=1e-15)
     assert_allclose(att.layers[1].beta_in, recv1, rtol=1e-14)
@@ -131,7 +131,7 @@ def test_one_conv_by_hand(rule, backend):
     x = np.array([[[1.0, 2.0, 0.0], [0.0, 1.0, -1.0], [2.0, 0.0, 2.0]]])
     att = refbbp.bbp(net, x, target=np.ones(4), rule=rule, temperature=1.0,
                      backend=backend)
-    assert att.value == 7.0 and att.bias == -3.0
+    assert att.value == 7.0 and att.bias_x == -3.0
     assert_allclose(att.beta, conv_expected(rule), rtol=1e-14, atol=1e-16)
     assert_allclose(att.beta.sum(), -3.0, rtol=1e-14)
     assert att.fallback_total == 0

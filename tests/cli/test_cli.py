@@ -86,13 +86,13 @@ def test_explain_writes_outputs_and_passes(files, capsys, tmp_path, fmt):
             for rule in ("sign", "deviation"):
                 beta = z[beta_key(rule, 1.0)]
                 assert beta.shape == (3, 1, 6, 6)
-                np.testing.assert_allclose(beta.sum(axis=(1, 2, 3)), z["bias"], rtol=1e-9,
+                np.testing.assert_allclose(beta.sum(axis=(1, 2, 3)), z["bias_x"], rtol=1e-9,
                                            atol=1e-12)
     else:
         payload = json.loads((tmp_path / "explanations.json").read_text())
         assert len(payload["inputs"]) == 3
         b = payload["inputs"][0]
-        assert abs(np.sum(b["beta"]["sign"]) - b["bias"]) <= 1e-9 * (1 + abs(b["bias"]))
+        assert abs(np.sum(b["beta"]["sign"]) - b["bias_x"]) <= 1e-9 * (1 + abs(b["bias_x"]))
 
 
 def test_explain_top2_one_rule_and_temperature(files, capsys, tmp_path):
@@ -211,16 +211,16 @@ def golden(files, tmp_path_factory):
 def test_oracle_fields_and_metadata(golden, files):
     with np.load(golden) as z:
         meta = json.loads(str(z["meta"]))
-        assert meta["format"] == "refbbp-oracle" and meta["format_version"] == 1
+        assert meta["format"] == "refbbp-oracle" and meta["format_version"] == 2
         assert meta["temperatures"] == [0.0, 1.0, float("inf")]
         assert len(meta["model"]["sha256"]) == 64
         assert sorted(meta["fields"]) == sorted(k for k in z.files if k != "meta")
         for rule in ("sign", "deviation"):
             for t in (0.0, 1.0, float("inf")):
                 beta = z[beta_key(rule, t)]
-                np.testing.assert_allclose(beta.sum(axis=(1, 2, 3)), z["bias"], rtol=1e-9)
+                np.testing.assert_allclose(beta.sum(axis=(1, 2, 3)), z["bias_x"], rtol=1e-9)
         np.testing.assert_allclose(
-            (z["w"] * z["x"]).sum(axis=(1, 2, 3)) + z["bias"], z["value"], rtol=1e-9)
+            (z["w"] * z["x"]).sum(axis=(1, 2, 3)) + z["bias_x"], z["value"], rtol=1e-9)
         assert "node/0/h" in z.files and "node/1/beta_in/sign/T=1.0" in z.files
 
 
@@ -234,7 +234,7 @@ def test_compare_detects_a_perturbed_field_and_a_missing_one(golden, capsys, tmp
         fields = {k: z[k] for k in z.files}
     key = beta_key("sign", 1.0)
     fields[key] = fields[key] + 1e-3
-    del fields["bias_all"]
+    del fields["bias_x_all"]
     cand = tmp_path / "cand.npz"
     np.savez(cand, **fields)
     code, out, _ = run(capsys, "compare", golden, cand, "--json")
@@ -242,7 +242,7 @@ def test_compare_detects_a_perturbed_field_and_a_missing_one(golden, capsys, tmp
     assert code == 1 and not report["ok"]
     by = {r["field"]: r for r in report["fields"]}
     assert not by[key]["ok"] and by[key]["max_abs"] == pytest.approx(1e-3, rel=1e-6)
-    assert not by["bias_all"]["ok"] and "missing" in by["bias_all"]["why"]
+    assert not by["bias_x_all"]["ok"] and "missing" in by["bias_x_all"]["why"]
     assert by["w"]["ok"]
     # a loose tolerance accepts the perturbation (but never the missing field)
     code, out, _ = run(capsys, "compare", golden, cand, "--atol", "1e-2")

@@ -27,11 +27,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::refbbp.ImportNotice")
 
 
 # ---------------------------------------------------------------------- the check
-def descendants(net, l):
-    """Nodes reachable from ``l`` (``l`` excluded), from the nodes' input lists."""
+def descendants(net, cut):
+    """Nodes reachable from ``cut`` (``cut`` excluded), from the nodes' input lists."""
     reach = np.zeros(len(net.nodes), bool)
     for k, node in enumerate(net.nodes):
-        if k > l and any(i == l or reach[i] for i in node.inputs):
+        if k > cut and any(i == cut or reach[i] for i in node.inputs):
             reach[k] = True
     return np.flatnonzero(reach)
 
@@ -40,14 +40,14 @@ def assert_complete(net, dec, x):
     """Eq. 13 at every cut, for every input of the batch ``x``, from the raw arrays."""
     f = net.linearize(x, dec.target).value  # same target vectors
     batch = len(x)
-    for l in net.cut_nodes():
-        terms = [dec.layers[l].a_h.reshape(batch, -1)]
-        terms += [dec.layers[m].a_b.reshape(batch, -1) for m in descendants(net, l)
+    for cut in net.cut_nodes():
+        terms = [dec.layers[cut].a_h.reshape(batch, -1)]
+        terms += [dec.layers[m].a_b.reshape(batch, -1) for m in descendants(net, cut)
                   if net.nodes[m].kind == "affine"]
         total = sum(t.sum(1) for t in terms)
         scale = sum(np.abs(t).sum(1) for t in terms)
         err = np.abs(total - f)
-        assert np.all(err <= TOL * scale + 1e-300), (l, net.nodes[l].name, err, scale)
+        assert np.all(err <= TOL * scale + 1e-300), (cut, net.nodes[cut].name, err, scale)
 
 
 # ------------------------------------------------------------------------- tests
@@ -115,8 +115,8 @@ def test_values_are_h_times_g_and_local_bias_times_g(rng):
             np.testing.assert_array_equal(la.a_b.reshape(len(x), -1),
                                           lin.trace.local_bias(la.index) * g)
     # l = 0 is gradient x input; its bias terms are the whole local bias b^x
-    np.testing.assert_array_equal(dec.input_attribution, x * lin.w)
-    np.testing.assert_allclose(dec.bias_below(0), lin.bias, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(dec.grad_input, x * lin.w)
+    np.testing.assert_allclose(dec.bias_below(0), lin.bias_x, rtol=1e-12, atol=1e-12)
     # the output cut: a^h = v * logits, nothing downstream
     out = dec.layers[net.output]
     np.testing.assert_allclose(out.a_h, lin.target * lin.logits, rtol=0, atol=0)

@@ -131,7 +131,7 @@ def _fullgrad_by_hand(net, dec, per):
     size = net.input_shape[1:]
     batch = len(dec.value)
     out = np.zeros((batch,) + size)
-    maps = [dec.input_attribution] + [la.a_b for la in dec.layers[1:]
+    maps = [dec.grad_input] + [la.a_b for la in dec.layers[1:]
                                       if la.a_b is not None and la.spatial]
     for a in maps:
         for i in range(batch):
@@ -165,7 +165,7 @@ def test_fullgrad_leaves_out_dense_biases(rng):
     assert np.all(dec.layers[net.output].A_b != 0)  # the target class's bias
     assert all(np.all(la.a_b == 0) for la in dec.layers[1:] if la.a_b is not None
                and la.spatial)
-    np.testing.assert_allclose(sal.fullgrad(dec), sal.psi(dec.input_attribution, (8, 8))
+    np.testing.assert_allclose(sal.fullgrad(dec), sal.psi(dec.grad_input, (8, 8))
                                .sum(1), rtol=1e-14)
 
 
@@ -177,7 +177,7 @@ def test_fullgrad_rejects_unknown_normalisation(rng):
 
 def _layers_by_hand(net, dec, layers, include_input=True):
     size = net.input_shape[1:]
-    a0 = dec.input_attribution.sum(1)
+    a0 = dec.grad_input.sum(1)
     out = sal.psi(a0, size) if include_input else np.zeros(a0.shape)
     for n in layers:
         out = out + sal.psi(dec.layers[n].a_h.sum(1), size)
@@ -229,7 +229,7 @@ def test_layer_map_activity_and_bias(rng):
     np.testing.assert_allclose(sal.layer_map(dec, m, "b"), sal.psi(dec.layers[m].a_b.sum(1),
                                                                       size), rtol=1e-15)
     np.testing.assert_allclose(sal.layer_map(dec, 0, "h"),
-                               sal.psi(dec.input_attribution.sum(1), size), rtol=1e-15)
+                               sal.psi(dec.grad_input.sum(1), size), rtol=1e-15)
     with pytest.raises(ValueError, match="no spatial"):
         sal.layer_map(dec, net.output, "h")
     with pytest.raises(ValueError, match="kind must be"):
@@ -241,8 +241,8 @@ def test_mlp_maps_have_no_layers(rng):
     net, x, dec = _dec(build_mlp, rng)
     np.testing.assert_array_equal(sal.gradient_map(dec), np.abs(x * dec.linear.w))
     assert dec.spatial_layers() == []
-    np.testing.assert_allclose(sal.layer_aggregate(dec), sal.psi(dec.input_attribution, (6,)))
-    np.testing.assert_allclose(sal.fullgrad(dec), sal.psi(dec.input_attribution, (6,)))
+    np.testing.assert_allclose(sal.layer_aggregate(dec), sal.psi(dec.grad_input, (6,)))
+    np.testing.assert_allclose(sal.fullgrad(dec), sal.psi(dec.grad_input, (6,)))
 
 
 @pytest.mark.parametrize("kind", sorted(BUILDERS))

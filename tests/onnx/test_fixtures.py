@@ -22,11 +22,11 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import scipy.sparse as sp
 
 import refbbp
+from tests.helpers import run_ort
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 FILES = sorted(FIXTURES.glob("*.onnx"))
@@ -79,11 +79,6 @@ def load(path):
 def samples(path):
     data = np.load(FIXTURES / (Path(path).name.split(".")[0] + ".npz"))
     return data["x"], data["y"]
-
-
-def run_ort(path, x):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
 def assert_float32_close(actual, desired):
@@ -141,8 +136,8 @@ def test_linear_model_exact(path):
         assert lin.w.shape == x.shape
         np.testing.assert_allclose(lin.value, np.einsum("bo,bo->b", lin.target, lin.logits))
         # the bias of all outputs at once: the network with the pattern frozen, at 0
-        b_all = lin.bias_all()
-        assert_rel_close(np.einsum("bo,bo->b", lin.target, b_all), lin.bias, 1e-9)
+        b_all = lin.bias_x_all()
+        assert_rel_close(np.einsum("bo,bo->b", lin.target, b_all), lin.bias_x, 1e-9)
 
 
 @pytest.mark.parametrize("path", _file_params())
@@ -220,5 +215,5 @@ def test_exporters_agree(model, kind_a, kind_b):
     np.testing.assert_array_equal(lin_a.target, lin_b.target)
     for i in range(len(x)):
         assert_rel_close(lin_a.w[i], lin_b.w[i], rtol)
-    assert_rel_close(lin_a.bias, lin_b.bias, rtol)
+    assert_rel_close(lin_a.bias_x, lin_b.bias_x, rtol)
     assert_same_network(net_a, net_b, rtol)

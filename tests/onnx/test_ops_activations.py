@@ -117,8 +117,8 @@ def test_saturated_clip_offsets_are_in_the_bias(rng):
     lin = net.linearize(x, target=3)
     assert not np.any(lin.w)
     lo, hi = np.float32(-0.5), np.float32(0.7)  # the bounds are float32 constants
-    assert lin.bias == (hi if x.ravel()[3] > 0 else lo)
-    np.testing.assert_array_equal(lin.bias_all(), np.where(x.ravel() > 0, hi, lo))
+    assert lin.bias_x == (hi if x.ravel()[3] > 0 else lo)
+    np.testing.assert_array_equal(lin.bias_x_all(), np.where(x.ravel() > 0, hi, lo))
 
 
 @pytest.mark.parametrize("z,slope", [(0.0, 0.0), (-1e-300, 0.0), (1e-300, 1.0)])

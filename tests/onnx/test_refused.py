@@ -252,8 +252,8 @@ def test_batch_equals_one_at_a_time(rng):
     for i, xi in enumerate(x):
         one = net.linearize(xi, target=2)
         np.testing.assert_allclose(lin.w[i], one.w, rtol=1e-15, atol=1e-15)
-        np.testing.assert_allclose(lin.bias[i], one.bias, rtol=1e-13, atol=1e-13)
-        np.testing.assert_allclose(lin.bias_all()[i], one.bias_all(), rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(lin.bias_x[i], one.bias_x, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(lin.bias_x_all()[i], one.bias_x_all(), rtol=1e-13, atol=1e-13)
 
 
 def test_wrong_input_shape_is_refused(rng):

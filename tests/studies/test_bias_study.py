@@ -71,7 +71,7 @@ def test_zero_bias_network_structure(rng):
     lin = zero.linearize(x)
     offsets = sum((lin.grads[n] * lin.trace.slopes_offsets(n)[1]).sum(1)
                   for n, node in enumerate(zero.nodes) if node.activation is not None)
-    np.testing.assert_allclose(lin.bias, offsets, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(lin.bias_x, offsets, rtol=1e-12, atol=1e-14)
 
 
 def test_zero_bias_network_keep(rng):
@@ -94,7 +94,7 @@ def test_only_wx_and_only_b_per_class(kind, rng):
     for c in range(net.n_outputs):
         lin = net.linearize(x, target=c)
         wx[:, c] = (lin.w * x).reshape(len(x), -1).sum(1)
-        b[:, c] = lin.bias
+        b[:, c] = lin.bias_x
     np.testing.assert_array_equal(rep.predictions["only_wx"], np.argmax(wx, 1))
     np.testing.assert_array_equal(rep.predictions["only_b"], np.argmax(b, 1))
     np.testing.assert_array_equal(rep.predictions["full"], np.argmax(net.forward(x), 1))
