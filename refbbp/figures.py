@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bbp_figure", "require_matplotlib", "pixel_map", "top_fraction"]
+__all__ = ["bbp_figure", "pixel_map", "require_matplotlib", "save_figure", "top_fraction"]
 
 
 def require_matplotlib():
@@ -111,6 +111,17 @@ def bbp_figure(path, images, grad_input, betas, labels=None, fraction=0.1, title
                 ax.set_title(cols[j], fontsize=7)
         if labels is not None:
             axes[i, 0].set_ylabel(labels[i], fontsize=7)
+    return save_figure(fig, path, title)
+
+
+def save_figure(fig, path, title=None):
+    """Give ``fig`` its title, lay it out, write it to ``path`` (110 dpi), close it.
+
+    Returns
+    -------
+    path
+    """
+    plt = require_matplotlib()
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

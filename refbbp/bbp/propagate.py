@@ -81,7 +81,8 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
     return_layers : bool, optional
         Also return per-node results (:class:`~refbbp.Layer`).
     n_threads : int, optional
-        Threads of the Cython kernel (default: OpenMP's default). Results are bitwise
+        Threads of the Cython kernel (default: OpenMP's default), at least 1; more than
+        the CPUs this process may use are capped to that number. Results are bitwise
         identical for any number of threads.
 
     Returns

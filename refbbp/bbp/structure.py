@@ -65,8 +65,9 @@ Why this choice, against the alternatives:
 The price is the copies (12 bytes per stored CSR entry: as much as the transposes the
 node caches already) and the comparison, O(nnz) per ``bbp`` call (not per input):
 about 50 ms for the 83 million entries of the STL-10 benchmark network, where one
-input takes about 0.3 s on one thread (forward and gradient passes included). Edits made before refbbp first used a node cannot
-be told from the original; the structure is then simply built from the edited matrix.
+input takes about 0.3 s on one thread (forward and gradient passes included). Edits
+made before refbbp first used a node cannot be told from the original; the structure
+is then simply built from the edited matrix.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..figures import require_matplotlib
+from ..figures import require_matplotlib, save_figure
 
 __all__ = ["METRICS", "SCANS", "Evaluation", "boxplot", "wilcoxon_test"]
 
@@ -247,9 +247,4 @@ def boxplot(evaluation, path, metrics=("de_minus", "e_minus"), methods=None, tit
         if k in ("e_plus", "de_plus"):
             ax.invert_yaxis()  # as in the paper: higher is better in every panel
         ax.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
