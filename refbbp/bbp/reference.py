@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..network.window import WindowMatrix
 from .rules import RowLayout
 
 __all__ = ["propagate", "row_components", "row_messages"]
@@ -56,7 +57,11 @@ def row_components(node, trace, k, b, p):
     c = 1.0 if cd is None else cd[0][b, p]           # A^x = diag(c) A  (SPEC 2)
     inputs, columns, weights, values = [], [], [], []
     for i, (src, a) in enumerate(zip(node.inputs, node.weights)):
-        if sp.issparse(a):
+        if isinstance(a, WindowMatrix):             # generated from kernel and geometry
+            cols, vals = a.row(p)
+            order = np.argsort(cols, kind="stable")
+            cols, vals = cols[order], vals[order]
+        elif sp.issparse(a):
             a = a.tocsr()
             lo, hi = a.indptr[p], a.indptr[p + 1]
             cols, vals = a.indices[lo:hi].astype(np.int64), a.data[lo:hi]

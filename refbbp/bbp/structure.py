@@ -79,6 +79,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _core
+from ..network.window import WindowMatrix
 from .kernels import INDEX_DTYPES, status_message
 
 __all__ = ["NodeStructure", "index_dtype", "n_blocks", "node_structure",
@@ -305,6 +306,9 @@ def _shape(m):
 def _arrays(m):
     """The arrays of a matrix: ``(data, indices, indptr)`` of a sparse one (converted to
     CSR if it is not), ``(array,)`` of a dense one."""
+    if isinstance(m, WindowMatrix):
+        extra = () if m.row_scale is None else (m.row_scale,)
+        return (m.kernel, *m.tables, *extra)
     if sp.issparse(m):
         if m.format != "csr":
             m = m.tocsr()
@@ -415,6 +419,11 @@ def _part(w, shape, in_place, where):
     if _shape(w) != shape:
         raise ValueError(f"{where} has shape {_shape(w)}, expected {shape} "
                          f"(node size, input size)")
+    if isinstance(w, WindowMatrix):
+        # For now the kernel reads a window matrix unrolled (to_csr owns its arrays).
+        csr = w.to_csr()
+        return (_csr_part(csr.data, csr.indices, csr.indptr, shape, where),
+                _Source(w, tuple(_owned_copy(a) for a in _arrays(w))))
     if sp.issparse(w):
         copies = tuple(_owned_copy(a) for a in _arrays(w))
         return _csr_part(*copies, shape, where), _Source(w, copies)

@@ -21,18 +21,26 @@ import numpy as np
 import scipy.sparse as sp
 
 from .piecewise import PiecewiseLinear
+from .window import WindowMatrix
 
-__all__ = ["Node", "matrix_nbytes", "matrix_nnz"]
+__all__ = ["Node", "matrix_format", "matrix_nbytes", "matrix_nnz"]
+
+
+def matrix_format(a):
+    """How a weight matrix is stored: ``"dense"``, ``"csr"`` or ``"window"``."""
+    if isinstance(a, WindowMatrix):
+        return "window"
+    return "csr" if sp.issparse(a) else "dense"
 
 
 def matrix_nnz(a):
-    """Stored entries of a dense or CSR matrix."""
-    return a.nnz if sp.issparse(a) else a.size
+    """Structural non-zeros of a weight matrix (every entry of a dense one)."""
+    return a.size if matrix_format(a) == "dense" else int(a.nnz)
 
 
 def matrix_nbytes(a):
-    """Bytes a dense or CSR matrix occupies."""
-    if sp.issparse(a):
+    """Bytes a weight matrix occupies (a window matrix: its kernel and tables)."""
+    if matrix_format(a) == "csr":
         return a.data.nbytes + a.indices.nbytes + a.indptr.nbytes
     return a.nbytes
 
@@ -84,10 +92,11 @@ class Node:
 
     @cached_property
     def weights_t(self):
-        """``A_i^T`` as CSR (or dense ``A_i.T``): the reverse pass reads these rows.
+        """``A_i^T`` as CSR (dense ``A_i.T``, a window matrix's ``.T``): the reverse
+        pass reads these rows.
 
         Cached; whoever changes ``weights`` calls :meth:`weights_changed`."""
-        return [w.T.tocsr() if sp.issparse(w) else w.T for w in self.weights]
+        return [w.T.tocsr() if matrix_format(w) == "csr" else w.T for w in self.weights]
 
     def weights_changed(self):
         """Forget what was derived from ``weights`` (the cached transposes)."""
@@ -111,4 +120,4 @@ class Node:
     def describe_storage(self):
         if self.kind != "affine":
             return "-"
-        return ",".join("csr" if sp.issparse(w) else "dense" for w in self.weights)
+        return ",".join(matrix_format(w) for w in self.weights)

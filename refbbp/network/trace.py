@@ -13,7 +13,10 @@ __all__ = ["Trace", "matmul_rows", "max_forward"]
 
 
 def matmul_rows(u, a):
-    """``u @ a.T`` for a batch of row vectors ``u`` (batch, n) and a dense or CSR ``a``."""
+    """``u @ a.T`` for a batch of row vectors ``u`` (batch, n) and a dense, CSR or window
+    matrix ``a`` (or a window matrix's transpose)."""
+    if hasattr(a, "matmul_rows"):
+        return a.matmul_rows(u)
     if sp.issparse(a):
         return np.asarray((a @ u.T).T)
     return u @ a.T

@@ -25,8 +25,18 @@ import scipy.sparse as sp
 
 from ..errors import MemoryBudgetError
 from ..network.nodes import Node
+from ..network.window import WindowMatrix
 
-__all__ = ["Builder", "Var", "diagonal"]
+__all__ = ["STORAGES", "Builder", "Var", "diagonal"]
+
+#: How convolutions and pooling are stored: ``"auto"`` as window matrices (kernel and
+#: geometry, rows generated when needed) wherever the input is a plain grid of one node,
+#: ``"csr"`` always unrolled (the reference form; small networks only).
+STORAGES = ("auto", "csr")
+
+#: Bytes per node element of one explanation, counted in the memory budget: its float64
+#: value, pre-activation, gradient, local bias, beta and received beta.
+VECTOR_BYTES = 6 * 8
 
 
 class Var:
@@ -96,6 +106,8 @@ def diagonal(values):
 
 
 def _scale_rows(a, s):
+    if isinstance(a, WindowMatrix):
+        return a.scaled_rows(s)
     if sp.issparse(a):
         a = a.copy()
         a.data *= np.repeat(s, np.diff(a.indptr))
@@ -109,13 +121,21 @@ class Builder:
     Parameters
     ----------
     max_bytes : int
-        Budget for the matrices of all nodes together; a node that would exceed it is
+        Budget for the matrices of all nodes together plus the per-node vectors of one
+        explanation (:data:`VECTOR_BYTES` per element); a node that would exceed it is
         refused with :class:`~refbbp.errors.MemoryBudgetError` before it is allocated.
     """
 
-    def __init__(self, input_shape, input_name="input", max_bytes=4 << 30):
+    def __init__(self, input_shape, input_name="input", max_bytes=4 << 30, storage="auto"):
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {', '.join(map(repr, STORAGES))}, "
+                             f"got {storage!r}")
+        self.storage = storage
         self.max_bytes = int(max_bytes)
         self.total_bytes = 0
+        size = int(np.prod(input_shape, dtype=np.int64))
+        self.reserve(input_name, size * VECTOR_BYTES)
+        self.total_bytes = size * VECTOR_BYTES
         self.nodes = [Node(input_name, "input", "Input", input_shape)]
         # open: no activation yet and nobody else reads the pre-activation value.
         # foldable: a matrix op or an elementwise node (accepts elementwise folds).
@@ -130,11 +150,13 @@ class Builder:
                 f"layer {name!r} needs about {int(nbytes):,} bytes "
                 f"({nbytes / 2**20:,.1f} MiB), and the network "
                 f"already holds {self.total_bytes / 2**20:,.1f} MiB: over the budget of "
-                f"max_bytes={self.max_bytes:,} ({self.max_bytes / 2**20:,.1f} MiB). "
-                f"Pass a larger max_bytes= to load() to allow it.")
+                f"max_bytes={self.max_bytes:,} ({self.max_bytes / 2**20:,.1f} MiB; it "
+                f"covers the layers' matrices and the per-node vectors of one explanation, "
+                f"{VECTOR_BYTES} bytes per element). Pass a larger max_bytes= to load() "
+                f"to allow it.")
 
     def _add(self, node, open_, foldable):
-        nbytes = node.nbytes
+        nbytes = node.nbytes + node.size * VECTOR_BYTES
         self.reserve(node.name, nbytes)
         self.total_bytes += nbytes
         self.nodes.append(node)
@@ -196,6 +218,97 @@ class Builder:
         node = Node(name, "affine", op, shape, [int(k) for k in inputs], weights, bias, activation)
         k = self._add(node, activation is None, foldable and activation is None)
         return Var.of_node(k, shape)
+
+    def window(self, var, wm, bias, shape, op, name, foldable=False):
+        """Add ``y = A t + bias`` for a window matrix ``A`` over the view ``t``.
+
+        Parameters
+        ----------
+        var : Var
+            ``t``, of shape ``(1, C, *spatial)`` (leading axes of size 1 allowed).
+        wm : WindowMatrix
+            ``A`` over ``var`` itself: channel-major C-order columns (``base = 0``,
+            ``strides`` of the C-order layout, ``n_cols = var.size``).
+
+        Kept as a window matrix over the node ``var`` views when ``var`` is a grid of
+        that node (:meth:`grid_view`) and ``storage="auto"``; otherwise unrolled to CSR
+        (the budget is checked before) and added by :meth:`affine`.
+
+        Returns
+        -------
+        Var
+        """
+        grid = None if self.storage == "csr" else self.grid_view(var, len(wm.tables))
+        if grid is None:
+            self.reserve(name, wm.nnz * 12 + (wm.shape[0] + 1) * 8)
+            return self.affine([(var, wm.to_csr())], bias, shape, op, name, foldable)
+        k, base, strides, lo, hi = grid
+        # Positions of the view -> positions of the node's grid (outside the box: none).
+        tables = [np.where((t >= start) & (t < stop), t - start, -1)
+                  for t, start, stop in zip(wm.tables, lo, hi)]
+        extent = [stop - start for start, stop in zip(lo, hi)]
+        on_node = WindowMatrix(wm.kernel, wm.groups, tables, extent, strides, base,
+                               self.nodes[k].size, wm.row_scale)
+        m = int(np.prod(shape, dtype=np.int64))
+        bias = np.broadcast_to(np.asarray(bias, np.float64), (m,)).copy()
+        if np.any(var.const != 0):   # constant elements around the grid (a Pad's value)
+            bias += wm.matmul_rows(np.where(var.src < 0, var.const, 0.0)[None])[0]
+        node = Node(name, "affine", op, shape, [k], [on_node], bias)
+        k = self._add(node, True, foldable)
+        return Var.of_node(k, shape)
+
+    def grid_view(self, var, n_spatial):
+        """Whether ``var`` reads one node as a grid, and how.
+
+        ``var`` of shape ``(..., C, S_1, ..., S_n)`` is a grid of node ``k`` when, inside
+        a box ``lo <= y < hi`` of its spatial positions, element ``(c, y)`` is element
+        ``base + c * strides[0] + sum_a (y_a - lo_a) * strides[a + 1]`` of node ``k`` --
+        distinct elements for distinct ``(c, y)`` -- and every element outside the box
+        is a constant: any axis order of the node (a Transpose), a box cut out of it (a
+        Slice) or padded around it (a Pad).
+
+        Returns
+        -------
+        tuple or None
+            ``(k, base, strides, lo, hi)``.
+        """
+        n = n_spatial
+        grid = var.shape[-(n + 1):]
+        if len(var.shape) < n + 1 or any(d != 1 for d in var.shape[:-(n + 1)]):
+            return None
+        src = var.src.reshape(grid)
+        inside = src >= 0
+        if not inside.any():
+            return None
+        lo, hi = [], []
+        for a in range(n):
+            hit = np.flatnonzero(inside.any(axis=tuple(j for j in range(n + 1) if j != a + 1)))
+            lo.append(int(hit[0]))
+            hi.append(int(hit[-1]) + 1)
+        box = (slice(None),) + tuple(slice(lo_, hi_) for lo_, hi_ in zip(lo, hi))
+        if not inside[box].all() or np.count_nonzero(inside) != inside[box].size:
+            return None
+        k = int(src[box].flat[0])
+        if not np.all(src[box] == k):
+            return None
+        ib = var.idx.reshape(grid)[box]
+        base = int(ib.flat[0])
+        strides = []
+        for ax in range(n + 1):
+            step = [0] * (n + 1)
+            if ib.shape[ax] > 1:
+                step[ax] = 1
+                strides.append(int(ib[tuple(step)]) - base)
+            else:
+                strides.append(0)
+        expect = np.full(ib.shape, base, np.int64)
+        for ax, st in enumerate(strides):
+            shape = [1] * (n + 1)
+            shape[ax] = ib.shape[ax]
+            expect = expect + (np.arange(ib.shape[ax], dtype=np.int64) * st).reshape(shape)
+        if not np.array_equal(expect, ib) or np.unique(ib).size != ib.size:
+            return None
+        return k, base, strides, lo, hi
 
     def _columns_to_node(self, mat, var, k, name):
         """The columns of ``mat`` that read node ``k``, as a matrix over node ``k``."""

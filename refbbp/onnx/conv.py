@@ -1,4 +1,8 @@
-"""Converters for Conv and ConvTranspose: unrolled to CSR matrices.
+"""Converters for Conv and ConvTranspose: window matrices (kernel and geometry; see
+``refbbp/network/window.py``), unrolled to CSR only where the input is not a plain grid
+of one node or ``load(..., storage="csr")`` asks for it. ``conv_matrix`` and
+``conv_transpose_matrix`` are the direct CSR constructions, kept as independent
+references for the tests.
 
 For one group, the column pattern of every output position is the same whatever the
 output channel: a table ``(output position, input channel x kernel offset)`` of input
@@ -13,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..network.window import WindowMatrix, window_table
 from .builder import Var
 from .registry import converter
 from .windows import geometry, windows
@@ -89,6 +94,13 @@ def _operands(node, ins):
     return (x, w, bias) + _attrs(node, w, len(x.shape) - 2)
 
 
+def grid_strides(channels, spatial):
+    """Column steps of a C-order ``(channels, *spatial)`` grid: one channel, then one
+    position along each spatial axis."""
+    steps = [int(np.prod(spatial[a + 1:], dtype=np.int64)) for a in range(len(spatial))]
+    return [int(np.prod(spatial, dtype=np.int64))] + steps
+
+
 @converter("Conv", first=1)
 def convert_conv(b, node, ins):
     x, w, bias, kernel, strides, dilations, group = _operands(node, ins)
@@ -97,12 +109,13 @@ def convert_conv(b, node, ins):
         raise node.unsupported(f"group={group} does not fit {c} input channels and weights "
                                f"of shape {w.shape}")
     geom = geometry(node, spatial, kernel, strides, dilations)
-    mat = conv_matrix(w, spatial, geom, strides, dilations, group,
-                      reserve=lambda nb: b.reserve(node.name, nb))
+    tables = [window_table(o, k, st, d, pb, s) for o, k, st, d, pb, s
+              in zip(geom.out, kernel, strides, dilations, geom.pads_begin, spatial)]
+    wm = WindowMatrix(w, group, tables, spatial, grid_strides(c, spatial), 0, x.size)
     out_shape = (1, w.shape[0]) + geom.out
     bvec = np.zeros(w.shape[0]) if bias is None else bias
-    return [b.affine([(x, mat)], np.repeat(bvec, int(np.prod(geom.out))), out_shape,
-                     "Conv", node.name, foldable=True)]
+    return [b.window(x, wm, np.repeat(bvec, int(np.prod(geom.out))), out_shape, "Conv",
+                     node.name, foldable=True)]
 
 
 def conv_transpose_matrix(w, spatial, out, pads_begin, strides, dilations, group, reserve=None):
@@ -183,12 +196,36 @@ def convert_conv_transpose(b, node, ins):
         out = [f - pads[i] - pads[i + n] for i, f in enumerate(full)]
     if min(out) <= 0:
         raise node.unsupported(f"output spatial shape {out} is empty")
-    mat = conv_transpose_matrix(w, spatial, out, begin, strides, dilations, group,
-                                reserve=lambda nb: b.reserve(node.name, nb))
+    wm = conv_transpose_window(w, spatial, out, begin, strides, dilations, group)
     m = w.shape[1] * group
     out_shape = (1, m) + tuple(out)
     bvec = np.zeros(m) if bias is None else bias
-    return [b.affine([(x, mat)], np.repeat(bvec, int(np.prod(out))), out_shape,
-                     "ConvTranspose", node.name, foldable=True)]
+    return [b.window(x, wm, np.repeat(bvec, int(np.prod(out))), out_shape, "ConvTranspose",
+                     node.name, foldable=True)]
+
+
+def conv_transpose_window(w, spatial, out, pads_begin, strides, dilations, group):
+    """The window matrix of a transposed convolution over a C-order ``(C, *spatial)``
+    input: output ``(m, o)`` reads every input ``(c, i)`` of its group with
+    ``i * stride + k * dilation - pad_begin = o``, weighted ``w[c, m_local, k]``.
+
+    Parameters
+    ----------
+    w : ndarray, shape (C, M // group, *kernel)
+
+    Returns
+    -------
+    WindowMatrix, shape (M * prod(out), C * prod(spatial))
+    """
+    c, mg = w.shape[:2]
+    kernel = w.shape[2:]
+    cg = c // group
+    # kernel[m, c_local, k] = w[g * cg + c_local, m_local, k] for m = g * mg + m_local
+    rows = np.swapaxes(w.reshape((group, cg, mg) + kernel), 1, 2).reshape(
+        (group * mg, cg) + kernel)
+    tables = [window_table(o, k, st, d, pb, s, transposed=True) for o, k, st, d, pb, s
+              in zip(out, kernel, strides, dilations, pads_begin, spatial)]
+    return WindowMatrix(rows, group, tables, spatial, grid_strides(c, spatial), 0,
+                        c * int(np.prod(spatial, dtype=np.int64)))
 
 

@@ -154,7 +154,7 @@ def strip_final_softmax(output, produced_by, nodes):
     return output, dropped
 
 
-def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
+def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, storage="auto"):
     """Load an ONNX model into a network of local affine maps.
 
     Parameters
@@ -168,6 +168,12 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
     max_bytes : int, optional
         Memory budget for all layer matrices together (default 4 GiB). A layer that
         would exceed it is refused, naming the layer and its estimated size.
+    storage : {"auto", "csr"}, optional
+        ``"auto"`` (default): convolutions, transposed convolutions and average pooling
+        are window matrices (their kernel and geometry; rows are generated when a pass
+        needs them) wherever they read a plain grid of one node; ``"csr"``: every such
+        matrix is unrolled to CSR, the reference form (small networks only). Both give
+        the same numbers (SPEC section 1).
 
     Returns
     -------
@@ -228,7 +234,7 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES):
             uses[i] = uses.get(i, 0) + 1
     uses[output] = uses.get(output, 0) + 1
 
-    b = Builder(onnx_shape, vin.name, max_bytes)
+    b = Builder(onnx_shape, vin.name, max_bytes, storage)
     values = dict(consts)
     values[vin.name] = Var.of_node(0, onnx_shape)
     for proto_node in todo:

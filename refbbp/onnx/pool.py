@@ -1,8 +1,9 @@
 """Converters for pooling and reductions.
 
 MaxPool and GlobalMaxPool become max nodes (a window of candidates per output, padding
-never wins). AveragePool, GlobalAveragePool, ReduceMean and ReduceSum are affine maps,
-unrolled to CSR.
+never wins). AveragePool is a window matrix (a depthwise all-ones kernel, each row weighted by
+1 / its divisor); GlobalAveragePool, ReduceMean and ReduceSum are affine maps in CSR
+(every input element appears once: no blow-up).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..network.window import WindowMatrix, window_table
 from .builder import Var
+from .conv import grid_strides
 from .registry import converter
 from .windows import geometry, windows
 
@@ -90,22 +93,14 @@ def convert_average_pool(b, node, ins):
         divisor = valid.sum(1)
     if np.any(divisor == 0):
         raise node.unsupported("a pooling window lies entirely in the padding")
-    mat = _window_matrix(pos, 1.0 / divisor, x.size // int(np.prod(spatial)), int(np.prod(spatial)))
-    return [b.affine([(x, mat)], 0.0, x.shape[:2] + geom.out, "AveragePool", node.name)]
-
-
-def _window_matrix(pos, row_value, channels, s_prod):
-    """CSR: output (c, o) reads input (c, pos[o, k]) for valid k, valued row_value[o]."""
-    valid = pos >= 0
-    per_row = valid.sum(1)
-    cols1 = pos[valid]
-    vals1 = np.repeat(row_value, per_row)
-    indices = (cols1[None, :] + (np.arange(channels) * s_prod)[:, None]).ravel()
-    data = np.tile(vals1, channels)
-    indptr = np.zeros(channels * pos.shape[0] + 1, np.int64)
-    np.cumsum(np.tile(per_row, channels), out=indptr[1:])
-    return sp.csr_array((data, indices.astype(np.int32), indptr.astype(np.int32)),
-                        shape=(channels * pos.shape[0], channels * s_prod))
+    # A depthwise all-ones kernel; each row weighted 1 / its divisor.
+    channels = x.size // int(np.prod(spatial))
+    tables = [window_table(o, k, st, d, pb, s) for o, k, st, d, pb, s
+              in zip(geom.out, kernel, strides, dilations, geom.pads_begin, spatial)]
+    wm = WindowMatrix(np.ones((channels, 1) + tuple(kernel)), channels, tables, spatial,
+                      grid_strides(channels, spatial), 0, x.size,
+                      row_scale=np.tile(1.0 / divisor, channels))
+    return [b.window(x, wm, 0.0, x.shape[:2] + geom.out, "AveragePool", node.name)]
 
 
 def reduction_matrix(shape, axes, mean):

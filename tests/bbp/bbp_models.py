@@ -20,11 +20,11 @@ __all__ = ["Graph", "load", "two_layer_dense", "one_conv", "mlp", "cnn_bn_maxpoo
            "empty_row_pad", "maxpool_head"]
 
 
-def load(model):
+def load(model, storage="auto"):
     """refbbp.load without import notices."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", refbbp.ImportNotice)
-        return refbbp.load(model)
+        return refbbp.load(model, storage=storage)
 
 
 class Graph:

@@ -43,7 +43,7 @@ import bbp_models as M
 import refbbp
 
 def make():
-    return M.load(M.cnn_bn_maxpool(np.random.default_rng(7)))
+    return M.load(M.cnn_bn_maxpool(np.random.default_rng(7)), storage="csr")
 
 def edit(net):
     k = next(k for k, n in enumerate(net.nodes) if any(sp.issparse(w) for w in n.weights))
@@ -165,7 +165,8 @@ print(json.dumps(out))
 # ------------------------------------------------------------------ in process
 @pytest.fixture
 def net():
-    return M.load(M.cnn_bn_maxpool(np.random.default_rng(7)))
+    # The CSR arrays of unrolled convolutions are what these tests edit.
+    return M.load(M.cnn_bn_maxpool(np.random.default_rng(7)), storage="csr")
 
 
 def _csr_node(net):

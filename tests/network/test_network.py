@@ -349,10 +349,11 @@ def test_batch_axis_of_results():
 
 
 # ----------------------------------------------------------------------- summary
-def test_summary(rng):
+@pytest.mark.parametrize("storage", ["auto", "csr"])
+def test_summary(rng, storage):
     model, x = residual_model(rng, softmax=True)
     with pytest.warns(refbbp.ImportNotice, match="dropped the final Softmax"):
-        net = refbbp.load(model)
+        net = refbbp.load(model, storage=storage)
     text = net.summary()
     lines = text.splitlines()
     assert lines[0].split() == ["#", "name", "op", "kind", "inputs", "shape", "act",
@@ -364,7 +365,9 @@ def test_summary(rng):
         assert cells[0] == str(k) and node.op in cells and node.kind in cells
         assert "x".join(map(str, node.shape)) in cells
         assert f"{node.nnz:,}" in cells
-    assert "Relu" in rows[1] and "csr" in rows[1] and "dense" in rows[5]
+    # The convolution's storage: a window matrix unless storage="csr" asks to unroll it.
+    conv_storage = "window" if storage == "auto" else "csr"
+    assert "Relu" in rows[1] and conv_storage in rows[1].split() and "dense" in rows[5]
     assert "1,3" in rows[4]                       # the Add reads the skip and the branch
     assert lines[2 + len(net.nodes)].startswith(
         "6 nodes, input (2, 5, 5), 3 outputs (node 5), ")

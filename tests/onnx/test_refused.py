@@ -200,10 +200,26 @@ def test_memory_budget_refuses_the_layer(rng):
     with pytest.raises(refbbp.MemoryBudgetError,
                        match=r"layer 'big_conv' needs about [\d,]+ bytes \(0\.\d MiB\).*"
                              r"max_bytes=100,000") as info:
-        refbbp.load(model, max_bytes=100_000)
+        refbbp.load(model, max_bytes=100_000, storage="csr")
     assert isinstance(info.value, MemoryError)
     net = check_against_ort(model, rng.standard_normal((2, 3, 16, 16)), max_bytes=4 << 20)
     assert sum(n.nbytes for n in net.nodes) <= 4 << 20
+
+
+def test_memory_budget_counts_window_matrices_and_explanation_vectors(rng):
+    """As a window matrix the convolution takes its kernel and tables (a few KiB), so
+    the CSR budget above loads it; what the budget then refuses is the per-node vectors
+    of one explanation, before anything is allocated."""
+    model = _conv_model(rng)
+    net = refbbp.load(model, max_bytes=400_000)
+    conv = net.nodes[1]
+    assert conv.describe_storage() == "window" and conv.weights[0].nbytes < 4_000
+    # The conv node with its bias and activation (about 100 KB) and the vectors of
+    # its 8*16*16 elements (48 bytes each): over 120,000 bytes.
+    with pytest.raises(refbbp.MemoryBudgetError, match=r"layer 'big_conv' .*per-node vectors"):
+        refbbp.load(model, max_bytes=120_000)
+    with pytest.raises(refbbp.MemoryBudgetError, match=r"layer 'x' "):
+        refbbp.load(model, max_bytes=30_000)     # the input's vectors alone: 36,864 bytes
 
 
 # ---------------------------------------------------------------------------------------
