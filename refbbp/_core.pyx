@@ -44,7 +44,10 @@ matrix, and no per-entry buffer is needed at all.
 from cython.parallel cimport prange
 from libc.math cimport exp, fabs, isfinite, INFINITY, NAN
 from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memset
+
+import numpy as np
 
 # OpenMP behind a guard (no ``cimport openmp``, which needs omp.h): with -fopenmp the
 # compiler defines _OPENMP and these call the runtime; without it they report 1 thread.
@@ -166,47 +169,311 @@ cdef int _check_csr(const index_t[::1] indptr, const index_t[::1] indices,
             return STATUS_CSR_INDEX_RANGE
     return STATUS_OK
 
+# ------------------------------------------------------------------ row sources
+# A node's local matrix, its inputs stacked horizontally, is read row by row from one
+# Source per input: CSR arrays, a dense matrix, or a window matrix (kernel and per-axis
+# tables, refbbp/network/window.py) whose rows are generated here. _emit lists row p's
+# structural non-zeros (column, unscaled weight), input by input.
+cdef enum:
+    SRC_CSR = 0
+    SRC_DENSE = 1
+    SRC_WINDOW = 2
+    WINDOW_AXES = 3       # window matrices of 1 to 3 spatial axes (padded to 3)
+
+cdef struct Source:
+    int kind
+    int index64           # CSR: int64 (else int32) indices and indptr
+    int64_t col_offset    # where this input starts in the stacked columns
+    const float64_t* data # CSR data, dense matrix (row-major), or window kernel
+    const int32_t* ind32
+    const int32_t* ptr32
+    const int64_t* ind64
+    const int64_t* ptr64
+    int64_t width         # dense: columns of the matrix
+    # window: rows m * n_out + o, kernel (M, cg, k_prod), sorted per-axis tables
+    int64_t m_per_group
+    int64_t cg
+    int64_t k_prod
+    int64_t n_out
+    int64_t kdim[3]
+    int64_t odim[3]
+    const int64_t* spos[3]
+    const int64_t* skoff[3]
+    const int64_t* scount[3]
+    int64_t base
+    int64_t stride_c
+    int64_t stride[3]
+    const float64_t* row_scale
+
+
+cdef class NodeRows:
+    """The row sources of one node (one per input, stacked in order), for the kernels.
+
+    Built and validated by ``refbbp/bbp/structure.py``, which hands over arrays it owns
+    (read-only copies): this object keeps references to them and the raw pointers the
+    ``nogil`` loops read. Nothing here checks a column index: the caller guarantees
+    that every row lists columns in ``[0, n_cols)`` (``check_csr_memview`` for CSR
+    sources; window tables are checked against their geometry in Python).
+    """
+
+    cdef Source* src
+    cdef int n_src
+    cdef list keep
+    cdef readonly int64_t n_rows
+    cdef readonly int64_t n_cols
+
+    def __cinit__(self, int64_t n_rows, int64_t n_cols, int n_sources):
+        if n_sources < 0 or n_sources > 1024:
+            raise ValueError(f"n_sources must be in [0, 1024], got {n_sources}")
+        self.src = <Source*>calloc(max(n_sources, 1), sizeof(Source))
+        if self.src == NULL:
+            raise MemoryError()
+        self.n_src = 0
+        self.keep = []
+        self.n_rows = n_rows
+        self.n_cols = n_cols
+
+    def __dealloc__(self):
+        free(self.src)
+
+    cdef Source* _next(self, int64_t col_offset) except NULL:
+        cdef Source* s = &self.src[self.n_src]
+        memset(s, 0, sizeof(Source))
+        s.col_offset = col_offset
+        self.n_src += 1
+        return s
+
+    def add_csr(self, const float64_t[::1] data, indices, indptr, int64_t col_offset):
+        """A CSR input: ``indices`` and ``indptr`` both int32 or both int64."""
+        cdef const int32_t[::1] i32
+        cdef const int32_t[::1] p32
+        cdef const int64_t[::1] i64
+        cdef const int64_t[::1] p64
+        cdef Source* s = self._next(col_offset)
+        s.kind = SRC_CSR
+        s.data = &data[0] if data.shape[0] > 0 else NULL
+        if indptr.dtype.itemsize == 8:
+            i64, p64 = indices, indptr
+            s.index64 = 1
+            s.ind64 = &i64[0] if i64.shape[0] > 0 else NULL
+            s.ptr64 = &p64[0]
+        else:
+            i32, p32 = indices, indptr
+            s.ind32 = &i32[0] if i32.shape[0] > 0 else NULL
+            s.ptr32 = &p32[0]
+        self.keep += [data, indices, indptr]
+
+    def set_csr_data(self, int index, const float64_t[::1] data):
+        """Replace the values of CSR source ``index`` (a max node's selection of one
+        input), same length as before."""
+        if not 0 <= index < self.n_src or self.src[index].kind != SRC_CSR:
+            raise ValueError(f"source {index} is not a CSR source")
+        self.src[index].data = &data[0] if data.shape[0] > 0 else NULL
+        self.keep.append(data)
+
+    def add_dense(self, const float64_t[:, ::1] matrix, int64_t col_offset):
+        """A dense input, ``matrix`` of shape (n_rows, width), row-major."""
+        cdef Source* s = self._next(col_offset)
+        s.kind = SRC_DENSE
+        s.width = matrix.shape[1]
+        s.data = &matrix[0, 0] if matrix.shape[0] * matrix.shape[1] > 0 else NULL
+        self.keep.append(matrix)
+
+    def add_window(self, const float64_t[::1] kernel, int64_t m_per_group, int64_t cg,
+                   kdim, odim, spos, skoff, scount, int64_t base, int64_t stride_c,
+                   stride, row_scale, int64_t col_offset):
+        """A window input: ``kernel`` flat (M * cg * prod(kdim)); per axis (3, padded
+        with size-1 axes) ``kdim``, ``odim``, the sorted tables ``spos``/``skoff``
+        (int64, shape (odim, kdim): positions by increasing value, and their kernel
+        offsets) with ``scount`` valid ones per output position; column of input
+        ``(c, i)`` = ``col_offset + base + c * stride_c + sum_a i_a * stride[a]``."""
+        cdef Source* s = self._next(col_offset)
+        cdef const int64_t[:, ::1] t
+        cdef const int64_t[::1] cnt
+        cdef const float64_t[::1] rs
+        cdef int a
+        s.kind = SRC_WINDOW
+        s.data = &kernel[0]
+        s.m_per_group, s.cg, s.base, s.stride_c = m_per_group, cg, base, stride_c
+        s.k_prod = 1
+        s.n_out = 1
+        for a in range(WINDOW_AXES):
+            s.kdim[a], s.odim[a], s.stride[a] = kdim[a], odim[a], stride[a]
+            s.k_prod *= kdim[a]
+            s.n_out *= odim[a]
+            t = spos[a]
+            s.spos[a] = &t[0, 0]
+            t = skoff[a]
+            s.skoff[a] = &t[0, 0]
+            cnt = scount[a]
+            s.scount[a] = &cnt[0]
+        if row_scale is not None:
+            rs = row_scale
+            s.row_scale = &rs[0]
+        self.keep += [kernel, list(spos), list(skoff), list(scount), row_scale]
+
+
+cdef inline Py_ssize_t _emit(const Source* srcs, int n_src, Py_ssize_t p, int64_t* cols,
+                             float64_t* w) noexcept nogil:
+    """Row ``p``'s structural non-zeros, input by input: columns into ``cols`` and
+    unscaled weights into ``w``; returns their number."""
+    cdef Py_ssize_t n = 0
+    cdef Py_ssize_t j, lo, hi, q
+    cdef int si
+    cdef const Source* s
+    cdef int64_t m, o, o0, o1, o2, g, c, col_c, col0, col1, kk0, kk1, n0, n1, n2
+    cdef int64_t j0, j1, j2
+    cdef const int64_t* p0
+    cdef const int64_t* p1
+    cdef const int64_t* p2
+    cdef const int64_t* k0
+    cdef const int64_t* k1
+    cdef const int64_t* k2
+    cdef const float64_t* wb
+    cdef double rs
+    for si in range(n_src):
+        s = &srcs[si]
+        if s.kind == SRC_CSR:
+            if s.index64:
+                lo, hi = s.ptr64[p], s.ptr64[p + 1]
+                for j in range(lo, hi):
+                    cols[n] = s.col_offset + s.ind64[j]
+                    w[n] = s.data[j]
+                    n += 1
+            else:
+                lo, hi = s.ptr32[p], s.ptr32[p + 1]
+                for j in range(lo, hi):
+                    cols[n] = s.col_offset + s.ind32[j]
+                    w[n] = s.data[j]
+                    n += 1
+        elif s.kind == SRC_DENSE:
+            wb = s.data + p * s.width
+            for q in range(s.width):
+                cols[n] = s.col_offset + q
+                w[n] = wb[q]
+                n += 1
+        else:
+            m = p // s.n_out
+            o = p - m * s.n_out
+            o2 = o % s.odim[2]
+            o = o // s.odim[2]
+            o1 = o % s.odim[1]
+            o0 = o // s.odim[1]
+            g = m // s.m_per_group
+            p0 = s.spos[0] + o0 * s.kdim[0]
+            k0 = s.skoff[0] + o0 * s.kdim[0]
+            n0 = s.scount[0][o0]
+            p1 = s.spos[1] + o1 * s.kdim[1]
+            k1 = s.skoff[1] + o1 * s.kdim[1]
+            n1 = s.scount[1][o1]
+            p2 = s.spos[2] + o2 * s.kdim[2]
+            k2 = s.skoff[2] + o2 * s.kdim[2]
+            n2 = s.scount[2][o2]
+            rs = s.row_scale[p] if s.row_scale != NULL else 1.0
+            for c in range(s.cg):
+                col_c = s.col_offset + s.base + (g * s.cg + c) * s.stride_c
+                wb = s.data + (m * s.cg + c) * s.k_prod
+                for j0 in range(n0):
+                    col0 = col_c + p0[j0] * s.stride[0]
+                    kk0 = k0[j0] * s.kdim[1]
+                    for j1 in range(n1):
+                        col1 = col0 + p1[j1] * s.stride[1]
+                        kk1 = (kk0 + k1[j1]) * s.kdim[2]
+                        for j2 in range(n2):
+                            cols[n] = col1 + p2[j2] * s.stride[2]
+                            # as the unrolled matrix holds it: kernel entry times the
+                            # row scale (x * 1.0 is x: the same bits without one)
+                            w[n] = wb[kk1 + k2[j2]] * rs
+                            n += 1
+    return n
+
+
+def emit_row(NodeRows rows, Py_ssize_t p):
+    """Row ``p`` as the kernels see it: ``(columns, weights)`` (for tests)."""
+    if not 0 <= p < rows.n_rows:
+        raise IndexError(f"row {p} outside [0, {rows.n_rows})")
+    cdef Py_ssize_t cap = max(_row_length(rows, p), 1)
+    cdef int64_t[::1] cols = np.empty(cap, np.int64)
+    cdef float64_t[::1] w = np.empty(cap, np.float64)
+    cdef Py_ssize_t n = _emit(rows.src, rows.n_src, p, &cols[0], &w[0])
+    return np.asarray(cols)[:n].copy(), np.asarray(w)[:n].copy()
+
+
+def emit_all(NodeRows rows, const int64_t[::1] entry_start, int64_t[::1] cols,
+             float64_t[::1] w):
+    """Every row's structural non-zeros, row after row: row ``p``'s go to
+    ``cols[entry_start[p]:entry_start[p + 1]]`` and ``w[...]`` (user rules; O(nnz)).
+    ``entry_start`` must be the rows' own (``NodeStructure.entry_start``)."""
+    cdef Py_ssize_t p
+    cdef int64_t* cp
+    cdef float64_t* wp
+    if (entry_start.shape[0] != rows.n_rows + 1 or cols.shape[0] != entry_start[rows.n_rows]
+            or w.shape[0] != cols.shape[0]):
+        raise ValueError("emit_all: array sizes do not fit the rows")
+    if cols.shape[0] == 0:
+        return None
+    cp, wp = &cols[0], &w[0]
+    with nogil:
+        for p in range(rows.n_rows):
+            _emit(rows.src, rows.n_src, p, cp + entry_start[p], wp + entry_start[p])
+    return None
+
+
+cdef Py_ssize_t _row_length(NodeRows rows, Py_ssize_t p):
+    """Entries of row ``p`` (an upper bound for the scratch of emit_row)."""
+    cdef Py_ssize_t total = 0
+    cdef int si
+    cdef const Source* s
+    for si in range(rows.n_src):
+        s = &rows.src[si]
+        if s.kind == SRC_CSR:
+            total += (s.ptr64[p + 1] - s.ptr64[p]) if s.index64 else (s.ptr32[p + 1] - s.ptr32[p])
+        elif s.kind == SRC_DENSE:
+            total += s.width
+        else:
+            total += s.cg * s.kdim[0] * s.kdim[1] * s.kdim[2]
+    return total
+
+
 # -------------------------------------------------------------------- pass 1
-cdef inline int _row(Py_ssize_t p, const float64_t* data, const index_t* indices,
-                     const index_t* indptr, const float64_t* u, const float64_t* slope,
-                     const float64_t* bias_x, const float64_t* h, const float64_t* beta,
+cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, const float64_t* w,
+                     int64_t entry0, const float64_t* u, double c,
+                     const float64_t* bias_x, const float64_t* h, double b,
                      const float64_t* ext, int rule, double temperature,
-                     float64_t* scratch, index_t* where, float64_t* acc,
+                     float64_t* scratch, int64_t* where, float64_t* acc,
                      float64_t* fallback) noexcept nogil:
-    """Add the messages of row ``p`` (beta[p] != 0, at least one structural non-zero)
-    into ``acc``; returns 1 if they are not finite (and sets fallback[p] = NaN), else 0.
+    """Add the BBp messages of row ``p`` (``b = beta[p] != 0``; ``n >= 1`` emitted
+    entries ``cols``/``w``; ``entry0`` the node-wide index of its first entry, for
+    ``ext``) into ``acc``; returns 1 if they are not finite (and sets fallback[p] =
+    NaN), else 0.
 
     The row's non-zero components are compacted into ``scratch`` (their values: first
-    kappa, then the unnormalised softmax terms) and ``where`` (their CSR positions), so
-    the loops after the first one see only non-zero components, and each exponential
-    is computed once.
+    kappa, then the unnormalised softmax terms) and ``where`` (their positions in the
+    row), so the loops after the first one see only non-zero components, and each
+    exponential is computed once.
     """
-    cdef Py_ssize_t start = indptr[p]
-    cdef Py_ssize_t end = indptr[p + 1]
     cdef Py_ssize_t j
     cdef Py_ssize_t i, nz = 0
-    cdef double b = beta[p]
-    cdef double c, uq, k, s, m, e, total, sgn, target, ratio
+    cdef double uq, k, s, m, e, total, sgn, target, ratio
     # SPEC 3.2: kappa[p, j] = A^x[p, q] * u[q] = (c[p] * A[p, q]) * u[q]; only non-zero
     # components take part (zero inputs are skipped before any multiplication).
-    c = slope[p]
-    for j in range(start, end):
-        uq = u[indices[j]]
+    for j in range(n):
+        uq = u[cols[j]]
         if uq != 0.0:
-            k = (c * data[j]) * uq
+            k = (c * w[j]) * uq
             if k != 0.0:
                 scratch[nz] = k
                 where[nz] = j
                 nz += 1
     if nz == 0:                       # SPEC 3.6: uniform over the unscaled row
-        e = b / (end - start)
-        for j in range(start, end):
-            acc[indices[j]] += e
+        e = b / n
+        for j in range(n):
+            acc[cols[j]] += e
         fallback[p] = fabs(b)
         return 0
     if rule == RULE_WEIGHTS:          # SPEC 3.3 user weights: alpha given, no softmax
         for i in range(nz):
-            acc[indices[where[i]]] += ext[where[i]] * b
+            acc[cols[where[i]]] += ext[entry0 + where[i]] * b
         return 0
     # SPEC 3.3: scores, in place of kappa.
     if rule == RULE_SIGN:
@@ -223,7 +490,7 @@ cdef inline int _row(Py_ssize_t p, const float64_t* data, const index_t* indices
             scratch[i] = fabs(target - scratch[i])
     else:
         for i in range(nz):
-            scratch[i] = ext[where[i]]
+            scratch[i] = ext[entry0 + where[i]]
     # SPEC 3.4: softmax(s / T) with the row maximum subtracted.
     m = scratch[0]
     for i in range(1, nz):
@@ -257,142 +524,197 @@ cdef inline int _row(Py_ssize_t p, const float64_t* data, const index_t* indices
         fallback[p] = NAN             # marks the row for the caller
         return 1
     for i in range(nz):
-        acc[indices[where[i]]] += scratch[i] * ratio
+        acc[cols[where[i]]] += scratch[i] * ratio
     return 0
 
 
-cpdef int bbp_rows_memview(const float64_t[::1] data, const index_t[::1] indices,
-                           const index_t[::1] indptr, const float64_t[::1] u,
-                           const float64_t[::1] slope, const float64_t[::1] bias_x,
-                           const float64_t[::1] h, const float64_t[::1] beta,
-                           const float64_t[::1] ext, int rule, double temperature,
-                           float64_t[:, ::1] acc, float64_t[:, ::1] scratch,
-                           index_t[:, ::1] where, uint8_t[::1] used,
-                           float64_t[::1] fallback, int n_threads):
-    """Pass 1 of one BBp node: every row's messages, summed per block (SPEC 3.2-3.6).
+cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
+                               const float64_t[::1] u, const float64_t[::1] slope,
+                               const float64_t[::1] bias_x, const float64_t[::1] h,
+                               const float64_t[::1] g, const float64_t[::1] beta,
+                               const float64_t[::1] ext, int rule, double temperature,
+                               float64_t[:, ::1] acc_g, float64_t[:, ::1] acc_b,
+                               int64_t[:, ::1] cols, float64_t[:, ::1] w,
+                               float64_t[:, ::1] scratch, int64_t[:, ::1] where,
+                               uint8_t[::1] used_g, uint8_t[::1] used_b,
+                               float64_t[::1] fallback, int n_threads):
+    """The reverse pass of one node: gradient and BBp messages of every row, summed per
+    block (SPEC 2 and 3.2-3.6), from one emission of each row.
 
     Input:
-      data[nnz], indices[nnz], indptr[n_rows + 1]
-                        -- the unscaled local matrix A (node inputs stacked
-                           horizontally), a valid CSR structure over n_cols columns;
-                           indices, indptr (and where) int32 or int64, one type.
-                           indptr is re-checked here (O(n_rows)); the column indices
-                           are not (O(nnz)): check them once with check_csr_memview
+      rows              -- the node's row sources (inputs stacked), n_rows x n_cols
+      entry_start[n_rows + 1]
+                        -- node-wide index of each row's first entry (for ext)
       u[n_cols]         -- the node's (stacked) input values
       slope[n_rows]     -- activation slopes c (1 without activation)
       bias_x[n_rows]    -- the node's local bias b^x = c * b + d
       h[n_rows]         -- the node's output values
+      g[n_rows] or g[0] -- df/dh of the node; g[0]: no gradient messages
       beta[n_rows]      -- the node's total bias attribution beta_n (received + own)
-      ext[nnz] or ext[0]-- user scores (RULE_SCORES) or weights (RULE_WEIGHTS),
-                           aligned with the CSR entries; read only at non-zero
-                           components
-      rule              -- RULE_SIGN, RULE_DEVIATION, RULE_SCORES (s = ext) or
-                           RULE_WEIGHTS (alpha = ext)
-      temperature       -- T in [0, inf]; 0 hard maximum, inf uniform
+      ext[entry_start[n_rows]] or ext[0]
+                        -- user scores (RULE_SCORES) or weights (RULE_WEIGHTS), by
+                           node-wide entry; read only at non-zero components
+      rule, temperature -- as for BBp (RULE_*, T in [0, inf])
       n_threads >= 1    -- at most min(n_threads, K) threads run (K blocks)
     Workspace and output (must be preallocated):
-      acc[K, n_cols]    -- block k = rows [k * n_rows // K, (k + 1) * n_rows // K):
-                           acc[k, q] = sum over its rows p (increasing) of the
-                           messages alpha[p, (q)] * beta[p]. Written only if used[k].
-      scratch[K, >= max row length], where[K, >= max row length]
-                        -- one scratch row per block (component values, positions)
-      used[K]           -- 1 if block k has a row that sent something, else 0
+      acc_g[K, n_cols]  -- block k's gradient messages sum_p c[p] g[p] A[p, q]
+                           (written only if used_g[k])
+      acc_b[K, n_cols]  -- block k's BBp messages alpha[p, q] * beta[p] (written only
+                           if used_b[k])
+      cols[K, >= max row], w[K, >= max row], scratch[K, >= max row],
+      where[K, >= max row]
+                        -- per-block scratch rows
+      used_g[K], used_b[K]
       fallback[n_rows]  -- |beta[p]| if row p took a fallback of SPEC 3.6, else 0;
                            NaN where the row produced non-finite messages. Rows with
-                           no structural non-zero send nothing here: the caller
-                           spreads their beta over every column (bbp_reduce_memview).
+                           no structural non-zero send nothing: the caller spreads
+                           their beta over every column (bbp_reduce_memview).
 
-    K (= acc.shape[0]) is the caller's choice and must not depend on n_threads: it
-    fixes the order of every sum. Rows with beta[p] == 0 are skipped (nothing read
-    beyond beta[p]), and so are components whose input is 0 (no multiplication, no
-    score, no exp). Parallel over blocks (prange, static schedule); a block writes
-    only acc[k], scratch[k], where[k], used[k] and fallback over its rows.
-    Complexity O(nnz + n_rows + K * n_cols) time, at most one exp per non-zero
-    component, no memory beyond the arguments.
-    Returns STATUS_OK, STATUS_NONFINITE if some row's messages are not finite, or a
-    negative code (nothing written): STATUS_SHAPE, STATUS_CSR_INDPTR_START,
-    STATUS_CSR_INDPTR_DECREASES, STATUS_CSR_NNZ, STATUS_RULE, STATUS_TEMPERATURE,
-    STATUS_THREADS. Runs without the GIL.
+    Block k holds rows [k * n_rows // K, (k + 1) * n_rows // K); K is the caller's
+    choice and must not depend on n_threads: it fixes the order of every sum, so the
+    results are bitwise identical for any thread count. A row is emitted once if it
+    has a gradient (c[p] g[p] != 0) or beta (beta[p] != 0) to send, else skipped.
+    Complexity O(nnz + n_rows + K * n_cols), at most one exp per non-zero component.
+    Returns STATUS_OK, STATUS_NONFINITE, or STATUS_SHAPE / STATUS_RULE /
+    STATUS_TEMPERATURE / STATUS_THREADS (nothing written). Runs without the GIL.
     """
     cdef int status
     with nogil:
-        status = _bbp_rows(data, indices, indptr, u, slope, bias_x, h, beta, ext, rule,
-                           temperature, acc, scratch, where, used, fallback, n_threads)
+        status = _rows_reverse(rows.src, rows.n_src, rows.n_rows, rows.n_cols,
+                               entry_start, u, slope, bias_x, h, g, beta, ext, rule,
+                               temperature, acc_g, acc_b, cols, w, scratch, where,
+                               used_g, used_b, fallback, n_threads)
     return status
 
 
-cdef int _bbp_rows(const float64_t[::1] data, const index_t[::1] indices,
-                   const index_t[::1] indptr, const float64_t[::1] u,
-                   const float64_t[::1] slope, const float64_t[::1] bias_x,
-                   const float64_t[::1] h, const float64_t[::1] beta,
-                   const float64_t[::1] ext, int rule, double temperature,
-                   float64_t[:, ::1] acc, float64_t[:, ::1] scratch,
-                   index_t[:, ::1] where, uint8_t[::1] used,
-                   float64_t[::1] fallback, int n_threads) noexcept nogil:
-    """bbp_rows_memview without the GIL."""
-    cdef Py_ssize_t n_rows = indptr.shape[0] - 1
-    cdef Py_ssize_t nnz = indices.shape[0]
-    cdef Py_ssize_t n_cols = u.shape[0]
-    cdef Py_ssize_t n_blocks = acc.shape[0]
-    cdef Py_ssize_t kb, p, lo, hi, r, longest = 0
+cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_cols,
+                       const int64_t[::1] entry_start, const float64_t[::1] u,
+                       const float64_t[::1] slope, const float64_t[::1] bias_x,
+                       const float64_t[::1] h, const float64_t[::1] g,
+                       const float64_t[::1] beta, const float64_t[::1] ext, int rule,
+                       double temperature, float64_t[:, ::1] acc_g,
+                       float64_t[:, ::1] acc_b, int64_t[:, ::1] cols,
+                       float64_t[:, ::1] w, float64_t[:, ::1] scratch,
+                       int64_t[:, ::1] where, uint8_t[::1] used_g, uint8_t[::1] used_b,
+                       float64_t[::1] fallback, int n_threads) noexcept nogil:
+    """rows_reverse_memview without the GIL."""
+    cdef Py_ssize_t n_blocks = acc_b.shape[0]
+    cdef Py_ssize_t kb, p, lo, hi, r, n, j, longest = 0
     cdef int bad = 0
     cdef int threads
+    cdef int grad = g.shape[0] > 0
+    cdef double gy, b
     cdef const float64_t* ext_ptr = NULL
-    if (n_rows < 0 or data.shape[0] != nnz or slope.shape[0] != n_rows
-            or bias_x.shape[0] != n_rows or h.shape[0] != n_rows
-            or beta.shape[0] != n_rows or fallback.shape[0] != n_rows
-            or acc.shape[1] != n_cols or n_blocks < 1
-            or scratch.shape[0] != n_blocks or used.shape[0] != n_blocks
-            or where.shape[0] != n_blocks):
+    cdef float64_t* ag
+    cdef float64_t* ab
+    if (u.shape[0] != n_cols or slope.shape[0] != n_rows or bias_x.shape[0] != n_rows
+            or h.shape[0] != n_rows or beta.shape[0] != n_rows
+            or fallback.shape[0] != n_rows or (grad and g.shape[0] != n_rows)
+            or entry_start.shape[0] != n_rows + 1 or n_blocks < 1
+            or acc_b.shape[1] != n_cols or acc_g.shape[0] != n_blocks
+            or acc_g.shape[1] != n_cols or cols.shape[0] != n_blocks
+            or w.shape[0] != n_blocks or scratch.shape[0] != n_blocks
+            or where.shape[0] != n_blocks or used_g.shape[0] != n_blocks
+            or used_b.shape[0] != n_blocks):
         return STATUS_SHAPE
-    if indptr[0] != 0:
-        return STATUS_CSR_INDPTR_START
     for r in range(n_rows):
-        if indptr[r + 1] < indptr[r]:
-            return STATUS_CSR_INDPTR_DECREASES
-        if indptr[r + 1] - indptr[r] > longest:
-            longest = indptr[r + 1] - indptr[r]
-    if indptr[n_rows] != nnz:
-        return STATUS_CSR_NNZ
-    if scratch.shape[1] < longest or where.shape[1] < longest or (nnz > 0 and n_cols == 0):
+        if entry_start[r + 1] - entry_start[r] > longest:
+            longest = entry_start[r + 1] - entry_start[r]
+    if (cols.shape[1] < longest or w.shape[1] < longest or scratch.shape[1] < longest
+            or where.shape[1] < longest or (longest > 0 and n_cols == 0)):
         return STATUS_SHAPE
     if rule < RULE_SIGN or rule > RULE_WEIGHTS:
         return STATUS_RULE
     if rule >= RULE_SCORES:
-        if ext.shape[0] != nnz:
+        if ext.shape[0] != entry_start[n_rows]:
             return STATUS_RULE
+        if ext.shape[0] > 0:
+            ext_ptr = &ext[0]
     if not (temperature >= 0.0):
         return STATUS_TEMPERATURE
     if n_threads < 1:
         return STATUS_THREADS
-    # More threads than blocks would only wait (and a huge count can fail in OpenMP).
     threads = n_threads if n_threads < n_blocks else <int>n_blocks
-    if ext.shape[0] > 0:
-        ext_ptr = &ext[0]
-    # &a[0] is invalid for empty arrays: guard the ones that may be empty.
-    cdef const float64_t* data_ptr = &data[0] if nnz > 0 else NULL
-    cdef const index_t* ind_ptr = &indices[0] if nnz > 0 else NULL
-    cdef const float64_t* u_ptr = &u[0] if n_cols > 0 else NULL
-    cdef const float64_t* beta_ptr = &beta[0] if n_rows > 0 else NULL
-    cdef float64_t* fb_ptr = &fallback[0] if n_rows > 0 else NULL
     for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
         lo = kb * n_rows // n_blocks
         hi = (kb + 1) * n_rows // n_blocks
-        used[kb] = 0
+        used_g[kb] = 0
+        used_b[kb] = 0
         for p in range(lo, hi):
-            fb_ptr[p] = 0.0
-            if beta_ptr[p] == 0.0:           # nothing to distribute: skip the row
+            fallback[p] = 0.0
+            b = beta[p]
+            gy = slope[p] * g[p] if grad else 0.0
+            if b == 0.0 and gy == 0.0:       # nothing to send: skip the row
                 continue
-            if indptr[p] == indptr[p + 1]:   # SPEC 3.6, no structural non-zero: the
-                fb_ptr[p] = fabs(beta_ptr[p])  # caller spreads it over every input
+            n = _emit(srcs, n_src, p, &cols[kb, 0], &w[kb, 0])
+            if n == 0:
+                if b != 0.0:                 # SPEC 3.6, no structural non-zero: the
+                    fallback[p] = fabs(b)    # caller spreads it over every input
                 continue
-            if used[kb] == 0:
-                memset(&acc[kb, 0], 0, n_cols * sizeof(float64_t))
-                used[kb] = 1
-            bad += _row(p, data_ptr, ind_ptr, &indptr[0], u_ptr, &slope[0], &bias_x[0],
-                        &h[0], beta_ptr, ext_ptr, rule, temperature, &scratch[kb, 0],
-                        &where[kb, 0], &acc[kb, 0], fb_ptr)
+            if gy != 0.0:                    # SPEC 2: g_u += (A^x)^T g_h
+                if used_g[kb] == 0:
+                    memset(&acc_g[kb, 0], 0, n_cols * sizeof(float64_t))
+                    used_g[kb] = 1
+                ag = &acc_g[kb, 0]
+                for j in range(n):
+                    ag[cols[kb, j]] += gy * w[kb, j]
+            if b != 0.0:
+                if used_b[kb] == 0:
+                    memset(&acc_b[kb, 0], 0, n_cols * sizeof(float64_t))
+                    used_b[kb] = 1
+                ab = &acc_b[kb, 0]
+                bad += _row(p, n, &cols[kb, 0], &w[kb, 0], entry_start[p], &u[0],
+                            slope[p], &bias_x[0], &h[0], b, ext_ptr, rule, temperature,
+                            &scratch[kb, 0], &where[kb, 0], ab, &fallback[0])
     return STATUS_NONFINITE if bad else STATUS_OK
+
+
+cpdef int rows_forward_memview(NodeRows rows, const float64_t[::1] u,
+                               const float64_t[::1] bias, float64_t[::1] y,
+                               int64_t[:, ::1] cols, float64_t[:, ::1] w, int n_threads):
+    """The forward pass of one node: ``y[p] = bias[p] + sum_j A[p, j] u[j]`` (the sum of
+    each input added in turn, as ``y += A_i u_i``).
+
+    Input: rows (n_rows x n_cols), u[n_cols], bias[n_rows]; workspace cols[K, >= max
+    row], w[K, >= max row] (K blocks of rows, any K >= 1: each row's sum is computed
+    by one thread in a fixed order, so the bits never depend on K or the threads).
+    Output (preallocated): y[n_rows]. Complexity O(nnz). Returns STATUS_OK,
+    STATUS_SHAPE or STATUS_THREADS. Runs without the GIL.
+    """
+    cdef int status
+    with nogil:
+        status = _rows_forward(rows.src, rows.n_src, rows.n_rows, rows.n_cols, u, bias, y,
+                               cols, w, n_threads)
+    return status
+
+
+cdef int _rows_forward(const Source* srcs, int n_src, int64_t n_rows, int64_t n_cols,
+                       const float64_t[::1] u, const float64_t[::1] bias,
+                       float64_t[::1] y, int64_t[:, ::1] cols, float64_t[:, ::1] w,
+                       int n_threads) noexcept nogil:
+    cdef Py_ssize_t n_blocks = cols.shape[0]
+    cdef Py_ssize_t kb, p, lo, hi, j, n
+    cdef int si, threads
+    cdef double acc, part
+    if (u.shape[0] != n_cols or bias.shape[0] != n_rows or y.shape[0] != n_rows
+            or n_blocks < 1 or w.shape[0] != n_blocks):
+        return STATUS_SHAPE
+    if n_threads < 1:
+        return STATUS_THREADS
+    threads = n_threads if n_threads < n_blocks else <int>n_blocks
+    for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
+        lo = kb * n_rows // n_blocks
+        hi = (kb + 1) * n_rows // n_blocks
+        for p in range(lo, hi):
+            acc = bias[p]
+            for si in range(n_src):
+                n = _emit(&srcs[si], 1, p, &cols[kb, 0], &w[kb, 0])
+                part = 0.0
+                for j in range(n):
+                    part = part + w[kb, j] * u[cols[kb, j]]
+                acc = acc + part
+            y[p] = acc
+    return STATUS_OK
 
 
 # -------------------------------------------------------------------- pass 2

@@ -138,10 +138,13 @@ class Attribution:
     n_threads : int or None
         Threads the kernel used (None for the numpy backend).
     timings : dict
-        Seconds spent in each phase: "linearize" (forward and gradient), "prepare"
-        (per-node structures, the first time a network is seen), "propagate" (BBp);
-        with the Cython backend also "nodes": seconds of each node's step (index to
-        float; includes the Python work around the kernel).
+        Seconds spent in each phase: "prepare" (per-node structures: built the first
+        time a network is seen, checked against the matrices on every call),
+        "forward" (the forward pass; with the NumPy backend also the gradients),
+        "propagate" (with the Cython backend the one reverse pass that computes the
+        gradients and BBp together; with the NumPy backend BBp alone); with the Cython
+        backend also "nodes": seconds of each node's step (index to float; includes
+        the Python work around the kernel).
     """
 
     beta: np.ndarray

@@ -18,7 +18,7 @@ import numpy as np
 from .. import _core
 
 __all__ = ["INDEX_DTYPES", "STATUS_MESSAGES", "Workspace", "available_cpus",
-           "check_n_threads", "distribute_node", "status_message"]
+           "check_n_threads", "reverse_node", "status_message"]
 
 #: The message of every kernel status code (``refbbp._core.STATUS_*``, one table for
 #: every entry point; a test checks that none is missing).
@@ -88,22 +88,6 @@ def check_n_threads(n_threads):
     return max(1, min(int(n_threads), cap))
 
 
-def _check_index(indices, indptr, nnz, n_rows):
-    """``indices`` (nnz,) and ``indptr`` (n_rows + 1,): C-contiguous vectors of one
-    integer type of :data:`INDEX_DTYPES` (scipy's ``check_format`` rule)."""
-    for name, a, n in (("indices", indices, nnz), ("indptr", indptr, n_rows + 1)):
-        if not (isinstance(a, np.ndarray) and a.dtype in INDEX_DTYPES and a.ndim == 1
-                and a.flags.c_contiguous):
-            raise TypeError(f"{name}: expected a C-contiguous int32 or int64 vector, got "
-                            f"{type(a).__name__} {getattr(a, 'dtype', '')} "
-                            f"{getattr(a, 'shape', '')}")
-        if a.shape[0] != n:
-            raise ValueError(f"{name}: expected {n} values, got {a.shape[0]}")
-    if indices.dtype != indptr.dtype:
-        raise TypeError(f"indices ({indices.dtype}) and indptr ({indptr.dtype}) must share "
-                        f"an integer type")
-
-
 def _f64(name, a, n):
     if not (isinstance(a, np.ndarray) and a.dtype == np.float64 and a.ndim == 1
             and a.flags.c_contiguous):
@@ -116,40 +100,50 @@ def _f64(name, a, n):
 
 
 class Workspace:
-    """Reusable float64 memory for the kernel's per-block accumulators and scratch rows
+    """Reusable memory for the reverse pass's per-block accumulators and scratch rows
     (one allocation per ``bbp`` call, shared by its nodes and inputs)."""
 
     def __init__(self):
-        self._buf = np.empty(0)
+        self._f = np.empty(0)
+        self._i = np.empty(0, np.int64)
 
-    def get(self, n_blocks, n_cols, max_row, index_dtype=np.int32):
-        """``acc`` (n_blocks, n_cols), ``scratch`` (n_blocks, max_row) and, fresh,
-        ``where`` (n_blocks, max_row) of ``index_dtype`` (the structure's) and ``used``
-        (n_blocks,) uint8."""
+    def get(self, n_blocks, n_cols, max_row):
+        """``acc_g``, ``acc_b`` (n_blocks, n_cols); ``w``, ``scratch`` (n_blocks,
+        max_row) float64; ``cols``, ``where`` (n_blocks, max_row) int64; ``used_g``,
+        ``used_b`` (n_blocks,) uint8, fresh."""
         max_row = max(max_row, 1)
-        need = n_blocks * (n_cols + max_row)
-        if self._buf.size < need:
-            self._buf = np.empty(need)
-        acc = self._buf[:n_blocks * n_cols].reshape(n_blocks, n_cols)
-        scratch = self._buf[n_blocks * n_cols:need].reshape(n_blocks, max_row)
-        return (acc, scratch, np.empty((n_blocks, max_row), index_dtype),
-                np.empty(n_blocks, np.uint8))
+        acc = n_blocks * n_cols
+        row = n_blocks * max_row
+        need = 2 * acc + 2 * row
+        if self._f.size < need:
+            self._f = np.empty(need)
+        if self._i.size < 2 * row:
+            self._i = np.empty(2 * row, np.int64)
+        f, i = self._f, self._i
+        return (f[:acc].reshape(n_blocks, n_cols), f[acc:2 * acc].reshape(n_blocks, n_cols),
+                f[2 * acc:2 * acc + row].reshape(n_blocks, max_row),
+                f[2 * acc + row:need].reshape(n_blocks, max_row),
+                i[:row].reshape(n_blocks, max_row), i[row:2 * row].reshape(n_blocks, max_row),
+                np.empty(n_blocks, np.uint8), np.empty(n_blocks, np.uint8))
 
 
-def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperature,
-                    n_threads, workspace=None, ext=None, where="node"):
-    """BBp steps 2-6 for one node and one input: what each stacked input element
-    receives.
+def reverse_node(st, rows, u, slope, bias_x, h, g, beta, *, rule_code, temperature,
+                 n_threads, workspace=None, ext=None, where="node"):
+    """The reverse pass of one node for one input: what each stacked input element
+    receives as gradient (SPEC 2) and as bias attribution (SPEC 3.2-3.6), from one pass
+    over the node's rows.
 
     Parameters
     ----------
     st : NodeStructure
-    data : ndarray of float64, shape (nnz,)
-        Unscaled local matrix entries (``st.data``, or a max node's selection).
+    rows : refbbp._core.NodeRows
+        ``st.rows``, or a max node's ``st.max_rows(selected)``.
     u : ndarray of float64, shape (n_cols,)
         Stacked input values.
     slope, bias_x, h, beta : ndarray of float64, shape (n_rows,)
         Activation slopes ``c``, local bias ``b^x``, output values, ``beta_n``.
+    g : ndarray of float64, shape (n_rows,), or None
+        ``df/dh_n``; None: no gradient messages.
     rule_code : int
         ``_core.RULE_SIGN``, ``_core.RULE_DEVIATION``, ``_core.RULE_SCORES`` (scores
         in ``ext``) or ``_core.RULE_WEIGHTS`` (weights in ``ext``).
@@ -160,24 +154,26 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     workspace : Workspace, optional
         Memory to reuse across calls.
     ext : ndarray of float64, shape (nnz,), optional
-        User scores or weights aligned with the CSR entries (``RULE_SCORES``,
-        ``RULE_WEIGHTS``).
+        User scores or weights by node-wide entry (``st.entry_start``).
     where : str
         Names the node in error messages.
 
     Returns
     -------
+    grad : ndarray, shape (n_cols,) or None
+        ``sum_p c[p] g[p] A[p, q]``, per stacked input element (None without ``g``).
     received : ndarray, shape (n_cols,)
         ``sum_p alpha[p, q] * beta[p]`` plus the fallbacks, per stacked input element.
     fallback : ndarray, shape (n_rows,)
         ``|beta[p]|`` for rows that took a fallback of SPEC 3.6, else 0.
     """
     n_rows, n_cols, nnz = st.n_rows, st.n_cols, st.nnz
-    _check_index(st.indices, st.indptr, nnz, n_rows)
-    _f64("data", data, nnz)
+    if not isinstance(rows, _core.NodeRows) or (rows.n_rows, rows.n_cols) != (n_rows, n_cols):
+        raise TypeError(f"{where}: rows must be the structure's NodeRows")
     _f64("u", u, n_cols)
     for name, a in (("slope", slope), ("bias_x", bias_x), ("h", h), ("beta", beta)):
         _f64(name, a, n_rows)
+    g = np.empty(0) if g is None else _f64("g", g, n_rows)
     if rule_code in (_core.RULE_SCORES, _core.RULE_WEIGHTS):
         _f64("ext", ext, nnz)
     elif rule_code in (_core.RULE_SIGN, _core.RULE_DEVIATION):
@@ -193,24 +189,31 @@ def distribute_node(st, data, u, slope, bias_x, h, beta, *, rule_code, temperatu
     reduce_threads = 1 if st.n_blocks * n_cols < PARALLEL_MIN_REDUCE else n_threads
     if n_cols == 0 and np.any(beta):
         raise ValueError(f"{where} has no inputs to pass its bias attribution to")
-    acc, scratch, where_, used = (workspace or Workspace()).get(
-        st.n_blocks, n_cols, st.max_row, st.indices.dtype)
+    acc_g, acc_b, w, scratch, cols, where_, used_g, used_b = (workspace or Workspace()).get(
+        st.n_blocks, n_cols, st.max_row)
     fallback = np.empty(n_rows)
-    status = _core.bbp_rows_memview(data, st.indices, st.indptr, u, slope, bias_x, h, beta,
-                                    ext, rule_code, temperature, acc, scratch, where_, used,
-                                    fallback, row_threads)
+    status = _core.rows_reverse_memview(rows, st.entry_start, u, slope, bias_x, h, g, beta,
+                                        ext, rule_code, temperature, acc_g, acc_b, cols, w,
+                                        scratch, where_, used_g, used_b, fallback,
+                                        row_threads)
     if status == _core.STATUS_NONFINITE:
         p = int(np.flatnonzero(np.isnan(fallback))[0])
         raise FloatingPointError(
             f"{where}, row {p}: the scores gave non-finite messages (beta {beta[p]!r}); "
             f"components or scores overflow float64")
     if status != _core.STATUS_OK:
-        raise ValueError(f"{where}: bbp_rows_memview failed: {status_message(status)}")
+        raise ValueError(f"{where}: rows_reverse_memview failed: {status_message(status)}")
+    grad = None
+    if g.size:
+        grad = np.empty(n_cols)
+        status = _core.bbp_reduce_memview(acc_g, used_g, 0.0, grad, reduce_threads)
+        if status != _core.STATUS_OK:
+            raise ValueError(f"{where}: bbp_reduce_memview failed: {status_message(status)}")
     spread = 0.0
     if st.empty_rows.size:
         spread = float(np.sum(beta[st.empty_rows])) / n_cols
     received = np.empty(n_cols)
-    status = _core.bbp_reduce_memview(acc, used, spread, received, reduce_threads)
+    status = _core.bbp_reduce_memview(acc_b, used_b, spread, received, reduce_threads)
     if status != _core.STATUS_OK:
         raise ValueError(f"{where}: bbp_reduce_memview failed: {status_message(status)}")
-    return received, fallback
+    return grad, received, fallback

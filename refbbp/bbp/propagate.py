@@ -15,10 +15,11 @@ import time
 
 import numpy as np
 
+from .. import _core
+from ..network.linearize import linearize, local_linear_model, target_vectors
 from . import reference
-from ..network.linearize import linearize
 from .attribution import Attribution, Layer
-from .kernels import Workspace, check_n_threads, distribute_node
+from .kernels import Workspace, check_n_threads, reverse_node
 from .rules import RowLayout, resolve_rule
 from .structure import node_structures
 
@@ -129,14 +130,26 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
     # is corrupt (structure.py, "Safety"; scipy's products would not check it).
     structures = node_structures(net)
     timings["prepare"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    lin = linearize(net, x, target)
-    timings["linearize"] = time.perf_counter() - t0
-    _check_finite(net, lin)
     if backend == "cython":
-        node_beta, node_beta_in, fallback = propagate_cython(
-            net, lin, rule_, temperature, n_threads, timings, structures)
+        # One reverse pass: the kernel computes every node's gradient and BBp messages
+        # from the same rows (SPEC 2 and 3).
+        t0 = time.perf_counter()
+        trace = net.trace(x)
+        v = target_vectors(trace.logits, target, net.n_outputs)
+        timings["forward"] = time.perf_counter() - t0
+        _check_finite_values(net, trace)
+        t0 = time.perf_counter()
+        grads, node_beta, node_beta_in, fallback = propagate_cython(
+            net, trace, v, rule_, temperature, n_threads, timings, structures)
+        lin = local_linear_model(net, trace, v, grads)
+        timings["propagate"] = time.perf_counter() - t0
     else:
+        t0 = time.perf_counter()
+        lin = linearize(net, x, target)
+        timings["forward"] = time.perf_counter() - t0
+        _check_finite_values(net, lin.trace)
+        for k, g in enumerate(lin.grads):
+            _check_finite_gradient(net, k, g)
         t0 = time.perf_counter()
         node_beta, node_beta_in, fallback = reference.propagate(net, lin, rule_, temperature)
         timings["propagate"] = time.perf_counter() - t0
@@ -145,12 +158,19 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
                    node_beta, node_beta_in, fallback, return_layers)
 
 
-def _check_finite(net, lin):
-    for k, (val, g) in enumerate(zip(lin.trace.values, lin.grads)):
-        if not (np.all(np.isfinite(val)) and np.all(np.isfinite(g))):
+def _check_finite_values(net, trace):
+    for k, val in enumerate(trace.values):
+        if not np.all(np.isfinite(val)):
             raise FloatingPointError(
-                f"node {k} ({net.nodes[k].name!r}): the forward or gradient pass overflowed "
-                f"float64; bias attribution is undefined")
+                f"node {k} ({net.nodes[k].name!r}): the forward pass overflowed float64; "
+                f"bias attribution is undefined")
+
+
+def _check_finite_gradient(net, k, g):
+    if not np.all(np.isfinite(g)):
+        raise FloatingPointError(
+            f"node {k} ({net.nodes[k].name!r}): the gradient pass overflowed float64; "
+            f"bias attribution is undefined")
 
 
 def _result(net, lin, rule, temperature, backend, n_threads, timings, node_beta,
@@ -182,37 +202,50 @@ def _result(net, lin, rule, temperature, backend, n_threads, timings, node_beta,
         node_beta_in=node_beta_in)
 
 
-def propagate_cython(net, lin, rule, temperature, n_threads, timings=None,
+def propagate_cython(net, trace, v, rule, temperature, n_threads, timings=None,
                      structures=None):
-    """BBp through the Cython kernel (same contract as ``refbbp.reference.propagate``).
+    """Gradients and BBp through the Cython kernel, in one reverse pass over the nodes:
+    at node ``n`` its gradient ``g_n`` and its ``beta_n^in`` are complete (every
+    consumer came first); one pass over its rows sends ``c g_n A`` and the BBp messages
+    to its inputs (the same contract as ``refbbp.bbp.reference.propagate``, which takes
+    the gradients of ``refbbp.linearize``).
 
     Parameters
     ----------
     net : Network
-    lin : LocalLinearModel
+    trace : Trace
+        The forward pass.
+    v : ndarray, shape (batch, n_outputs)
+        ``df/dlogits``.
     rule : Rule
     temperature : float
     n_threads : int
     timings : dict, optional
-        Receives "prepare" (added to) and "propagate" seconds.
+        Receives "nodes": seconds of each node's step.
     structures : list of NodeStructure or None, optional
         ``structure.node_structures(net)``, if the caller has them.
 
     Returns
     -------
+    grads : list of ndarray, shape (batch, node.size)
+        ``g_n = df/dh_n``.
     node_beta, node_beta_in : list of ndarray, shape (batch, node.size)
         Per node: the total ``beta_n`` and the received ``beta_n^in``.
     fallback : ndarray, shape (batch, n_nodes)
         Per input and node, the beta mass that took a fallback of SPEC 3.6.
+
+    Raises
+    ------
+    FloatingPointError
+        A gradient overflows float64 (naming the node), or a row's messages do.
     """
-    t0 = time.perf_counter()
-    nodes, trace, grads = net.nodes, lin.trace, lin.grads
+    nodes = net.nodes
     batch = trace.values[0].shape[0]
     if structures is None:
         structures = node_structures(net)
     workspace = Workspace()
-    t1 = time.perf_counter()
-
+    grads = [np.zeros((batch, node.size)) for node in nodes]
+    grads[net.output] += v
     node_beta_in = [np.zeros((batch, node.size)) for node in nodes]
     node_beta = [None] * len(nodes)
     fallback = np.zeros((batch, len(nodes)))
@@ -220,6 +253,7 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None,
     for k in range(len(nodes) - 1, -1, -1):
         t_node = time.perf_counter()
         node = nodes[k]
+        _check_finite_gradient(net, k, grads[k])
         # SPEC 3.1: own bias g_n * b^x_n (affine nodes; offsets d are part of b^x).
         # b^x = c * b + d, as Trace.local_bias computes it (same bits), reusing c and d.
         cd = trace.slopes_offsets(k)
@@ -235,38 +269,38 @@ def propagate_cython(net, lin, rule, temperature, n_threads, timings=None,
             node_beta[k] = node_beta_in[k].copy()
         if node.kind == "input":
             continue
-        if not np.any(node_beta[k]):
-            per_node[k] = time.perf_counter() - t_node
-            continue
         st = structures[k]
         for b in range(batch):
-            beta = node_beta[k][b]
-            if not np.any(beta):
+            beta, g = node_beta[k][b], grads[k][b]
+            has_beta, has_grad = bool(np.any(beta)), bool(np.any(g))
+            if not (has_beta or has_grad):
                 continue
             u = _stacked_inputs(trace, node, b)
             slope = np.ascontiguousarray(cd[0][b]) if cd is not None else np.ones(node.size)
-            data = st.max_data(trace.selected[k][b]) if node.kind == "max" else st.data
+            rows = st.max_rows(trace.selected[k][b]) if node.kind == "max" else st.rows
             h = np.ascontiguousarray(trace.values[k][b])
             bx = np.ascontiguousarray(bias_x[b])
             ext = None
-            if rule.func is not None:
-                layout, entries = layout_from_structure(net, k, st, data, u, slope, bx, h,
+            if rule.func is not None and has_beta:
+                layout, entries = layout_from_structure(net, k, st, rows, u, slope, bx, h,
                                                         beta)
                 ext = np.zeros(st.nnz)
                 ext[entries] = rule.evaluate(layout)
-            received, fb = distribute_node(
-                st, data, u, slope, bx, h, beta, rule_code=rule.code,
-                temperature=temperature, n_threads=n_threads, workspace=workspace, ext=ext,
-                where=f"node {k} ({node.name!r})")
+            code = rule.code if rule.func is None or has_beta else _core.RULE_SIGN
+            grad, received, fb = reverse_node(
+                st, rows, u, slope, bx, h, np.ascontiguousarray(g) if has_grad else None,
+                beta, rule_code=code, temperature=temperature, n_threads=n_threads,
+                workspace=workspace, ext=ext, where=f"node {k} ({node.name!r})")
             fallback[b, k] = float(np.sum(fb))
             for i, src in enumerate(node.inputs):
-                node_beta_in[src][b] += received[st.offsets[i]:st.offsets[i + 1]]
+                lo, hi = st.offsets[i], st.offsets[i + 1]
+                node_beta_in[src][b] += received[lo:hi]
+                if grad is not None:
+                    grads[src][b] += grad[lo:hi]
         per_node[k] = time.perf_counter() - t_node
     if timings is not None:
-        timings["prepare"] = timings.get("prepare", 0.0) + (t1 - t0)
-        timings["propagate"] = time.perf_counter() - t1
         timings["nodes"] = dict(sorted(per_node.items()))
-    return node_beta, node_beta_in, fallback
+    return grads, node_beta, node_beta_in, fallback
 
 
 def _stacked_inputs(trace, node, b):
@@ -276,27 +310,28 @@ def _stacked_inputs(trace, node, b):
     return np.concatenate([trace.values[i][b] for i in node.inputs])
 
 
-def layout_from_structure(net, k, st, data, u, slope, bias_x, h, beta):
-    """The :class:`RowLayout` of node ``k`` for one input, from its CSR structure
+def layout_from_structure(net, k, st, rows, u, slope, bias_x, h, beta):
+    """The :class:`RowLayout` of node ``k`` for one input, from its structure
     (vectorised; the reference builds the same layout row by row).
 
     Returns
     -------
     layout : RowLayout
     entries : ndarray of int64, shape (m,)
-        Position of each component among the CSR entries of ``st``.
+        Node-wide index of each component among the structure's entries.
     """
     node = net.nodes[k]
-    counts = np.diff(st.indptr)
+    cols, data = st.entries(rows)
+    counts = np.diff(st.entry_start)
     entry_row = np.repeat(np.arange(st.n_rows), counts)
     weight = slope[entry_row] * data
-    value = u[st.indices]
+    value = u[cols]
     kappa = weight * value
     entries = np.flatnonzero(kappa)
     row = entry_row[entries]
     indptr = np.zeros(st.n_rows + 1, np.int64)
     np.cumsum(np.bincount(row, minlength=st.n_rows), out=indptr[1:])
-    col = st.indices[entries].astype(np.int64)
+    col = cols[entries]
     inp = np.searchsorted(st.offsets, col, side="right") - 1
     layout = RowLayout(node=node, index=k, indptr=indptr, kappa=kappa[entries],
                        weight=weight[entries], value=value[entries], input=inp,

@@ -125,42 +125,48 @@ def index_dtype(nnz, n_cols, n_rows=0):
 
 @dataclass(eq=False)
 class NodeStructure:
-    """One node's local matrix over its stacked inputs, for the kernel.
+    """One node's local matrix over its stacked inputs, for the kernels.
 
-    Built by :func:`node_structure`, every array is read-only and owned by the structure
-    (``data`` excepted for a single-input dense layer: a read-only view of its matrix).
+    Built by :func:`node_structure` from read-only arrays it owns (the matrix of a
+    single-input dense layer excepted: read in place, through a read-only view).
 
     Attributes
     ----------
-    data : ndarray of float64, shape (nnz,)
-        Unscaled entries ``A[p, q]`` (affine nodes); ones for a max node.
-    indices : ndarray of int32 or int64, shape (nnz,)
-        Stacked column of each entry: input ``i``'s element ``q`` is ``offsets[i] + q``.
-    indptr : ndarray, shape (n_rows + 1,), the dtype of ``indices``
+    rows : refbbp._core.NodeRows
+        The row sources, one per input (CSR arrays, a dense matrix, or a window
+        matrix's kernel and sorted tables); a max node's is made per input by
+        :meth:`max_rows`.
+    entry_start : ndarray of int64, shape (n_rows + 1,)
+        Node-wide index of each row's first structural non-zero (user rules' scores are
+        aligned with these entries).
     offsets : ndarray of int64, shape (n_inputs + 1,)
         Where each input starts in the stacked columns; ``offsets[-1] = n_cols``.
     max_row : int
-        The largest number of entries in a row (the kernel's scratch row).
+        The largest number of entries in a row (the kernels' scratch rows).
     n_blocks : int
-        Row blocks of the kernel (:func:`n_blocks`).
+        Row blocks of the reverse pass (:func:`n_blocks`).
     empty_rows : ndarray of int64
         Rows with no structural non-zero (SPEC 3.6, second fallback).
-    entry_row : ndarray, shape (nnz,), the dtype of ``indices``, or None
-        Row of every entry (max nodes only: used to build their local data).
+    window : tuple of ndarray or None
+        A max node's window as CSR ``(indices, indptr)`` and the row of every entry.
+    parts : tuple
+        Per input, what its source reads: ``("csr", (data, indices, indptr))``,
+        ``("dense", (matrix,))`` or ``("window", (kernel, spos..., skoff...,
+        scount...))``; for a max node ``("max", window)`` (for inspection and tests).
     """
 
-    data: np.ndarray
-    indices: np.ndarray
-    indptr: np.ndarray
+    rows: object
+    entry_start: np.ndarray
     offsets: np.ndarray
     max_row: int
     n_blocks: int
     empty_rows: np.ndarray
-    entry_row: np.ndarray = None
+    window: tuple = None
+    parts: tuple = ()
 
     @property
     def n_rows(self):
-        return len(self.indptr) - 1
+        return len(self.entry_start) - 1
 
     @property
     def n_cols(self):
@@ -168,11 +174,7 @@ class NodeStructure:
 
     @property
     def nnz(self):
-        return len(self.indices)
-
-    @property
-    def nbytes(self):
-        return self.indices.nbytes + self.indptr.nbytes
+        return int(self.entry_start[-1])
 
     def max_data(self, selected):
         """Local data of a max node for one input: 1 at the first window entry holding
@@ -187,12 +189,28 @@ class NodeStructure:
         -------
         ndarray of float64, shape (nnz,)
         """
-        hit = np.flatnonzero(self.indices == selected[self.entry_row])
-        rows = self.entry_row[hit]
+        indices, _, entry_row = self.window
+        hit = np.flatnonzero(indices == selected[entry_row])
+        rows = entry_row[hit]
         first = hit[np.r_[True, rows[1:] != rows[:-1]]] if hit.size else hit
         data = np.zeros(self.nnz)
         data[first] = 1.0
         return data
+
+    def max_rows(self, selected):
+        """The row source of a max node for one input (its selection as data)."""
+        indices, indptr, _ = self.window
+        rows = _core.NodeRows(self.n_rows, self.n_cols, 1)
+        rows.add_csr(_frozen(self.max_data(selected)), indices, indptr, 0)
+        return rows
+
+    def entries(self, rows=None):
+        """Every structural non-zero, row after row: stacked columns and unscaled
+        weights, shape (nnz,) each (for user rules; memory O(nnz))."""
+        cols = np.empty(self.nnz, np.int64)
+        w = np.empty(self.nnz)
+        _core.emit_all(rows if rows is not None else self.rows, self.entry_start, cols, w)
+        return cols, w
 
 
 _CACHE = weakref.WeakKeyDictionary()   # node -> _Entry
@@ -352,51 +370,120 @@ def _check(indptr, indices, n_cols, where):
 def _build(node, sizes, where):
     """``(NodeStructure, sources)`` of a node, from copies of its matrices (checked)."""
     n_rows = node.size
+    offsets = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    n_cols = int(offsets[-1])
+    window = None
     if node.kind == "max":
-        window, source = _window(node, sizes, where)
-        valid = window >= 0
-        counts = valid.sum(1)
+        win, source = _window(node, sizes, where)
+        valid = win >= 0
+        counts = valid.sum(1).astype(np.int64)
         indptr = np.zeros(n_rows + 1, np.int64)
         np.cumsum(counts, out=indptr[1:])
-        indices = window[valid]                              # row-major: window order
-        _check(indptr, indices, sizes[0], f"{where}: window")  # before any cast
-        parts = [(np.ones(indices.size), indices, indptr)]
-        sources = [source]
+        indices = win[valid]                                 # row-major: window order
+        _check(indptr, indices, sizes[0], f"{where}: window")
+        dtype = index_dtype(indices.size, n_cols, n_rows)
+        window = (_frozen(indices.astype(dtype)), _frozen(indptr.astype(dtype)),
+                  _frozen(np.repeat(np.arange(n_rows, dtype=dtype), counts)))
+        rows, sources = None, (source,)
+        parts = (("max", window),)
     elif node.kind == "affine":
         if len(node.weights) != len(node.inputs):
             raise ValueError(f"{where}: {len(node.weights)} weight matrices for "
                              f"{len(node.inputs)} inputs")
-        parts, sources = [], []
-        for i, (w, n_cols) in enumerate(zip(node.weights, sizes)):
-            part, source = _part(w, (n_rows, n_cols), len(sizes) == 1,
-                                 f"{where}: weight {i}")
-            parts.append(part)
+        rows = _core.NodeRows(n_rows, n_cols, len(sizes))
+        counts = np.zeros(n_rows, np.int64)
+        sources, parts = [], []
+        for i, (w, size) in enumerate(zip(node.weights, sizes)):
+            part_counts, source, part = _add_source(rows, w, (n_rows, size), int(offsets[i]),
+                                                    len(sizes) == 1, f"{where}: weight {i}")
+            counts += part_counts
             sources.append(source)
+            parts.append(part)
+        sources, parts = tuple(sources), tuple(parts)
     else:
         raise ValueError(f"{where} of kind {node.kind!r} has no local matrix")
-    offsets = np.zeros(len(sizes) + 1, np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    n_cols = int(offsets[-1])
-    nnz = sum(p[0].size for p in parts)
-    dtype = index_dtype(nnz, n_cols, n_rows)
-    if len(parts) == 1:
-        data, indices, indptr = parts[0]
-        if indices is None:                                  # dense: every entry
-            indices, indptr = _dense_index(n_rows, n_cols, dtype)
-    else:
-        data, indices, indptr = _hstack(parts, offsets, n_rows)
-    data = _frozen(np.ascontiguousarray(data, np.float64))
-    indices = _frozen(np.ascontiguousarray(indices, dtype))
-    indptr = _frozen(np.ascontiguousarray(indptr, dtype))
-    _check(indptr, indices, n_cols, where)                   # what the kernel reads
-    counts = np.diff(indptr)
-    entry_row = None
-    if node.kind == "max":
-        entry_row = _frozen(np.repeat(np.arange(n_rows, dtype=dtype), counts))
+    entry_start = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(counts, out=entry_start[1:])
     structure = NodeStructure(
-        data, indices, indptr, _frozen(offsets), int(counts.max(initial=0)),
-        n_blocks(n_rows, n_cols, nnz), _frozen(np.flatnonzero(counts == 0)), entry_row)
-    return structure, tuple(sources)
+        rows, _frozen(entry_start), _frozen(offsets), int(counts.max(initial=0)),
+        n_blocks(n_rows, n_cols, int(entry_start[-1])), _frozen(np.flatnonzero(counts == 0)),
+        window, parts)
+    return structure, sources
+
+
+def _add_source(rows, w, shape, offset, in_place, where):
+    """Add one weight matrix to ``rows`` as a source starting at column ``offset``;
+    returns the number of entries of each row, the matrix's _Source and what the
+    source reads (``NodeStructure.parts``).
+
+    ``in_place``: a C-contiguous float64 dense matrix is read in place (no copy).
+    """
+    if _shape(w) != shape:
+        raise ValueError(f"{where} has shape {_shape(w)}, expected {shape} "
+                         f"(node size, input size)")
+    if isinstance(w, WindowMatrix):
+        copies = tuple(_owned_copy(a) for a in _arrays(w))
+        counts, arrays = _add_window(rows, w, copies, offset, where)
+        return counts, _Source(w, copies), ("window", arrays)
+    if sp.issparse(w):
+        copies = tuple(_owned_copy(a) for a in _arrays(w))
+        data, indices, indptr = _csr_part(*copies, shape, where)
+        dtype = index_dtype(indices.size, shape[1], shape[0])
+        data = _frozen(np.ascontiguousarray(data, np.float64))
+        indices = _frozen(np.ascontiguousarray(indices, dtype))
+        indptr = _frozen(np.ascontiguousarray(indptr, dtype))
+        rows.add_csr(data, indices, indptr, offset)
+        return np.diff(indptr).astype(np.int64), _Source(w, copies), ("csr", (data, indices,
+                                                                              indptr))
+    a = np.asarray(w)
+    _check_entries(a, where)
+    if in_place and a is w and _is_f64_c(a):
+        matrix, source = _frozen(a.view()), _Source(w, None)
+    else:
+        copy = _owned_copy(a)
+        matrix, source = _frozen(np.ascontiguousarray(copy, np.float64)), _Source(w, (copy,))
+    matrix = matrix.reshape(shape)
+    rows.add_dense(matrix, offset)
+    return np.full(shape[0], shape[1], np.int64), source, ("dense", (matrix,))
+
+
+def _add_window(rows, w, copies, offset, where):
+    """A window matrix's kernel and sorted tables as a source (from owned copies,
+    re-checked: its tables must stay inside its grid, its columns inside the input)."""
+    kernel, tables = copies[0], copies[1:1 + len(w.tables)]
+    row_scale = copies[-1] if w.row_scale is not None else None
+    n_axes = len(tables)
+    if n_axes > 3:
+        raise ValueError(f"{where}: window matrices of more than 3 spatial axes are "
+                         f"not supported by the kernel (got {n_axes})")
+    try:
+        wm = WindowMatrix(kernel, w.groups, tables, w.in_extent, w.strides, w.base,
+                          w.n_cols, row_scale)
+    except ValueError as exc:
+        raise ValueError(f"{where}: invalid window matrix: {exc}") from None
+    spos, skoff, scount = [], [], []
+    for a in range(n_axes):
+        order, count = wm._sorted_axis(a)
+        spos.append(_frozen(np.ascontiguousarray(np.take_along_axis(tables[a], order, 1))))
+        skoff.append(_frozen(np.ascontiguousarray(order, np.int64)))
+        scount.append(_frozen(np.ascontiguousarray(count, np.int64)))
+    one = _frozen(np.zeros((1, 1), np.int64))
+    for _ in range(n_axes, 3):                # pad to 3 axes with size-1 axes
+        spos.append(one)
+        skoff.append(one)
+        scount.append(_frozen(np.ones(1, np.int64)))
+    kdim = list(kernel.shape[2:]) + [1] * (3 - n_axes)
+    odim = list(wm.out_spatial) + [1] * (3 - n_axes)
+    strides = list(w.strides[1:]) + [0] * (3 - n_axes)
+    m = wm.out_channels
+    rows.add_window(_frozen(kernel.reshape(-1)), m // wm.groups, wm.group_channels, kdim,
+                    odim, spos, skoff, scount, w.base, w.strides[0], strides, row_scale,
+                    offset)
+    per_out = np.ones(1, np.int64)
+    for c in scount[:n_axes]:
+        per_out = np.multiply.outer(per_out, c).reshape(-1)
+    return np.tile(per_out * wm.group_channels, m), (kernel, *spos, *skoff, *scount)
 
 
 def _window(node, sizes, where):
@@ -408,32 +495,6 @@ def _window(node, sizes, where):
                          f"({node.size}, K), got {type(w).__name__} {_shape(w)}")
     copy = _owned_copy(w)
     return copy.astype(np.int64, copy=False), _Source(w, (copy,))
-
-
-def _part(w, shape, in_place, where):
-    """One weight matrix as CSR parts ``(data, indices, indptr)`` -- canonical and
-    checked; ``indices`` and ``indptr`` None for a dense matrix -- and its _Source.
-
-    ``in_place``: a C-contiguous float64 dense matrix is read in place (no copy).
-    """
-    if _shape(w) != shape:
-        raise ValueError(f"{where} has shape {_shape(w)}, expected {shape} "
-                         f"(node size, input size)")
-    if isinstance(w, WindowMatrix):
-        # For now the kernel reads a window matrix unrolled (to_csr owns its arrays).
-        csr = w.to_csr()
-        return (_csr_part(csr.data, csr.indices, csr.indptr, shape, where),
-                _Source(w, tuple(_owned_copy(a) for a in _arrays(w))))
-    if sp.issparse(w):
-        copies = tuple(_owned_copy(a) for a in _arrays(w))
-        return _csr_part(*copies, shape, where), _Source(w, copies)
-    a = np.asarray(w)
-    _check_entries(a, where)
-    if in_place and a is w and _is_f64_c(a):
-        return (_frozen(a.reshape(-1)), None, None), _Source(w, None)
-    copy = _owned_copy(a)
-    return (np.ascontiguousarray(copy, np.float64).reshape(-1), None, None), \
-        _Source(w, (copy,))
 
 
 def _check_entries(a, where):
@@ -464,34 +525,4 @@ def _csr_part(data, indices, indptr, shape, where):
                          copy=True)
         m.sum_duplicates()  # also sorts the indices
         data, indices, indptr = m.data, m.indices, m.indptr
-    return data, indices, indptr
-
-
-def _dense_index(n_rows, n_cols, dtype):
-    """``indices``, ``indptr`` of a dense (n_rows, n_cols) matrix, every entry stored."""
-    indices = np.tile(np.arange(n_cols, dtype=dtype), n_rows)
-    indptr = (np.arange(n_rows + 1, dtype=np.int64) * n_cols).astype(dtype)
-    return indices, indptr
-
-
-def _hstack(parts, offsets, n_rows):
-    """Stack CSR parts side by side, keeping explicit zeros (scipy's hstack may not)."""
-    parts = [(d, *_dense_index(n_rows, int(hi - lo), np.int64)) if ind is None
-             else (d, ind, ptr)
-             for (d, ind, ptr), lo, hi in zip(parts, offsets[:-1], offsets[1:])]
-    counts = [np.diff(p[2]) for p in parts]
-    total = np.sum(counts, axis=0)
-    indptr = np.zeros(n_rows + 1, np.int64)
-    np.cumsum(total, out=indptr[1:])
-    nnz = int(indptr[-1])
-    data = np.empty(nnz)
-    indices = np.empty(nnz, np.int64)
-    before = np.zeros(n_rows, np.int64)  # entries of earlier inputs in each row
-    for (d, ind, ptr), cnt, off in zip(parts, counts, offsets[:-1]):
-        rows = np.repeat(np.arange(n_rows), cnt)
-        within = np.arange(ind.size) - np.asarray(ptr, np.int64)[rows]
-        dest = indptr[rows] + before[rows] + within
-        data[dest] = d
-        indices[dest] = ind.astype(np.int64) + off
-        before += cnt
     return data, indices, indptr

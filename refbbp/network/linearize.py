@@ -17,7 +17,7 @@ from ..errors import InputShapeError
 from ..tolerance import relative_error
 from .trace import Trace, matmul_rows
 
-__all__ = ["LocalLinearModel", "linearize", "target_vectors"]
+__all__ = ["LocalLinearModel", "linearize", "local_linear_model", "reverse", "target_vectors"]
 
 
 @dataclass(eq=False)
@@ -165,7 +165,13 @@ def linearize(network, x, target=None):
     """
     trace = network.trace(x)
     v = target_vectors(trace.logits, target, network.n_outputs)
-    grads = reverse(network, trace, v)
+    return local_linear_model(network, trace, v, reverse(network, trace, v))
+
+
+def local_linear_model(network, trace, v, grads):
+    """The :class:`LocalLinearModel` of a forward ``trace`` and the gradients ``grads``
+    of ``f = v . logits`` (from :func:`reverse`, or the BBp kernel's fused pass):
+    ``b^x = sum_n g_n . b^x_n`` is accumulated here."""
     bias_x = np.zeros(v.shape[0])
     for n in range(1, len(network.nodes)):
         if network.nodes[n].kind == "affine":

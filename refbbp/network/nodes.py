@@ -112,9 +112,7 @@ class Node:
     def nbytes(self):
         if self.kind == "max":
             return self.window.nbytes
-        extra = 0 if self.activation is None else (
-            self.activation.breaks.nbytes + self.activation.slopes.nbytes
-            + self.activation.offsets.nbytes)
+        extra = 0 if self.activation is None else self.activation.nbytes
         return sum(matrix_nbytes(w) for w in self.weights) + self.bias.nbytes + extra
 
     def describe_storage(self):

@@ -47,21 +47,34 @@ class PiecewiseLinear:
 
     @classmethod
     def uniform(cls, name, size, breaks, slopes, offsets):
-        """One activation shared by all ``size`` elements (slopes may be per element)."""
-        slopes = np.broadcast_to(np.asarray(slopes, np.float64), (size, len(breaks) + 1))
-        offsets = np.broadcast_to(np.asarray(offsets, np.float64), (size, len(breaks) + 1))
-        breaks = np.broadcast_to(np.asarray(breaks, np.float64), (size, len(breaks)))
-        return cls(name, breaks.copy(), slopes.copy(), offsets.copy())
+        """One activation shared by all ``size`` elements (slopes may be per element).
+
+        What is the same for every element is stored once: the arrays are read-only
+        broadcast views (a ReLU over a million elements takes a few bytes, not 40 MB).
+        """
+        def shared(a, k):
+            a = np.array(a, np.float64)          # an owned copy, however small
+            a.flags.writeable = False
+            return np.broadcast_to(a, (size, k))
+
+        return cls(name, shared(breaks, len(breaks)), shared(slopes, len(breaks) + 1),
+                   shared(offsets, len(breaks) + 1))
 
     @property
     def size(self):
         return self.slopes.shape[0]
 
+    @property
+    def nbytes(self):
+        """Bytes the activation stores (a broadcast array counts once)."""
+        return sum(_stored_bytes(a) for a in (self.breaks, self.slopes, self.offsets))
+
     def permuted(self, order):
-        """The activation with its elements reordered: element ``j`` becomes ``order[j]``."""
+        """The activation with its elements reordered: element ``j`` becomes ``order[j]``
+        (arrays that are the same for every element stay as they are)."""
         return PiecewiseLinear(
-            self.name, self.breaks[order], self.slopes[order], self.offsets[order]
-        )
+            self.name, *(a if a.strides[0] == 0 else a[order]
+                         for a in (self.breaks, self.slopes, self.offsets)))
 
     def pieces(self, y):
         """Index of the piece each pre-activation value falls in.
@@ -84,3 +97,12 @@ class PiecewiseLinear:
         """Slopes ``c`` and offsets ``d`` of the given pieces, each shaped like ``pieces``."""
         cols = np.arange(self.size)
         return self.slopes[cols, pieces], self.offsets[cols, pieces]
+
+
+def _stored_bytes(a):
+    """Bytes an array's elements occupy in memory: axes of stride 0 (broadcast) once."""
+    n = 1
+    for size, stride in zip(a.shape, a.strides):
+        if stride != 0:
+            n *= size
+    return n * a.itemsize

@@ -19,16 +19,22 @@ from .registry import converter
 __all__ = ["kron_eye", "matmul_shape"]
 
 
-def kron_eye(w, left, right):
-    """``I_left (x) w (x) I_right`` for a dense ``w`` (m, k).
+def kron_eye(w, left, right, scale=1.0):
+    """``I_left (x) (scale * w) (x) I_right`` for a dense ``w`` (m, k), in float64.
 
-    Dense when ``left == right == 1``; otherwise CSR keeping zeros of ``w`` as entries
-    (a layer's structural non-zeros are its receptive field, SPEC section 3.6).
+    Dense when ``left == right == 1`` (one C-contiguous float64 copy of ``w``, however
+    ``w`` is typed or laid out, scaled in place); otherwise CSR keeping zeros of ``w``
+    as entries (a layer's structural non-zeros are its receptive field, SPEC 3.6).
     """
-    w = np.asarray(w, np.float64)
-    m, k = w.shape
     if left == right == 1:
-        return w.copy()
+        out = np.array(w, dtype=np.float64, order="C", copy=True)
+        if scale != 1.0:
+            out *= scale
+        return out
+    w = np.asarray(w, np.float64)
+    if scale != 1.0:
+        w = scale * w
+    m, k = w.shape
     # Row (l, i, j) holds entries (l, kk, j) for every kk, valued w[i, kk].
     cols = (np.arange(left)[:, None, None, None] * (k * right)
             + np.arange(k)[None, None, None, :] * right
@@ -57,10 +63,11 @@ def matmul_shape(a_shape, c_shape):
             + ((c2[-1],) if len(c_shape) > 1 else ()))
 
 
-def matmul_constant(b, node, x, w, var_left, bias=0.0):
-    """``x @ w`` (``var_left``) or ``w @ x`` for an input-dependent ``x`` and a constant
-    ``w``, with NumPy's matmul semantics (1-D operands promoted)."""
-    w = np.asarray(w, np.float64)
+def matmul_constant(b, node, x, w, var_left, bias=0.0, scale=1.0):
+    """``x @ (scale * w)`` (``var_left``) or ``(scale * w) @ x`` for an input-dependent
+    ``x`` and a constant ``w`` (any float type: converted to float64 once, in
+    :func:`kron_eye`), with NumPy's matmul semantics (1-D operands promoted)."""
+    w = np.asarray(w)
     if w.ndim > 2:
         raise node.unsupported(f"a constant operand with batch dimensions {w.shape}")
     a_shape = x.shape if var_left else w.shape
@@ -71,13 +78,13 @@ def matmul_constant(b, node, x, w, var_left, bias=0.0):
     if var_left:
         w2 = w if w.ndim == 2 else w[:, None]
         lead = x.size // w2.shape[0]              # all rows of x: L * M
-        mat = kron_eye(w2.T, lead, 1)              # (lead * N, lead * K)
+        mat = kron_eye(w2.T, lead, 1, scale)       # (lead * N, lead * K)
     else:
         w2 = w if w.ndim == 2 else w[None, :]
         xs = x.shape if len(x.shape) >= 2 else x.shape + (1,)
         n = xs[-1]
         lead = x.size // (xs[-2] * n)
-        mat = kron_eye(w2, lead, n)                # (lead * M * N, lead * K * N)
+        mat = kron_eye(w2, lead, n, scale)         # (lead * M * N, lead * K * N)
     bias = np.broadcast_to(np.asarray(bias, np.float64), out_shape).ravel()
     return b.affine([(x, mat)], bias, out_shape, node.op_type, node.name, foldable=True)
 
@@ -108,5 +115,5 @@ def convert_gemm(b, node, ins):
         bb = transpose(bb, (1, 0)) if isinstance(bb, Var) else np.asarray(bb).T
     bias = beta * np.asarray(c, np.float64)
     if isinstance(a, Var):
-        return [matmul_constant(b, node, a, alpha * np.asarray(bb, np.float64), True, bias)]
-    return [matmul_constant(b, node, bb, alpha * np.asarray(a, np.float64), False, bias)]
+        return [matmul_constant(b, node, a, bb, True, bias, scale=alpha)]
+    return [matmul_constant(b, node, bb, a, False, bias, scale=alpha)]

@@ -75,7 +75,8 @@ def test_result_fields_one_input(net, x):
     assert att.layers is None
     assert att.rule == "sign" and att.temperature == 1.0 and att.backend == "cython"
     assert att.n_threads >= 1
-    assert set(att.timings) == {"linearize", "prepare", "propagate", "nodes"}
+    # forward pass; one reverse pass (gradients and BBp); per-node steps
+    assert set(att.timings) == {"forward", "prepare", "propagate", "nodes"}
     assert set(att.timings["nodes"]) == set(range(1, len(net.nodes)))  # not the input
     assert_allclose(att.grad_input.sum() + att.beta.sum(), att.value, rtol=1e-12)
 

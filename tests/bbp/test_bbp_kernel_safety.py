@@ -183,15 +183,18 @@ def test_structure_owns_read_only_arrays(net):
     layer's data is a read-only view of the matrix (read in place)."""
     k = _csr_node(net)
     st, w = node_structure(net, k), net.nodes[k].weights[0]
-    for a, user in ((st.data, w.data), (st.indices, w.indices), (st.indptr, w.indptr)):
+    kind, (data, indices, indptr) = st.parts[0]
+    assert kind == "csr"
+    for a, user in ((data, w.data), (indices, w.indices), (indptr, w.indptr)):
         assert not a.flags.writeable and not np.shares_memory(a, user)
     with pytest.raises(ValueError, match="read-only"):
-        st.indices[0] = 10**9
+        indices[0] = 10**9
     d = _dense_node(net)
     st, w = node_structure(net, d), net.nodes[d].weights[0]
-    assert np.shares_memory(st.data, w) and not st.data.flags.writeable
+    kind, (matrix,) = st.parts[0]
+    assert kind == "dense" and np.shares_memory(matrix, w) and not matrix.flags.writeable
     assert w.flags.writeable                        # the user's matrix is untouched
-    assert not (st.indices.flags.writeable or st.indptr.flags.writeable)
+    assert not (st.entry_start.flags.writeable or st.offsets.flags.writeable)
 
 
 def test_structure_cache_notices_edits_in_place(net):
@@ -204,7 +207,7 @@ def test_structure_cache_notices_edits_in_place(net):
     node.weights_t                                  # noqa: B018 -- cache the transposes
     node.weights[0].data[0] += 1.0
     b = node_structure(net, k)
-    assert b is not a and b.data[0] == node.weights[0].data[0]
+    assert b is not a and b.parts[0][1][0][0] == node.weights[0].data[0]
     assert "weights_t" not in node.__dict__
     assert node_structure(net, k) is b
 
@@ -243,7 +246,8 @@ def test_int64_indices_give_the_same_bits(monkeypatch, model, rule):
     monkeypatch.setattr(structure, "INDEX32_LIMIT", 0)
     net64 = M.load(MODELS[model]())
     got = refbbp.bbp(net64, x, rule=rule, n_threads=2)
-    widths = {node_structure(net64, k).indices.dtype for k in range(1, len(net64.nodes))}
+    widths = {arrays[1].dtype for k in range(1, len(net64.nodes))
+              for kind, arrays in node_structure(net64, k).parts if kind in ("csr", "max")}
     assert widths == {np.dtype(np.int64)}
     assert all(np.array_equal(a, b) for a, b in zip(want.node_beta, got.node_beta))
     assert np.array_equal(want.fallback, got.fallback)
