@@ -218,6 +218,7 @@ cdef class NodeRows:
 
     cdef Source* src
     cdef int n_src
+    cdef int cap
     cdef list keep
     cdef readonly int64_t n_rows
     cdef readonly int64_t n_cols
@@ -229,6 +230,7 @@ cdef class NodeRows:
         if self.src == NULL:
             raise MemoryError()
         self.n_src = 0
+        self.cap = n_sources
         self.keep = []
         self.n_rows = n_rows
         self.n_cols = n_cols
@@ -237,6 +239,8 @@ cdef class NodeRows:
         free(self.src)
 
     cdef Source* _next(self, int64_t col_offset) except NULL:
+        if self.n_src >= self.cap:
+            raise ValueError(f"NodeRows was made for {self.cap} sources; cannot add another")
         cdef Source* s = &self.src[self.n_src]
         memset(s, 0, sizeof(Source))
         s.col_offset = col_offset
@@ -268,6 +272,10 @@ cdef class NodeRows:
         input), same length as before."""
         if not 0 <= index < self.n_src or self.src[index].kind != SRC_CSR:
             raise ValueError(f"source {index} is not a CSR source")
+        cdef Source* s = &self.src[index]
+        cdef int64_t nnz = s.ptr64[self.n_rows] if s.index64 else s.ptr32[self.n_rows]
+        if data.shape[0] != nnz:
+            raise ValueError(f"source {index} has {nnz} entries, got {data.shape[0]} values")
         self.src[index].data = &data[0] if data.shape[0] > 0 else NULL
         self.keep.append(data)
 
@@ -392,7 +400,7 @@ def emit_row(NodeRows rows, Py_ssize_t p):
     """Row ``p`` as the kernels see it: ``(columns, weights)`` (for tests)."""
     if not 0 <= p < rows.n_rows:
         raise IndexError(f"row {p} outside [0, {rows.n_rows})")
-    cdef Py_ssize_t cap = max(_row_length(rows, p), 1)
+    cdef Py_ssize_t cap = max(_row_length(rows.src, rows.n_src, p), 1)
     cdef int64_t[::1] cols = np.empty(cap, np.int64)
     cdef float64_t[::1] w = np.empty(cap, np.float64)
     cdef Py_ssize_t n = _emit(rows.src, rows.n_src, p, &cols[0], &w[0])
@@ -407,9 +415,10 @@ def emit_all(NodeRows rows, const int64_t[::1] entry_start, int64_t[::1] cols,
     cdef Py_ssize_t p
     cdef int64_t* cp
     cdef float64_t* wp
-    if (entry_start.shape[0] != rows.n_rows + 1 or cols.shape[0] != entry_start[rows.n_rows]
-            or w.shape[0] != cols.shape[0]):
-        raise ValueError("emit_all: array sizes do not fit the rows")
+    if (entry_start.shape[0] != rows.n_rows + 1
+            or not _check_entry_start(rows.src, rows.n_src, rows.n_rows, entry_start)
+            or cols.shape[0] != entry_start[rows.n_rows] or w.shape[0] != cols.shape[0]):
+        raise ValueError("emit_all: entry_start or the array sizes do not fit the rows")
     if cols.shape[0] == 0:
         return None
     cp, wp = &cols[0], &w[0]
@@ -419,20 +428,40 @@ def emit_all(NodeRows rows, const int64_t[::1] entry_start, int64_t[::1] cols,
     return None
 
 
-cdef Py_ssize_t _row_length(NodeRows rows, Py_ssize_t p):
-    """Entries of row ``p`` (an upper bound for the scratch of emit_row)."""
+cdef Py_ssize_t _row_length(const Source* srcs, int n_src, Py_ssize_t p) noexcept nogil:
+    """The number of entries _emit lists for row ``p`` (exact; O(number of sources))."""
     cdef Py_ssize_t total = 0
     cdef int si
     cdef const Source* s
-    for si in range(rows.n_src):
-        s = &rows.src[si]
+    cdef int64_t m, o, o0, o1, o2
+    for si in range(n_src):
+        s = &srcs[si]
         if s.kind == SRC_CSR:
             total += (s.ptr64[p + 1] - s.ptr64[p]) if s.index64 else (s.ptr32[p + 1] - s.ptr32[p])
         elif s.kind == SRC_DENSE:
             total += s.width
         else:
-            total += s.cg * s.kdim[0] * s.kdim[1] * s.kdim[2]
+            m = p // s.n_out
+            o = p - m * s.n_out
+            o2 = o % s.odim[2]
+            o = o // s.odim[2]
+            o1 = o % s.odim[1]
+            o0 = o // s.odim[1]
+            total += s.cg * s.scount[0][o0] * s.scount[1][o1] * s.scount[2][o2]
     return total
+
+
+cdef int _check_entry_start(const Source* srcs, int n_src, int64_t n_rows,
+                            const int64_t[::1] entry_start) noexcept nogil:
+    """Whether ``entry_start`` (n_rows + 1) is the rows' own: starts at 0 and steps by
+    every row's exact length (O(n_rows)); the workspaces are sized from it."""
+    cdef Py_ssize_t r
+    if entry_start.shape[0] != n_rows + 1 or entry_start[0] != 0:
+        return 0
+    for r in range(n_rows):
+        if entry_start[r + 1] - entry_start[r] != _row_length(srcs, n_src, r):
+            return 0
+    return 1
 
 
 # -------------------------------------------------------------------- pass 1
@@ -441,11 +470,12 @@ cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, const floa
                      const float64_t* bias_x, const float64_t* h, double b,
                      const float64_t* ext, int rule, double temperature,
                      float64_t* scratch, int64_t* where, float64_t* acc,
-                     float64_t* fallback) noexcept nogil:
+                     float64_t* fallback, double gy, float64_t* acc_g) noexcept nogil:
     """Add the BBp messages of row ``p`` (``b = beta[p] != 0``; ``n >= 1`` emitted
     entries ``cols``/``w``; ``entry0`` the node-wide index of its first entry, for
     ``ext``) into ``acc``; returns 1 if they are not finite (and sets fallback[p] =
-    NaN), else 0.
+    NaN), else 0. With ``gy != 0`` the row's gradient messages ``gy * w`` go into
+    ``acc_g`` in the same first loop over the entries.
 
     The row's non-zero components are compacted into ``scratch`` (their values: first
     kappa, then the unnormalised softmax terms) and ``where`` (their positions in the
@@ -457,14 +487,25 @@ cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, const floa
     cdef double uq, k, s, m, e, total, sgn, target, ratio
     # SPEC 3.2: kappa[p, j] = A^x[p, q] * u[q] = (c[p] * A[p, q]) * u[q]; only non-zero
     # components take part (zero inputs are skipped before any multiplication).
-    for j in range(n):
-        uq = u[cols[j]]
-        if uq != 0.0:
-            k = (c * w[j]) * uq
-            if k != 0.0:
-                scratch[nz] = k
-                where[nz] = j
-                nz += 1
+    if gy != 0.0:
+        for j in range(n):
+            acc_g[cols[j]] += gy * w[j]            # SPEC 2: g_u += (A^x)^T g_h
+            uq = u[cols[j]]
+            if uq != 0.0:
+                k = (c * w[j]) * uq
+                if k != 0.0:
+                    scratch[nz] = k
+                    where[nz] = j
+                    nz += 1
+    else:
+        for j in range(n):
+            uq = u[cols[j]]
+            if uq != 0.0:
+                k = (c * w[j]) * uq
+                if k != 0.0:
+                    scratch[nz] = k
+                    where[nz] = j
+                    nz += 1
     if nz == 0:                       # SPEC 3.6: uniform over the unscaled row
         e = b / n
         for j in range(n):
@@ -617,6 +658,8 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
             or where.shape[0] != n_blocks or used_g.shape[0] != n_blocks
             or used_b.shape[0] != n_blocks):
         return STATUS_SHAPE
+    if not _check_entry_start(srcs, n_src, n_rows, entry_start):
+        return STATUS_SHAPE
     for r in range(n_rows):
         if entry_start[r + 1] - entry_start[r] > longest:
             longest = entry_start[r + 1] - entry_start[r]
@@ -651,21 +694,23 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
                 if b != 0.0:                 # SPEC 3.6, no structural non-zero: the
                     fallback[p] = fabs(b)    # caller spreads it over every input
                 continue
+            ag = NULL
             if gy != 0.0:                    # SPEC 2: g_u += (A^x)^T g_h
                 if used_g[kb] == 0:
                     memset(&acc_g[kb, 0], 0, n_cols * sizeof(float64_t))
                     used_g[kb] = 1
                 ag = &acc_g[kb, 0]
-                for j in range(n):
-                    ag[cols[kb, j]] += gy * w[kb, j]
-            if b != 0.0:
+            if b != 0.0:                     # the gradient goes in _row's first loop
                 if used_b[kb] == 0:
                     memset(&acc_b[kb, 0], 0, n_cols * sizeof(float64_t))
                     used_b[kb] = 1
                 ab = &acc_b[kb, 0]
                 bad += _row(p, n, &cols[kb, 0], &w[kb, 0], entry_start[p], &u[0],
                             slope[p], &bias_x[0], &h[0], b, ext_ptr, rule, temperature,
-                            &scratch[kb, 0], &where[kb, 0], ab, &fallback[0])
+                            &scratch[kb, 0], &where[kb, 0], ab, &fallback[0], gy, ag)
+            elif gy != 0.0:
+                for j in range(n):
+                    ag[cols[kb, j]] += gy * w[kb, j]
     return STATUS_NONFINITE if bad else STATUS_OK
 
 
@@ -693,11 +738,17 @@ cdef int _rows_forward(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
                        float64_t[::1] y, int64_t[:, ::1] cols, float64_t[:, ::1] w,
                        int n_threads) noexcept nogil:
     cdef Py_ssize_t n_blocks = cols.shape[0]
-    cdef Py_ssize_t kb, p, lo, hi, j, n
+    cdef Py_ssize_t kb, p, lo, hi, j, n, longest = 0
     cdef int si, threads
     cdef double acc, part
     if (u.shape[0] != n_cols or bias.shape[0] != n_rows or y.shape[0] != n_rows
             or n_blocks < 1 or w.shape[0] != n_blocks):
+        return STATUS_SHAPE
+    for p in range(n_rows):
+        n = _row_length(srcs, n_src, p)
+        if n > longest:
+            longest = n
+    if cols.shape[1] < longest or w.shape[1] < longest or (longest > 0 and n_cols == 0):
         return STATUS_SHAPE
     if n_threads < 1:
         return STATUS_THREADS

@@ -1,10 +1,19 @@
-"""The Cython kernels of refbbp/_core.pyx, called through their ``*_memview`` entry
-points (STYLE 7, 12), against a replicated reference in dense-matrix form (STYLE 11).
+"""The Cython kernels of refbbp/_core.pyx on CSR row sources, called through their
+``*_memview`` entry points and the wrapper ``kernels.reverse_node`` (STYLE 7, 12),
+against a replicated reference in dense-matrix form (STYLE 11).
 
 The replicated reference (:func:`dense_bbp_node`) follows SPEC 3.2-3.6 with whole
 matrices: components ``K = diag(c) A * u``, a score matrix, a masked row softmax, the
 message matrix ``alpha * beta[:, None]`` and its column sums. It shares no code with the
 kernel nor with refbbp/bbp/reference.py.
+
+Here a node is one scipy CSR matrix made into a one-source ``_core.NodeRows``
+(:func:`structure_of`): the BBp messages of ``rows_reverse_memview`` against the
+reference for every rule and temperature, int32 against int64 indices and 1 against
+several threads (bitwise), the block accumulators of the entry point alone, its status
+table, the reduction, the CSR checker and the wrapper's validation. The other row
+sources (dense, window, several inputs), the gradient messages and the forward pass
+are tested in tests/bbp/test_bbp_row_sources.py, with the same reference.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
 
 from refbbp import _core
-from refbbp.bbp.kernels import STATUS_MESSAGES, check_n_threads, distribute_node
+from refbbp.bbp.kernels import STATUS_MESSAGES, check_n_threads, reverse_node
 from refbbp.bbp.structure import NodeStructure, n_blocks
 
 RULES = {"sign": _core.RULE_SIGN, "deviation": _core.RULE_DEVIATION,
@@ -62,12 +71,20 @@ def random_node(rng, n_rows=40, n_cols=30, density=0.3, empty_rows=2, zero_input
                 scores=scores, weights=weights)
 
 
+def csr_rows(a, index_type=np.int32):
+    """A one-source NodeRows reading the CSR matrix ``a`` (indices of ``index_type``)."""
+    rows = _core.NodeRows(a.shape[0], a.shape[1], 1)
+    rows.add_csr(np.ascontiguousarray(a.data, np.float64), a.indices.astype(index_type),
+                 a.indptr.astype(index_type), 0)
+    return rows
+
+
 def structure_of(a, blocks=None, index_type=np.int32):
     """A NodeStructure for a CSR matrix (one input), with indices of ``index_type``."""
     counts = np.diff(a.indptr)
     k = n_blocks(*a.shape, a.nnz) if blocks is None else blocks
-    return NodeStructure(a.data, a.indices.astype(index_type), a.indptr.astype(index_type),
-                         np.array([0, a.shape[1]]), int(counts.max(initial=0)), k,
+    return NodeStructure(csr_rows(a, index_type), a.indptr.astype(np.int64),
+                         np.array([0, a.shape[1]], np.int64), int(counts.max(initial=0)), k,
                          np.flatnonzero(counts == 0))
 
 
@@ -113,11 +130,14 @@ def dense_bbp_node(a, u, slope, bias_x, h, beta, rule, temperature, ext=None):
 
 def run_kernel(node, rule, temperature, n_threads=1, blocks=None, index_type=np.int32):
     a = node["a"]
+    """reverse_node without a gradient: (received, fallback)."""
     ext = {"scores": node["scores"], "weights": node["weights"]}.get(rule)
-    return distribute_node(structure_of(a, blocks, index_type), a.data, node["u"],
-                           node["slope"],
-                           node["bias_x"], node["h"], node["beta"], rule_code=RULES[rule],
-                           temperature=temperature, n_threads=n_threads, ext=ext)
+    st = structure_of(a, blocks, index_type)
+    grad, received, fallback = reverse_node(
+        st, st.rows, node["u"], node["slope"], node["bias_x"], node["h"], None, node["beta"],
+        rule_code=RULES[rule], temperature=temperature, n_threads=n_threads, ext=ext)
+    assert grad is None
+    return received, fallback
 
 
 # ---------------------------------------------------------------------- tests
@@ -160,19 +180,36 @@ def test_kernel_threads_bitwise(rng, rule):
         assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
 
 
+def reverse_workspace(rows, entry_start, u, slope, bias_x, h, beta, rule=_core.RULE_SIGN,
+                      temperature=1.0, ext=None, blocks=1, n_threads=1, g=None):
+    """Call ``rows_reverse_memview`` on fresh workspace (accumulators NaN, flags 7):
+    returns (status, acc_g, acc_b, used_g, used_b, fallback)."""
+    n_cols = rows.n_cols
+    longest = max(1, int(np.diff(entry_start).max(initial=0)))
+    acc_g = np.full((blocks, n_cols), np.nan)
+    acc_b = np.full((blocks, n_cols), np.nan)
+    cols = np.empty((blocks, longest), np.int64)
+    w = np.empty((blocks, longest))
+    scratch = np.empty((blocks, longest))
+    where = np.empty((blocks, longest), np.int64)
+    used_g = np.full(blocks, 7, np.uint8)
+    used_b = np.full(blocks, 7, np.uint8)
+    fb = np.full(rows.n_rows, np.nan)
+    status = _core.rows_reverse_memview(
+        rows, entry_start, u, slope, bias_x, h, np.empty(0) if g is None else g, beta,
+        np.empty(0) if ext is None else ext, rule, temperature, acc_g, acc_b, cols, w,
+        scratch, where, used_g, used_b, fb, n_threads)
+    return status, acc_g, acc_b, used_g, used_b, fb
+
+
 def rows_memview(a, u, slope, bias_x, h, beta, rule=_core.RULE_SIGN, temperature=1.0,
                  ext=None, blocks=1, n_threads=1):
-    """Call pass 1 on fresh workspace; returns (status, acc, used, fallback)."""
-    acc = np.full((blocks, a.shape[1]), np.nan)
-    longest = max(1, np.diff(a.indptr).max(initial=0))
-    scratch = np.empty((blocks, longest))
-    where = np.empty((blocks, longest), a.indices.dtype)
-    used = np.full(blocks, 7, np.uint8)
-    fb = np.full(a.shape[0], np.nan)
-    status = _core.bbp_rows_memview(a.data, a.indices, a.indptr, u, slope, bias_x, h, beta,
-                                    np.empty(0) if ext is None else ext, rule, temperature,
-                                    acc, scratch, where, used, fb, n_threads)
-    return status, acc, used, fb
+    """The reverse pass of the CSR matrix ``a`` alone, without gradient, on fresh
+    workspace; returns (status, acc_b, used_b, fallback)."""
+    status, _, acc_b, _, used_b, fb = reverse_workspace(
+        csr_rows(a), a.indptr.astype(np.int64), u, slope, bias_x, h, beta, rule,
+        temperature, ext, blocks, n_threads)
+    return status, acc_b, used_b, fb
 
 
 def test_rows_memview_blocks_hold_their_rows_messages(rng):
@@ -219,46 +256,69 @@ def test_rows_memview_nonfinite_flags_row():
 
 
 def _args(**over):
+    """Arguments of rows_reverse_memview for the CSR matrix [[1, 2], [0, 3]] (rows of 2
+    and 1 entries), in 2 blocks, with workspace rows of exactly the longest row."""
     a = sp.csr_array(np.array([[1.0, 2.0], [0.0, 3.0]]))
-    args = dict(data=a.data, indices=a.indices, indptr=a.indptr, u=np.ones(2),
-                slope=np.ones(2), bias_x=np.ones(2), h=np.ones(2), beta=np.ones(2),
-                ext=np.empty(0), rule=_core.RULE_SIGN, temperature=1.0,
-                acc=np.empty((2, 2)),
-                scratch=np.empty((2, 2)), where=np.empty((2, 2), np.int32),
-                used=np.empty(2, np.uint8), fallback=np.empty(2), n_threads=1)
+    args = dict(rows=csr_rows(a), entry_start=a.indptr.astype(np.int64), u=np.ones(2),
+                slope=np.ones(2), bias_x=np.ones(2), h=np.ones(2), g=np.empty(0),
+                beta=np.ones(2), ext=np.empty(0), rule=_core.RULE_SIGN, temperature=1.0,
+                acc_g=np.empty((2, 2)), acc_b=np.empty((2, 2)),
+                cols=np.empty((2, 2), np.int64), w=np.empty((2, 2)),
+                scratch=np.empty((2, 2)), where=np.empty((2, 2), np.int64),
+                used_g=np.empty(2, np.uint8), used_b=np.empty(2, np.uint8),
+                fallback=np.empty(2), n_threads=1)
     args.update(over)
     return args
 
 
+# CSR structures (indptr start, decreasing indptr, nnz, data shorter than indices) no
+# longer reach this entry point: check_csr_memview (tested below) checks them before a
+# NodeRows is built. What it checks is the shapes of everything else.
 @pytest.mark.parametrize("over, status", [
     ({}, _core.STATUS_OK),
-    ({"data": np.ones(2)}, _core.STATUS_SHAPE),             # data shorter than indices
+    ({"g": np.ones(2)}, _core.STATUS_OK),                   # with gradient messages
+    ({"entry_start": np.array([0, 2], np.int64)}, _core.STATUS_SHAPE),  # one per row + 1
+    ({"u": np.ones(3)}, _core.STATUS_SHAPE),                # one input per column
     ({"beta": np.ones(3)}, _core.STATUS_SHAPE),             # one beta per row
+    ({"slope": np.ones(1)}, _core.STATUS_SHAPE),            # one slope per row
     ({"fallback": np.empty(1)}, _core.STATUS_SHAPE),        # one fallback per row
-    ({"acc": np.empty((2, 3))}, _core.STATUS_SHAPE),        # one accumulator per column
-    ({"acc": np.empty((0, 2))}, _core.STATUS_SHAPE),        # no block at all
+    ({"g": np.ones(3)}, _core.STATUS_SHAPE),                # g: one per row, or none
+    ({"g": np.ones(1)}, _core.STATUS_SHAPE),                # (1 is neither)
+    ({"acc_b": np.empty((2, 3))}, _core.STATUS_SHAPE),      # one accumulator per column
+    ({"acc_b": np.empty((0, 2))}, _core.STATUS_SHAPE),      # no block at all
+    ({"acc_g": np.empty((1, 2))}, _core.STATUS_SHAPE),      # acc_g: the blocks of acc_b
+    ({"acc_g": np.empty((2, 3))}, _core.STATUS_SHAPE),      # acc_g: one per column
     ({"scratch": np.empty((1, 2))}, _core.STATUS_SHAPE),    # one scratch row per block
-    ({"scratch": np.empty((2, 1))}, _core.STATUS_SHAPE),    # shorter than a row
-    ({"where": np.empty((2, 1), np.int32)}, _core.STATUS_SHAPE),  # shorter than a row
-    ({"used": np.empty(3, np.uint8)}, _core.STATUS_SHAPE),  # one flag per block
-    ({"indptr": np.array([1, 2, 3], np.int32)}, _core.STATUS_CSR_INDPTR_START),
-    ({"indptr": np.array([0, 2, 2], np.int32)}, _core.STATUS_CSR_NNZ),  # 2 != nnz = 3
-    ({"indptr": np.array([0, 3, 2], np.int32),                # row 1 "ends" before
-      "data": np.ones(2), "indices": np.array([0, 1], np.int32)},  # it starts
-     _core.STATUS_CSR_INDPTR_DECREASES),
+    ({"cols": np.empty((3, 2), np.int64)}, _core.STATUS_SHAPE),  # one cols row per block
+    # Workspace rows shorter than the longest row (2 entries, read from entry_start):
+    ({"scratch": np.empty((2, 1))}, _core.STATUS_SHAPE),    # scratch
+    ({"cols": np.empty((2, 1), np.int64)}, _core.STATUS_SHAPE),  # cols
+    ({"w": np.empty((2, 1))}, _core.STATUS_SHAPE),          # w
+    ({"where": np.empty((2, 1), np.int64)}, _core.STATUS_SHAPE),  # where
+    ({"used_g": np.empty(3, np.uint8)}, _core.STATUS_SHAPE),  # one flag per block
+    ({"used_b": np.empty(1, np.uint8)}, _core.STATUS_SHAPE),  # one flag per block
     ({"rule": 4}, _core.STATUS_RULE),                       # unknown rule code
     ({"rule": -1}, _core.STATUS_RULE),
     ({"rule": _core.RULE_SCORES}, _core.STATUS_RULE),       # user scores missing
+    ({"rule": _core.RULE_SCORES, "ext": np.ones(2)}, _core.STATUS_RULE),  # 2 != 3 entries
+    ({"rule": _core.RULE_WEIGHTS, "ext": np.ones(4)}, _core.STATUS_RULE),  # 4 != 3
+    ({"rule": _core.RULE_SCORES, "ext": np.ones(3)}, _core.STATUS_OK),    # one per entry
     ({"temperature": -1.0}, _core.STATUS_TEMPERATURE),      # negative T
     ({"temperature": np.nan}, _core.STATUS_TEMPERATURE),    # NaN T
     ({"n_threads": 0}, _core.STATUS_THREADS),               # no threads
     ({"n_threads": 10**6}, _core.STATUS_OK),                # capped at the 2 blocks
-], ids=["ok", "data", "beta", "fallback", "acc-cols", "acc-blocks", "scratch-blocks",
-        "scratch-short", "where-short", "used", "indptr-start", "indptr-nnz",
-        "indptr-decreases", "rule4", "rule-1", "no-ext", "T<0", "T=nan", "threads",
-        "threads-huge"])
+], ids=["ok", "ok-grad", "entry-start", "u", "beta", "slope", "fallback", "g-long",
+        "g-short", "acc-cols", "acc-blocks", "acc-g-blocks", "acc-g-cols",
+        "scratch-blocks", "cols-blocks", "scratch-short", "cols-short", "w-short",
+        "where-short", "used-g", "used-b", "rule4", "rule-1", "no-ext", "ext-short",
+        "ext-long", "ext-ok", "T<0", "T=nan", "threads", "threads-huge"])
 def test_rows_memview_status(over, status):
-    assert _core.bbp_rows_memview(**_args(**over)) == status
+    args = _args(**over)
+    before = {k: v.copy() for k, v in args.items() if k in ("acc_b", "acc_g", "fallback")}
+    assert _core.rows_reverse_memview(**args) == status
+    if status < 0:                                          # nothing written
+        for k, v in before.items():
+            assert np.array_equal(args[k], v, equal_nan=True)
 
 
 @pytest.mark.parametrize("over, status", [
@@ -365,23 +425,40 @@ def test_check_n_threads_refuses(bad, error, match):
     ({"beta": np.ones((40, 1))}, TypeError),                # not a vector
     ({"h": np.ones(80)[::2]}, TypeError),                   # not contiguous
     ({"slope": np.ones(39)}, ValueError),                   # one slope per row
+    ({"g": np.ones(41)}, ValueError),                       # one gradient per row
+    ({"g": np.ones(40, np.float32)}, TypeError),
     ({"rule_code": 7}, ValueError),                         # unknown rule
+    ({"rule_code": _core.RULE_SCORES}, TypeError),          # user scores missing
+    ({"rule_code": _core.RULE_WEIGHTS, "ext": np.ones(3)}, ValueError),  # one per entry
     ({"temperature": -1.0}, ValueError),                    # negative temperature
     ({"n_threads": 0}, ValueError),                         # no threads
-    ({"index_type": np.int16}, TypeError),                  # not an index type
-    ({"indptr_type": np.int64}, TypeError),                 # indices int32, indptr int64
-], ids=["f32", "2d", "strided", "slope", "rule", "T", "threads", "int16", "mixed"])
-def test_distribute_node_validates(rng, bad, error):
+    ({"rows": "other"}, TypeError),                         # another node's rows
+], ids=["f32", "2d", "strided", "slope", "g", "g-f32", "rule", "no-ext", "ext-short", "T",
+        "threads", "rows"])
+def test_reverse_node_validates(rng, bad, error):
     """The Python wrapper checks dtype, contiguity and sizes before the kernel runs."""
     node = random_node(rng)
     a = node["a"]
+    st = structure_of(a)
     bad = dict(bad)                      # the table is shared by the seeds
-    st = structure_of(a, index_type=bad.pop("index_type", np.int32))
-    if "indptr_type" in bad:
-        st.indptr = st.indptr.astype(bad.pop("indptr_type"))
-    args = dict(st=st, data=a.data, u=node["u"], slope=node["slope"],
-                bias_x=node["bias_x"], h=node["h"], beta=node["beta"],
+    if bad.get("rows") == "other":       # rows of another shape than the structure's
+        bad["rows"] = csr_rows(a[:, :29])
+    args = dict(st=st, rows=st.rows, u=node["u"], slope=node["slope"],
+                bias_x=node["bias_x"], h=node["h"], g=None, beta=node["beta"],
                 rule_code=_core.RULE_SIGN, temperature=1.0, n_threads=1)
     args.update(bad)
     with pytest.raises(error):
-        distribute_node(**args)
+        reverse_node(**args)
+
+
+@pytest.mark.parametrize("indices, indptr", [
+    (np.int16, np.int16),                                   # not an index type
+    (np.int32, np.int64),                                   # indices int32, indptr int64
+    (np.int64, np.int32),
+], ids=["int16", "mixed-32-64", "mixed-64-32"])
+def test_add_csr_refuses_other_index_types(indices, indptr):
+    """A CSR source takes int32 or int64 indices and indptr, one type for both."""
+    a = sp.csr_array(np.array([[1.0, 2.0], [0.0, 3.0]]))
+    rows = _core.NodeRows(2, 2, 1)
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        rows.add_csr(a.data, a.indices.astype(indices), a.indptr.astype(indptr), 0)
