@@ -57,7 +57,7 @@ import refbbp  # noqa: E402
 
 torch = models.torch
 if torch is not None:
-    from torch.nn import functional as F
+    from torch_bbp import torch_grad_pass, user_bbp  # noqa: E402
 
 
 def timeit(fn, *, budget=2.0, min_repeat=3, max_repeat=30):
@@ -76,100 +76,7 @@ def timeit(fn, *, budget=2.0, min_repeat=3, max_repeat=30):
 
 
 # ------------------------------------------------------- (c) the user's version
-def _fold_bn(w, b, bns):
-    for bn in bns:
-        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        w = w * s.view(-1, *[1] * (w.dim() - 1))
-        b = (b - bn.running_mean) * s + bn.bias
-    return w.detach(), b.detach()
-
-
-def _alpha(kappa, bx, h, rule, T, dim):
-    """softmax(s / T) over the non-zero components along ``dim`` (0 where none)."""
-    nz = kappa != 0
-    if rule == "sign":
-        s = -torch.sign(bx) * kappa
-    else:
-        n = nz.sum(dim, keepdim=True).clamp(min=1)
-        s = (h / n - kappa).abs()
-    s = s.masked_fill(~nz, -float("inf"))
-    return torch.softmax(s / T, dim=dim).nan_to_num(0.0)
-
-
-def user_bbp(module, x, rule="sign", T=1.0):
-    """BBp for an ``nn.Sequential`` of Conv2d/BatchNorm2d/ReLU/MaxPool2d/Flatten/Linear, as
-    a user would write it in PyTorch (float64): hooks-free forward keeping every
-    activation, autograd for the gradients, then, from the output back, each layer's
-    components with ``unfold``, a masked softmax, and the messages folded back with
-    ``fold``. MaxPool sends beta to the selected element (``return_indices``).
-
-    Returns
-    -------
-    beta : ndarray, shape x.shape
-    seconds : float
-        Time of the distribution alone (after the forward pass and the gradients).
-    """
-    layers = list(module)
-    xs = torch.as_tensor(x, dtype=torch.float64)[None].requires_grad_(True)
-    outs = [xs]
-    for layer in layers:
-        outs.append(layer(outs[-1]))
-        outs[-1].retain_grad()
-    logits = outs[-1]
-    logits[0, int(logits.argmax())].backward()
-    grads = [o.grad for o in outs]
-    vals = [o.detach() for o in outs]
-    t0 = time.perf_counter()
-    beta = None
-    i = len(layers)
-    while i > 0:
-        layer = layers[i - 1]
-        if isinstance(layer, torch.nn.Flatten):
-            beta = beta.reshape(vals[i - 1].shape)
-            i -= 1
-            continue
-        if isinstance(layer, torch.nn.MaxPool2d):
-            u = vals[i - 1]
-            _, idx = F.max_pool2d(u, layer.kernel_size, return_indices=True)
-            flat = torch.zeros_like(u).flatten(2)
-            flat.scatter_add_(2, idx.flatten(2), beta.flatten(2))
-            beta = flat.reshape(u.shape)
-            i -= 1
-            continue
-        # An affine node: [Conv2d|Linear] [BatchNorm2d]* [ReLU] ending at layer i - 1.
-        relu = isinstance(layer, torch.nn.ReLU)
-        j = i - 1 if relu else i
-        first = j
-        while not isinstance(layers[first - 1], (torch.nn.Conv2d, torch.nn.Linear)):
-            first -= 1
-        aff = layers[first - 1]
-        w, b = _fold_bn(aff.weight, aff.bias, layers[first:j])
-        u, h, g = vals[first - 1], vals[i], grads[i]
-        c = (h > 0).double() if relu else torch.ones_like(h)
-        bx = c * b.view(1, -1, *[1] * (h.dim() - 2))
-        beta = g * bx if beta is None else beta + g * bx            # own bias
-        if isinstance(aff, torch.nn.Conv2d):
-            cols = F.unfold(u, aff.kernel_size, padding=aff.padding)[0]   # (K, L)
-            wf = w.reshape(w.shape[0], -1)                                 # (O, K)
-            o = w.shape[0]
-            kappa = wf[:, :, None] * cols[None] * c.reshape(o, 1, -1)      # (O, K, L)
-            alpha = _alpha(kappa, bx.reshape(o, 1, -1), h.reshape(o, 1, -1), rule, T, 1)
-            msg = (alpha * beta.reshape(o, 1, -1)).sum(0)                  # (K, L)
-            beta = F.fold(msg[None], u.shape[2:], aff.kernel_size, padding=aff.padding)
-        else:
-            kappa = w * u.reshape(1, -1) * c.reshape(-1, 1)                # (O, I)
-            alpha = _alpha(kappa, bx.reshape(-1, 1), h.reshape(-1, 1), rule, T, 1)
-            beta = (alpha * beta.reshape(-1, 1)).sum(0).reshape(u.shape)
-        i = first - 1
-    return beta[0].numpy(), time.perf_counter() - t0
-
-
-def torch_grad_pass(module, x, target):
-    """Forward + backward for one input: the gradient of logit ``target`` w.r.t. x."""
-    xt = x.clone().requires_grad_(True)
-    out = module(xt[None])
-    out[0, target].backward()
-    return xt.grad
+# user_bbp and torch_grad_pass live in torch_bbp.py (shared with bench_imagenet.py).
 
 
 # ------------------------------------------------------------------ one model
@@ -275,8 +182,11 @@ def format_phases(phases):
         rest = t["propagate"] - sum(s for *_, s in nodes)
         top = ", ".join(f"#{k} {op} ({nnz / 1e6:.1f}M nnz) {1e3 * s:.1f}" for k, op, nnz, s
                         in nodes)
+        # The first phase: "linearize" (forward + gradient), or "forward" when the
+        # kernel computes the gradient in its reverse pass (inside "propagate").
+        first = "linearize" if "linearize" in t else "forward"
         out.append(f"  {name}: first call {first_s:.2f} s (structures, gradient caches); "
-                   f"linearize {1e3 * t['linearize']:.1f} ms, propagate "
+                   f"{first} {1e3 * t.get(first, float('nan')):.1f} ms, propagate "
                    f"{1e3 * t['propagate']:.1f} ms = {top}, others {1e3 * rest:.1f}")
     return "\n".join(out)
 

@@ -13,6 +13,17 @@ Usage::
 
 ``path`` is the ONNX file, ``module`` the eval-mode ``torch.nn.Module`` (float32) and
 ``input_shape`` the shape of one input without the batch dimension.
+
+:data:`MODELS` are the small models every benchmark runs by default. The ImageNet-size
+models of :data:`IMAGENET_MODELS` (``benchmarks/bench_imagenet.py``) are built only when
+named: VGG-11 with BatchNorm and VGG-16 (torchvision's layer configurations "A" and
+"D", without dropout, which is the identity in eval mode, and without the adaptive
+average pooling, which is the identity at 224x224) and ResNet-50 (torchvision's
+bottleneck v1.5: the stride on the 3x3 convolution), all 3x224x224 with 1000 classes,
+written here in plain PyTorch (no torchvision) with He-normal weights, small random
+biases and random BatchNorm statistics. ResNet-50 is not a sequence of layers, so it has
+no :data:`SPECS` entry and needs PyTorch. :func:`cached_onnx` exports a model once into
+a cache folder and reuses the file afterwards.
 """
 
 from __future__ import annotations
@@ -31,21 +42,31 @@ try:
 except ImportError:  # the torch baseline is optional
     torch = None
 
-__all__ = ["MODELS", "SPECS", "INPUT_SHAPES", "build", "have_torch"]
+__all__ = ["MODELS", "IMAGENET_MODELS", "ALL_MODELS", "SPECS", "INPUT_SHAPES",
+           "build", "cached_onnx", "torch_module", "have_torch"]
 
 # Layers: ("conv", cin, cout, kernel, pad), ("bn", c), ("relu",), ("maxpool", k),
 # ("flatten",), ("linear", fin, fout).
 
 
-def _vgg(cfg, cin=3):
+def _vgg(cfg, cin=3, bn=True):
     layers = []
     for v in cfg:
         if v == "M":
             layers.append(("maxpool", 2))
         else:
-            layers += [("conv", cin, v, 3, 1), ("bn", v), ("relu",)]
+            layers += [("conv", cin, v, 3, 1)] + ([("bn", v)] if bn else []) + [("relu",)]
             cin = v
     return layers
+
+
+# torchvision's VGG configurations "A" (VGG-11) and "D" (VGG-16) and its classifier at
+# 224x224 (7x7x512 features; dropout left out: the identity in eval mode).
+_VGG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+_VGG_D = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+          512, 512, 512, "M"]
+_VGG_HEAD = [("flatten",), ("linear", 512 * 7 * 7, 4096), ("relu",),
+             ("linear", 4096, 4096), ("relu",), ("linear", 4096, 1000)]
 
 
 SPECS = {
@@ -62,10 +83,26 @@ SPECS = {
     # CIFAR VGG-11 with BatchNorm (3x32x32)
     "vgg11_bn": _vgg([64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"])
     + [("flatten",), ("linear", 512, 10)],
+    # ImageNet VGG-11 with BatchNorm and VGG-16 (3x224x224, 1000 classes)
+    "vgg11_bn_224": _vgg(_VGG_A) + _VGG_HEAD,
+    "vgg16_224": _vgg(_VGG_D, bn=False) + _VGG_HEAD,
 }
-INPUT_SHAPES = {"mlp": (1, 28, 28), "stl10": (3, 96, 96), "vgg11_bn": (3, 32, 32)}
-MODELS = tuple(SPECS)
-SEEDS = {"mlp": 0, "stl10": 1, "vgg11_bn": 2}
+INPUT_SHAPES = {"mlp": (1, 28, 28), "stl10": (3, 96, 96), "vgg11_bn": (3, 32, 32),
+                "vgg11_bn_224": (3, 224, 224), "vgg16_224": (3, 224, 224),
+                "resnet50_224": (3, 224, 224)}
+# The small models every benchmark runs by default, and the ImageNet-size ones.
+MODELS = ("mlp", "stl10", "vgg11_bn")
+IMAGENET_MODELS = ("vgg11_bn_224", "vgg16_224", "resnet50_224")
+ALL_MODELS = MODELS + IMAGENET_MODELS
+SEEDS = {"mlp": 0, "stl10": 1, "vgg11_bn": 2, "vgg11_bn_224": 3, "vgg16_224": 4,
+         "resnet50_224": 5}
+# Models initialised like torchvision's (He-normal weights, here with small random
+# biases), so that activations keep their scale through depth; the small models keep
+# PyTorch's default initialisation.
+_HE_INIT = set(IMAGENET_MODELS)
+# Bump when a model's definition or initialisation changes: cached_onnx's file names
+# carry it, so a stale cached export is never reused.
+MODEL_VERSION = 1
 
 
 def have_torch():
@@ -91,8 +128,8 @@ def build(name, out_dir, *, use_torch=None):
     input_shape : tuple of int
         One input, without the batch dimension.
     """
-    if name not in SPECS:
-        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    if name not in INPUT_SHAPES:
+        raise ValueError(f"unknown model {name!r}; expected one of {ALL_MODELS}")
     if use_torch is None:
         use_torch = have_torch()
     if use_torch and not have_torch():
@@ -107,12 +144,70 @@ def build(name, out_dir, *, use_torch=None):
     return path, None, shape
 
 
+def cached_onnx(name, cache_dir):
+    """The ONNX file of model ``name`` in ``cache_dir``, exported (with PyTorch) only when
+    it is not there yet.
+
+    The file name carries :data:`MODEL_VERSION` and the opset; the export goes to a
+    temporary name first, so an interrupted export leaves no truncated file behind.
+
+    Returns
+    -------
+    path : str
+    exported : bool
+        Whether this call exported it (False: the cached file was reused).
+    """
+    if name not in INPUT_SHAPES:
+        raise ValueError(f"unknown model {name!r}; expected one of {ALL_MODELS}")
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(os.fspath(cache_dir), f"{name}-v{MODEL_VERSION}-opset17.onnx")
+    if os.path.exists(path):
+        return path, False
+    if not have_torch():
+        raise ImportError(f"exporting {name!r} needs PyTorch")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        export(torch_module(name), INPUT_SHAPES[name], tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path, True
+
+
 # ------------------------------------------------------------------------- PyTorch
+def _random_bn(c, gen):
+    """BatchNorm2d(c) with random running statistics and affine parameters."""
+    bn = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
+        bn.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.25)
+        bn.weight.copy_(torch.randn(c, generator=gen) * 0.5 + 1.0)
+        bn.bias.copy_(torch.randn(c, generator=gen) * 0.3)
+    return bn
+
+
+def _he_init(module, gen, mode="fan_in"):
+    """He-normal weights (ReLU gain) and small random biases for every Conv2d/Linear."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                std = (2.0 / (fan_in if mode == "fan_in" else fan_out)) ** 0.5
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return module
+
+
 def torch_module(name):
-    """The eval-mode ``nn.Sequential`` of model ``name`` (seeded; random BN statistics)."""
+    """The eval-mode module of model ``name``, float32 (seeded; random BN statistics):
+    an ``nn.Sequential`` built from :data:`SPECS`, or :class:`ResNet50`."""
     seed = SEEDS[name]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1000)
+    if name == "resnet50_224":
+        return _he_init(ResNet50(gen), gen, mode="fan_out").eval()
     layers = []
     for layer in SPECS[name]:
         kind = layer[0]
@@ -120,14 +215,7 @@ def torch_module(name):
             _, cin, cout, k, pad = layer
             layers.append(nn.Conv2d(cin, cout, k, padding=pad))
         elif kind == "bn":
-            bn = nn.BatchNorm2d(layer[1])
-            with torch.no_grad():
-                c = layer[1]
-                bn.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-                bn.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.25)
-                bn.weight.copy_(torch.randn(c, generator=gen) * 0.5 + 1.0)
-                bn.bias.copy_(torch.randn(c, generator=gen) * 0.3)
-            layers.append(bn)
+            layers.append(_random_bn(layer[1], gen))
         elif kind == "relu":
             layers.append(nn.ReLU())
         elif kind == "maxpool":
@@ -138,7 +226,77 @@ def torch_module(name):
             layers.append(nn.Linear(layer[1], layer[2]))
         else:
             raise ValueError(kind)
-    return nn.Sequential(*layers).eval()
+    module = nn.Sequential(*layers)
+    if name in _HE_INIT:
+        _he_init(module, gen)
+    return module.eval()
+
+
+if torch is not None:
+    class Bottleneck(nn.Module):
+        """torchvision's ResNet bottleneck v1.5: 1x1, 3x3 (carrying the stride), 1x1
+        convolutions without bias, each followed by BatchNorm; a 1x1 convolution +
+        BatchNorm on the shortcut when the shape changes; ReLU after the sum. The last
+        BatchNorm's scale and shift are damped (x 0.2), else the random statistics make
+        the activations grow ~2x per block."""
+
+        expansion = 4
+
+        def __init__(self, cin, width, stride, gen):
+            super().__init__()
+            cout = width * self.expansion
+            self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+            self.bn1 = _random_bn(width, gen)
+            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+            self.bn2 = _random_bn(width, gen)
+            self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+            self.bn3 = _random_bn(cout, gen)
+            # Damp the residual branch (cf. torchvision's zero_init_residual) so that
+            # the activations keep their scale over the 16 blocks.
+            with torch.no_grad():
+                self.bn3.weight.mul_(0.2)
+                self.bn3.bias.mul_(0.2)
+            self.relu = nn.ReLU()
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _random_bn(cout, gen))
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+            identity = x if self.downsample is None else self.downsample(x)
+            return self.relu(out + identity)
+
+    class ResNet50(nn.Module):
+        """torchvision's ResNet-50 (v1.5, 3x224x224, 1000 classes) in plain PyTorch:
+        7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pooling, bottleneck stages of
+        3, 4, 6, 3 blocks (widths 64, 128, 256, 512), global average pooling, a linear
+        classifier."""
+
+        def __init__(self, gen, layers=(3, 4, 6, 3), num_classes=1000):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            self.bn1 = _random_bn(64, gen)
+            self.relu = nn.ReLU()
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+            cin, stages = 64, []
+            for i, (blocks, width) in enumerate(zip(layers, (64, 128, 256, 512))):
+                stride = 1 if i == 0 else 2
+                stage = []
+                for j in range(blocks):
+                    stage.append(Bottleneck(cin, width, stride if j == 0 else 1, gen))
+                    cin = width * Bottleneck.expansion
+                stages.append(nn.Sequential(*stage))
+            self.layer1, self.layer2, self.layer3, self.layer4 = stages
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(cin, num_classes)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def export(module, shape, path, exporter="legacy"):
@@ -172,6 +330,8 @@ def export(module, shape, path, exporter="legacy"):
 def onnx_model(name):
     """Model ``name`` written directly as ONNX (NumPy random weights, PyTorch's default
     initialisation ranges), for machines without PyTorch."""
+    if name not in SPECS:
+        raise ValueError(f"model {name!r} is not a sequence of layers: it needs PyTorch")
     rng = np.random.default_rng(SEEDS[name])
     shape = INPUT_SHAPES[name]
     nodes, inits = [], []

@@ -79,7 +79,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _core
-from ..network.window import WindowMatrix
+from ..network.window import MAX_AXES, WindowMatrix
 from .kernels import INDEX_DTYPES, status_message
 
 __all__ = ["NodeStructure", "index_dtype", "n_blocks", "node_structure",
@@ -454,9 +454,10 @@ def _add_window(rows, w, copies, offset, where):
     kernel, tables = copies[0], copies[1:1 + len(w.tables)]
     row_scale = copies[-1] if w.row_scale is not None else None
     n_axes = len(tables)
-    if n_axes > 3:
-        raise ValueError(f"{where}: window matrices of more than 3 spatial axes are "
-                         f"not supported by the kernel (got {n_axes})")
+    if n_axes > MAX_AXES:
+        raise ValueError(f"{where}: window matrices of more than {MAX_AXES} spatial axes "
+                         f"are not supported by the kernel (got {n_axes}); load the model "
+                         f"with storage='csr'")
     try:
         wm = WindowMatrix(kernel, w.groups, tables, w.in_extent, w.strides, w.base,
                           w.n_cols, row_scale)

@@ -96,7 +96,13 @@ class PiecewiseLinear:
     def local(self, pieces):
         """Slopes ``c`` and offsets ``d`` of the given pieces, each shaped like ``pieces``."""
         cols = np.arange(self.size)
-        return self.slopes[cols, pieces], self.offsets[cols, pieces]
+
+        def pick(table):
+            if table.strides[0] == 0:            # the same pieces for every element
+                return table[0][pieces]
+            return table[cols, pieces]
+
+        return pick(self.slopes), pick(self.offsets)
 
 
 def _stored_bytes(a):

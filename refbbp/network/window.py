@@ -37,7 +37,14 @@ import itertools
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["WindowMatrix", "window_table"]
+__all__ = ["GATHER_BYTES", "MAX_AXES", "WindowMatrix", "window_table"]
+
+#: Bytes of the gathered inputs (im2col) one chunk of the forward pass may hold.
+GATHER_BYTES = 32 << 20
+
+#: The most spatial axes a window matrix may have for the kernel to generate its rows
+#: (1-D to 3-D convolutions); the importer unrolls anything larger to CSR.
+MAX_AXES = 3
 
 
 def window_table(n_out, kernel, stride, dilation, pad_begin, n_in, transposed=False):
@@ -306,20 +313,37 @@ class WindowMatrix:
 
     def matmul_rows(self, u):
         """``u @ A.T`` for a batch of row vectors ``u`` (batch, n_cols), without
-        unrolling: one gather per kernel offset. A NumPy reference of the kernels' forward
-        pass (sums in another order: equal to about 1e-15 relative)."""
+        unrolling: output positions in chunks, each gathered once over every input
+        channel and kernel offset (a bounded im2col buffer, :data:`GATHER_BYTES`) and
+        multiplied by the kernel in one matrix product per group."""
         u = np.asarray(u, np.float64)
         batch = u.shape[0]
         m, cg, gr = self.out_channels, self.group_channels, self.groups
         n_out = self.shape[0] // m
-        y = np.zeros((batch, gr, m // gr, n_out))
-        for k in itertools.product(*[range(s) for s in self.kernel.shape[2:]]):
-            cols, ok = self._positions(k)
-            if not ok.any():
-                continue
-            x = np.where(ok, u[:, cols], 0.0).reshape(batch, gr, cg, n_out)
-            w = self.kernel[(slice(None), slice(None)) + k].reshape(gr, m // gr, cg)
-            y += np.einsum("gmc,bgco->bgmo", w, x)
+        k_shape = self.kernel.shape[2:]
+        k_prod = int(np.prod(k_shape, dtype=np.int64))
+        wmat = self.kernel.reshape(gr, m // gr, cg * k_prod)
+        chan = np.arange(self.in_channels, dtype=np.int64)[:, None] * self.strides[0]
+        chunk = max(1, min(n_out, GATHER_BYTES // max(1, 8 * batch * self.in_channels
+                                                      * k_prod)))
+        y = np.empty((batch, gr, m // gr, n_out))
+        for start in range(0, n_out, chunk):
+            stop = min(n_out, start + chunk)
+            o = np.unravel_index(np.arange(start, stop), self.out_spatial)
+            cols = np.empty((self.in_channels, k_prod, stop - start), np.int64)
+            ok = np.empty((k_prod, stop - start), bool)
+            for kk, k in enumerate(itertools.product(*[range(s) for s in k_shape])):
+                addr = np.full(stop - start, self.base, np.int64)
+                valid = np.ones(stop - start, bool)
+                for a, (oa, ka) in enumerate(zip(o, k)):
+                    pos = self.tables[a][oa, ka]
+                    valid &= pos >= 0
+                    addr += np.where(pos >= 0, pos, 0) * self.strides[a + 1]
+                cols[:, kk] = chan + addr[None, :]
+                ok[kk] = valid
+            x = np.where(ok, u[:, cols], 0.0)                 # (batch, Cin, K, n)
+            x = x.reshape(batch, gr, cg * k_prod, stop - start)
+            y[..., start:stop] = np.matmul(wmat, x)
         y = y.reshape(batch, -1)
         return y * self.row_scale if self.row_scale is not None else y
 

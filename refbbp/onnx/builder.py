@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from ..errors import MemoryBudgetError
 from ..network.nodes import Node
+from ..network.window import MAX_AXES as WINDOW_MAX_AXES
 from ..network.window import WindowMatrix
 
 __all__ = ["STORAGES", "Builder", "Var", "diagonal"]
@@ -231,14 +232,16 @@ class Builder:
             ``strides`` of the C-order layout, ``n_cols = var.size``).
 
         Kept as a window matrix over the node ``var`` views when ``var`` is a grid of
-        that node (:meth:`grid_view`) and ``storage="auto"``; otherwise unrolled to CSR
-        (the budget is checked before) and added by :meth:`affine`.
+        that node (:meth:`grid_view`), ``storage="auto"`` and it has at most
+        ``MAX_AXES`` spatial axes; otherwise unrolled to CSR (the budget is checked
+        before) and added by :meth:`affine`.
 
         Returns
         -------
         Var
         """
-        grid = None if self.storage == "csr" else self.grid_view(var, len(wm.tables))
+        grid = (None if self.storage == "csr" or len(wm.tables) > WINDOW_MAX_AXES
+                else self.grid_view(var, len(wm.tables)))
         if grid is None:
             self.reserve(name, wm.nnz * 12 + (wm.shape[0] + 1) * 8)
             return self.affine([(var, wm.to_csr())], bias, shape, op, name, foldable)
