@@ -128,7 +128,7 @@ def cmd_explain(args, demo=False):
         done = {beta_key(r, args.temperature): np.stack([a.beta for a in results[r]])
                 for r in rules}
         write_oracle(path, net, x, model, target=args.target, rules=rules,
-                     temperatures=(args.temperature,), betas=done)
+                     temperatures=(args.temperature,), betas=done, linear=lin)
         written.append(path)
     if args.format == "json" and not demo:
         path = os.path.join(args.out, "explanations.json")

@@ -64,13 +64,14 @@ def _sha256(path):
 
 
 def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures=(1.0,),
-                  layers=False, progress=None, betas=None):
+                  layers=False, progress=None, betas=None, linear=None):
     """Compute the golden fields of the module docstring for inputs ``x`` (n, ...).
 
     ``betas`` may hold attributions the caller already computed for these inputs and
     this target, keyed by :func:`beta_key` (without layers); they are not computed again.
+    ``linear``, likewise, the local linear model ``net.linearize(x, target)``.
     """
-    lin = net.linearize(x, target)
+    lin = net.linearize(x, target) if linear is None else linear
     out = {"x": np.asarray(x, np.float64), "logits": lin.logits, "target": lin.target,
            "value": lin.value, "w": lin.w, "bias_x": lin.bias_x, "bias_x_all": lin.bias_x_all()}
     if layers:
@@ -96,7 +97,7 @@ def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures
 
 
 def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "deviation"),
-                 temperatures=(1.0,), layers=False, progress=None, betas=None):
+                 temperatures=(1.0,), layers=False, progress=None, betas=None, linear=None):
     """Write an oracle file (module docstring) for inputs ``x`` of shape (n, *input_shape).
 
     Returns
@@ -104,7 +105,8 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
     dict
         The fields written (without ``meta``).
     """
-    fields = oracle_fields(net, x, target, rules, temperatures, layers, progress, betas)
+    fields = oracle_fields(net, x, target, rules, temperatures, layers, progress, betas,
+                           linear)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "refbbp_version": __version__,
         "spec": "SPEC.md sections 2 (local linear model) and 3 (BBp)",
