@@ -98,6 +98,29 @@ class Node:
         Cached; whoever changes ``weights`` calls :meth:`weights_changed`."""
         return [w.T.tocsr() if matrix_format(w) == "csr" else w.T for w in self.weights]
 
+    def to_csr(self):
+        """The node's matrices ``A_i`` in the explicit reference form: one CSR matrix per
+        input (a window matrix unrolled, a dense one with every entry stored, zeros
+        included). For small networks and tests: an unrolled convolution takes about
+        12 bytes per multiply-accumulate.
+
+        Returns
+        -------
+        list of scipy.sparse.csr_array
+        """
+        out = []
+        for w in self.weights:
+            fmt = matrix_format(w)
+            if fmt == "window":
+                out.append(w.to_csr())
+            elif fmt == "csr":
+                out.append(sp.csr_array(w))
+            else:
+                rows, cols = np.indices(w.shape)
+                out.append(sp.csr_array((np.asarray(w, np.float64).ravel(),
+                                         (rows.ravel(), cols.ravel())), shape=w.shape))
+        return out
+
     def weights_changed(self):
         """Forget what was derived from ``weights`` (the cached transposes)."""
         self.__dict__.pop("weights_t", None)

@@ -122,7 +122,7 @@ def test_window_and_csr_storage_give_the_same_numbers(example, rule):
         _close(ba, bc, f"beta of node {k}")
 
 
-def test_window_storage_is_used_for_convolutions_and_pooling(rng):
+def test_window_storage_is_used_for_convolutions_and_pooling():
     """The bundled digits model: every Conv is a window matrix, and so is nothing else."""
     from refbbp import data
 
@@ -141,3 +141,19 @@ def test_unknown_storage_is_refused():
 
     with pytest.raises(ValueError, match="storage must be one of 'auto', 'csr'"):
         refbbp.load(data.model_path(), storage="dense")
+
+
+def test_node_to_csr_is_the_explicit_form():
+    """Node.to_csr(): every weight matrix explicit (window unrolled, dense with every
+    entry, zeros included), equal to what storage="csr" loads."""
+    from refbbp import data
+
+    auto = refbbp.load(data.model_path())
+    csr = refbbp.load(data.model_path(), storage="csr")
+    for na, nc in zip(auto.nodes, csr.nodes):
+        for a, c in zip(na.to_csr(), nc.to_csr()):
+            assert a.format == "csr" and a.shape == c.shape and a.nnz == c.nnz
+            np.testing.assert_array_equal(a.indices, c.indices)
+            np.testing.assert_allclose(a.data, c.data, rtol=1e-15, atol=0)
+    dense = next(n for n in auto.nodes if n.describe_storage() == "dense")
+    assert dense.to_csr()[0].nnz == dense.weights[0].size
