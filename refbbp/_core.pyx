@@ -465,56 +465,20 @@ cdef int _check_entry_start(const Source* srcs, int n_src, int64_t n_rows,
 
 
 # -------------------------------------------------------------------- pass 1
-cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, const float64_t* w,
-                     int64_t entry0, const float64_t* u, double c,
-                     const float64_t* bias_x, const float64_t* h, double b,
-                     const float64_t* ext, int rule, double temperature,
-                     float64_t* scratch, int64_t* where, float64_t* acc,
-                     float64_t* fallback, double gy, float64_t* acc_g) noexcept nogil:
-    """Add the BBp messages of row ``p`` (``b = beta[p] != 0``; ``n >= 1`` emitted
-    entries ``cols``/``w``; ``entry0`` the node-wide index of its first entry, for
-    ``ext``) into ``acc``; returns 1 if they are not finite (and sets fallback[p] =
-    NaN), else 0. With ``gy != 0`` the row's gradient messages ``gy * w`` go into
-    ``acc_g`` in the same first loop over the entries.
-
-    The row's non-zero components are compacted into ``scratch`` (their values: first
-    kappa, then the unnormalised softmax terms) and ``where`` (their positions in the
-    row), so the loops after the first one see only non-zero components, and each
-    exponential is computed once.
-    """
-    cdef Py_ssize_t j
-    cdef Py_ssize_t i, nz = 0
-    cdef double uq, k, s, m, e, total, sgn, target, ratio
-    # SPEC 3.2: kappa[p, j] = A^x[p, q] * u[q] = (c[p] * A[p, q]) * u[q]; only non-zero
-    # components take part (zero inputs are skipped before any multiplication).
-    if gy != 0.0:
-        for j in range(n):
-            acc_g[cols[j]] += gy * w[j]            # SPEC 2: g_u += (A^x)^T g_h
-            uq = u[cols[j]]
-            if uq != 0.0:
-                k = (c * w[j]) * uq
-                if k != 0.0:
-                    scratch[nz] = k
-                    where[nz] = j
-                    nz += 1
-    else:
-        for j in range(n):
-            uq = u[cols[j]]
-            if uq != 0.0:
-                k = (c * w[j]) * uq
-                if k != 0.0:
-                    scratch[nz] = k
-                    where[nz] = j
-                    nz += 1
-    if nz == 0:                       # SPEC 3.6: uniform over the unscaled row
-        e = b / n
-        for j in range(n):
-            acc[cols[j]] += e
-        fallback[p] = fabs(b)
-        return 0
+cdef inline int _send(Py_ssize_t p, Py_ssize_t nz, float64_t* scratch,
+                      const int64_t* to, const float64_t* ext_c, double b, int rule,
+                      double temperature, const float64_t* bias_x, const float64_t* h,
+                      float64_t* acc, float64_t* fallback) noexcept nogil:
+    """SPEC 3.3-3.5 for row ``p``'s ``nz >= 1`` non-zero components, compacted: their
+    kappa in ``scratch`` (overwritten by scores, then softmax terms), the column each
+    message goes to in ``to``, and, for a user rule, their scores or weights in
+    ``ext_c``. Adds ``alpha * b`` into ``acc``; returns 1 if the messages are not
+    finite (and sets fallback[p] = NaN), else 0. Each exponential is computed once."""
+    cdef Py_ssize_t i
+    cdef double s, m, e, total, sgn, target, ratio
     if rule == RULE_WEIGHTS:          # SPEC 3.3 user weights: alpha given, no softmax
         for i in range(nz):
-            acc[cols[where[i]]] += ext[entry0 + where[i]] * b
+            acc[to[i]] += ext_c[i] * b
         return 0
     # SPEC 3.3: scores, in place of kappa.
     if rule == RULE_SIGN:
@@ -531,7 +495,7 @@ cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, const floa
             scratch[i] = fabs(target - scratch[i])
     else:
         for i in range(nz):
-            scratch[i] = ext[entry0 + where[i]]
+            scratch[i] = ext_c[i]
     # SPEC 3.4: softmax(s / T) with the row maximum subtracted.
     m = scratch[0]
     for i in range(1, nz):
@@ -565,8 +529,130 @@ cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, const floa
         fallback[p] = NAN             # marks the row for the caller
         return 1
     for i in range(nz):
-        acc[cols[where[i]]] += scratch[i] * ratio
+        acc[to[i]] += scratch[i] * ratio
     return 0
+
+
+cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, float64_t* w,
+                     int64_t entry0, const float64_t* u, double c,
+                     const float64_t* bias_x, const float64_t* h, double b,
+                     const float64_t* ext, int rule, double temperature,
+                     float64_t* scratch, int64_t* where, float64_t* acc,
+                     float64_t* fallback, double gy, float64_t* acc_g) noexcept nogil:
+    """Row ``p`` from its ``n >= 1`` emitted entries ``cols``/``w`` (``entry0``: the
+    node-wide index of its first entry, for ``ext``), with ``b = beta[p] != 0``: its
+    gradient messages ``gy * w`` into ``acc_g`` (if ``gy != 0``) and its BBp messages
+    into ``acc``; returns 1 if the latter are not finite, else 0.
+
+    The first loop compacts the non-zero components: kappa into ``scratch``, their
+    columns into ``where`` and, for a user rule, their scores/weights into ``w`` itself
+    (position ``nz <= j``: already read), so the loops after it see only non-zero
+    components (_send).
+    """
+    cdef Py_ssize_t j, nz = 0
+    cdef double uq, k, e
+    cdef int user = ext != NULL
+    # SPEC 3.2: kappa[p, j] = A^x[p, q] * u[q] = (c[p] * A[p, q]) * u[q]; only non-zero
+    # components take part (zero inputs are skipped before any multiplication).
+    for j in range(n):
+        if gy != 0.0:
+            acc_g[cols[j]] += gy * w[j]            # SPEC 2: g_u += (A^x)^T g_h
+        uq = u[cols[j]]
+        if uq != 0.0:
+            k = (c * w[j]) * uq
+            if k != 0.0:
+                scratch[nz] = k
+                where[nz] = cols[j]
+                if user:
+                    w[nz] = ext[entry0 + j]
+                nz += 1
+    if nz == 0:                       # SPEC 3.6: uniform over the unscaled row
+        e = b / n
+        for j in range(n):
+            acc[cols[j]] += e
+        fallback[p] = fabs(b)
+        return 0
+    return _send(p, nz, scratch, where, w, b, rule, temperature, bias_x, h, acc, fallback)
+
+
+cdef inline int _window_row(const Source* s, Py_ssize_t p, const float64_t* u, double c,
+                            const float64_t* bias_x, const float64_t* h, double b,
+                            int rule, double temperature, float64_t* scratch,
+                            int64_t* where, float64_t* acc, float64_t* fallback, double gy,
+                            float64_t* acc_g) noexcept nogil:
+    """_emit and _row in one for a node whose only input is a window matrix (built-in
+    rules): the row's entries are generated and used in the same loop, never stored;
+    only its non-zero components are compacted. The same operations in the same order
+    as _emit then _row: the same bits. Returns _row's result (the caller has already
+    handled a row with no structural non-zero)."""
+    cdef int64_t m, o, o0, o1, o2, g, cc, col_c, col0, col1, col, kk0, kk1, n0, n1, n2
+    cdef int64_t j0, j1, j2, n
+    cdef const int64_t* p0
+    cdef const int64_t* p1
+    cdef const int64_t* p2
+    cdef const int64_t* k0
+    cdef const int64_t* k1
+    cdef const int64_t* k2
+    cdef const float64_t* wb
+    cdef double rs, wv, uq, k, e
+    cdef Py_ssize_t nz = 0
+    m = p // s.n_out
+    o = p - m * s.n_out
+    o2 = o % s.odim[2]
+    o = o // s.odim[2]
+    o1 = o % s.odim[1]
+    o0 = o // s.odim[1]
+    g = m // s.m_per_group
+    p0 = s.spos[0] + o0 * s.kdim[0]
+    k0 = s.skoff[0] + o0 * s.kdim[0]
+    n0 = s.scount[0][o0]
+    p1 = s.spos[1] + o1 * s.kdim[1]
+    k1 = s.skoff[1] + o1 * s.kdim[1]
+    n1 = s.scount[1][o1]
+    p2 = s.spos[2] + o2 * s.kdim[2]
+    k2 = s.skoff[2] + o2 * s.kdim[2]
+    n2 = s.scount[2][o2]
+    n = s.cg * n0 * n1 * n2
+    if n == 0:
+        return 0
+    rs = s.row_scale[p] if s.row_scale != NULL else 1.0
+    for cc in range(s.cg):
+        col_c = s.col_offset + s.base + (g * s.cg + cc) * s.stride_c
+        wb = s.data + (m * s.cg + cc) * s.k_prod
+        for j0 in range(n0):
+            col0 = col_c + p0[j0] * s.stride[0]
+            kk0 = k0[j0] * s.kdim[1]
+            for j1 in range(n1):
+                col1 = col0 + p1[j1] * s.stride[1]
+                kk1 = (kk0 + k1[j1]) * s.kdim[2]
+                for j2 in range(n2):
+                    col = col1 + p2[j2] * s.stride[2]
+                    wv = wb[kk1 + k2[j2]] * rs
+                    if gy != 0.0:
+                        acc_g[col] += gy * wv      # SPEC 2: g_u += (A^x)^T g_h
+                    if b != 0.0:
+                        uq = u[col]
+                        if uq != 0.0:
+                            k = (c * wv) * uq      # SPEC 3.2: kappa
+                            if k != 0.0:
+                                scratch[nz] = k
+                                where[nz] = col
+                                nz += 1
+    if b == 0.0:
+        return 0
+    if nz == 0:                       # SPEC 3.6: uniform over the unscaled row
+        e = b / n
+        for cc in range(s.cg):
+            col_c = s.col_offset + s.base + (g * s.cg + cc) * s.stride_c
+            for j0 in range(n0):
+                col0 = col_c + p0[j0] * s.stride[0]
+                for j1 in range(n1):
+                    col1 = col0 + p1[j1] * s.stride[1]
+                    for j2 in range(n2):
+                        acc[col1 + p2[j2] * s.stride[2]] += e
+        fallback[p] = fabs(b)
+        return 0
+    return _send(p, nz, scratch, where, NULL, b, rule, temperature, bias_x, h, acc, fallback)
 
 
 cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
@@ -644,6 +730,7 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
     cdef int bad = 0
     cdef int threads
     cdef int grad = g.shape[0] > 0
+    cdef int direct
     cdef double gy, b
     cdef const float64_t* ext_ptr = NULL
     cdef float64_t* ag
@@ -678,6 +765,8 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
     if n_threads < 1:
         return STATUS_THREADS
     threads = n_threads if n_threads < n_blocks else <int>n_blocks
+    # One window input and a built-in rule: generate and use each row in one loop.
+    direct = n_src == 1 and srcs[0].kind == SRC_WINDOW and rule <= RULE_DEVIATION
     for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
         lo = kb * n_rows // n_blocks
         hi = (kb + 1) * n_rows // n_blocks
@@ -689,26 +778,33 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
             gy = slope[p] * g[p] if grad else 0.0
             if b == 0.0 and gy == 0.0:       # nothing to send: skip the row
                 continue
-            n = _emit(srcs, n_src, p, &cols[kb, 0], &w[kb, 0])
-            if n == 0:
+            if entry_start[p + 1] == entry_start[p]:
                 if b != 0.0:                 # SPEC 3.6, no structural non-zero: the
                     fallback[p] = fabs(b)    # caller spreads it over every input
                 continue
             ag = NULL
+            ab = NULL
             if gy != 0.0:                    # SPEC 2: g_u += (A^x)^T g_h
                 if used_g[kb] == 0:
                     memset(&acc_g[kb, 0], 0, n_cols * sizeof(float64_t))
                     used_g[kb] = 1
                 ag = &acc_g[kb, 0]
-            if b != 0.0:                     # the gradient goes in _row's first loop
+            if b != 0.0:
                 if used_b[kb] == 0:
                     memset(&acc_b[kb, 0], 0, n_cols * sizeof(float64_t))
                     used_b[kb] = 1
                 ab = &acc_b[kb, 0]
+            if direct:                       # one window input: rows never stored
+                bad += _window_row(&srcs[0], p, &u[0], slope[p], &bias_x[0], &h[0], b, rule,
+                                   temperature, &scratch[kb, 0], &where[kb, 0], ab,
+                                   &fallback[0], gy, ag)
+                continue
+            n = _emit(srcs, n_src, p, &cols[kb, 0], &w[kb, 0])
+            if b != 0.0:                     # the gradient goes in _row's first loop
                 bad += _row(p, n, &cols[kb, 0], &w[kb, 0], entry_start[p], &u[0],
                             slope[p], &bias_x[0], &h[0], b, ext_ptr, rule, temperature,
                             &scratch[kb, 0], &where[kb, 0], ab, &fallback[0], gy, ag)
-            elif gy != 0.0:
+            else:
                 for j in range(n):
                     ag[cols[kb, j]] += gy * w[kb, j]
     return STATUS_NONFINITE if bad else STATUS_OK
