@@ -222,6 +222,7 @@ cdef class NodeRows:
     cdef list keep
     cdef readonly int64_t n_rows
     cdef readonly int64_t n_cols
+    cdef readonly int64_t interleave
 
     def __cinit__(self, int64_t n_rows, int64_t n_cols, int n_sources):
         if n_sources < 0 or n_sources > 1024:
@@ -234,6 +235,7 @@ cdef class NodeRows:
         self.keep = []
         self.n_rows = n_rows
         self.n_cols = n_cols
+        self.interleave = 0
 
     def __dealloc__(self):
         free(self.src)
@@ -266,6 +268,18 @@ cdef class NodeRows:
             s.ind32 = &i32[0] if i32.shape[0] > 0 else NULL
             s.ptr32 = &p32[0]
         self.keep += [data, indices, indptr]
+
+    def set_interleave(self, int64_t k):
+        """The order the reverse pass visits the rows in: ``k = 0``, row after row;
+        ``k > 0`` (``n_rows`` a multiple of ``k``), the rows as ``k`` interleaved runs
+        -- visit ``i`` is row ``(i % k) * (n_rows // k) + i // k``. A convolution's rows
+        with ``k`` = its output channels: every output channel at one position, then the
+        next position, so consecutive rows read the same inputs (they stay in cache).
+        The order fixes the order of every sum: the same bits for any thread count."""
+        if k < 0 or (k > 0 and self.n_rows % k != 0):
+            raise ValueError(f"interleave must be 0 or divide n_rows = {self.n_rows}, "
+                             f"got {k}")
+        self.interleave = k
 
     def set_csr_data(self, int index, const float64_t[::1] data):
         """Replace the values of CSR source ``index`` (a max node's selection of one
@@ -697,7 +711,8 @@ cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
                            no structural non-zero send nothing: the caller spreads
                            their beta over every column (bbp_reduce_memview).
 
-    Block k holds rows [k * n_rows // K, (k + 1) * n_rows // K); K is the caller's
+    Block k holds visits [k * n_rows // K, (k + 1) * n_rows // K) of the rows' order
+    (rows.interleave: row after row, or interleaved runs); K is the caller's
     choice and must not depend on n_threads: it fixes the order of every sum, so the
     results are bitwise identical for any thread count. A row is emitted once if it
     has a gradient (c[p] g[p] != 0) or beta (beta[p] != 0) to send, else skipped.
@@ -708,14 +723,14 @@ cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
     cdef int status
     with nogil:
         status = _rows_reverse(rows.src, rows.n_src, rows.n_rows, rows.n_cols,
-                               entry_start, u, slope, bias_x, h, g, beta, ext, rule,
+                               rows.interleave, entry_start, u, slope, bias_x, h, g, beta, ext, rule,
                                temperature, acc_g, acc_b, cols, w, scratch, where,
                                used_g, used_b, fallback, n_threads)
     return status
 
 
 cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_cols,
-                       const int64_t[::1] entry_start, const float64_t[::1] u,
+                       int64_t interleave, const int64_t[::1] entry_start, const float64_t[::1] u,
                        const float64_t[::1] slope, const float64_t[::1] bias_x,
                        const float64_t[::1] h, const float64_t[::1] g,
                        const float64_t[::1] beta, const float64_t[::1] ext, int rule,
@@ -726,7 +741,8 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
                        float64_t[::1] fallback, int n_threads) noexcept nogil:
     """rows_reverse_memview without the GIL."""
     cdef Py_ssize_t n_blocks = acc_b.shape[0]
-    cdef Py_ssize_t kb, p, lo, hi, r, n, j, longest = 0
+    cdef Py_ssize_t kb, i, p, lo, hi, r, n, j, longest = 0
+    cdef int64_t run = n_rows // interleave if interleave > 0 else 0
     cdef int bad = 0
     cdef int threads
     cdef int grad = g.shape[0] > 0
@@ -772,7 +788,8 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
         hi = (kb + 1) * n_rows // n_blocks
         used_g[kb] = 0
         used_b[kb] = 0
-        for p in range(lo, hi):
+        for i in range(lo, hi):
+            p = i if interleave == 0 else (i % interleave) * run + i // interleave
             fallback[p] = 0.0
             b = beta[p]
             gy = slope[p] * g[p] if grad else 0.0

@@ -93,8 +93,10 @@ INDEX32_LIMIT = np.iinfo(np.int32).max
 MAX_BLOCKS = 64
 #: ... with at least this many rows each ...
 MIN_BLOCK_ROWS = 32
-#: ... with per-block accumulators of at most this many bytes in all ...
-ACC_BYTES = 32 << 20
+#: ... with per-block accumulators (gradient and BBp: two per block) of at most this
+#: many bytes in all (the largest layers of an ImageNet VGG read 3.2 million elements:
+#: 2 blocks, so 2 threads; a smaller bound left them on one thread) ...
+ACC_BYTES = 128 << 20
 #: ... and at least this many stored entries per accumulated value (clearing and
 #: adding up the accumulators, O(K * n_cols), stays small beside the O(nnz) row pass).
 MIN_ENTRIES_PER_VALUE = 4
@@ -107,12 +109,12 @@ def n_blocks(n_rows, n_cols, nnz):
     and the blocks are added in order: K fixes the order of every floating-point sum,
     so it depends only on the node's shape -- never on the number of threads. K is
     large enough to keep up to 64 threads busy on the big layers, and small enough that
-    the accumulators (``K * n_cols * 8`` bytes) stay within ``ACC_BYTES`` and cost little
+    the accumulators (``2 * K * n_cols * 8`` bytes) stay within ``ACC_BYTES`` and cost little
     beside the row pass (``K * n_cols <= nnz / MIN_ENTRIES_PER_VALUE``): a max node
     (4 entries per row) or a small layer gets K = 1.
     """
     cols = max(n_cols, 1)
-    k = min(MAX_BLOCKS, n_rows // MIN_BLOCK_ROWS, ACC_BYTES // (8 * cols),
+    k = min(MAX_BLOCKS, n_rows // MIN_BLOCK_ROWS, ACC_BYTES // (2 * 8 * cols),
             nnz // (MIN_ENTRIES_PER_VALUE * cols))
     return max(1, int(k))
 
@@ -401,6 +403,10 @@ def _build(node, sizes, where):
             sources.append(source)
             parts.append(part)
         sources, parts = tuple(sources), tuple(parts)
+        if len(parts) == 1 and parts[0][0] == "window":
+            # every output channel at one position, then the next: neighbouring rows
+            # read the same inputs (see NodeRows.set_interleave)
+            rows.set_interleave(node.weights[0].out_channels)
     else:
         raise ValueError(f"{where} of kind {node.kind!r} has no local matrix")
     entry_start = np.zeros(n_rows + 1, np.int64)

@@ -281,6 +281,8 @@ def test_window_reverse_matches_unrolled_csr(rng, case, rule):
     st = structure([wm])
     a = wm.to_csr()
     csr = structure_of(a, blocks=st.n_blocks)
+    csr.rows.set_interleave(st.rows.interleave)        # the same visiting order
+    assert st.rows.interleave == wm.out_channels
     assert csr.n_blocks == st.n_blocks and csr.nnz == st.nnz
     v = random_values(rng, st)
     order = csr_order(st)
@@ -417,6 +419,7 @@ def test_rows_with_nothing_to_send_are_skipped(rng):
     gradient but no beta sends gradient messages only. The results are unaffected."""
     wm = random_window(rng, 2, "nchw", groups=2)
     st = structure([wm])
+    st.rows.set_interleave(0)          # row after row: block k holds the rows third[k]
     n = st.n_rows
     assert n >= 3
     v = random_values(rng, st)
@@ -457,6 +460,7 @@ def test_window_reverse_threads_bitwise(rng):
     st = structure([wm])
     assert st.n_blocks > 3 and st.nnz >= 32768          # reverse_node runs threads too
     csr = structure_of(wm.to_csr(), blocks=st.n_blocks)
+    csr.rows.set_interleave(st.rows.interleave)        # the same visiting order
     v = random_values(rng, st)
     for rule in RULES:
         ext = {"scores": v["scores"], "weights": v["weights"]}.get(rule)
