@@ -589,6 +589,10 @@ cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, float64_t*
     return _send(p, nz, scratch, where, w, b, rule, temperature, bias_x, h, acc, fallback)
 
 
+cdef enum:
+    WINDOW_SPOTS = 64     # kernel positions a row lists in a flat table (else nested loops)
+
+
 cdef inline int _window_row(const Source* s, Py_ssize_t p, const float64_t* u, double c,
                             const float64_t* bias_x, const float64_t* h, double b,
                             int rule, double temperature, float64_t* scratch,
@@ -596,11 +600,15 @@ cdef inline int _window_row(const Source* s, Py_ssize_t p, const float64_t* u, d
                             float64_t* acc_g) noexcept nogil:
     """_emit and _row in one for a node whose only input is a window matrix (built-in
     rules): the row's entries are generated and used in the same loop, never stored;
-    only its non-zero components are compacted. The same operations in the same order
-    as _emit then _row: the same bits. Returns _row's result (the caller has already
-    handled a row with no structural non-zero)."""
-    cdef int64_t m, o, o0, o1, o2, g, cc, col_c, col0, col1, col, kk0, kk1, n0, n1, n2
+    only its non-zero components are compacted. The row's kernel positions (column
+    offset, kernel index) are listed once, then every input channel runs over them:
+    the same entries in the same order as _emit, hence the same bits as _emit then
+    _row. Returns _row's result (the caller has already handled a row with no
+    structural non-zero)."""
+    cdef int64_t m, o, o0, o1, o2, g, cc, col_c, col, n0, n1, n2, n_sp, t
     cdef int64_t j0, j1, j2, n
+    cdef int64_t off[WINDOW_SPOTS]
+    cdef int64_t kid[WINDOW_SPOTS]
     cdef const int64_t* p0
     cdef const int64_t* p1
     cdef const int64_t* p2
@@ -626,44 +634,45 @@ cdef inline int _window_row(const Source* s, Py_ssize_t p, const float64_t* u, d
     p2 = s.spos[2] + o2 * s.kdim[2]
     k2 = s.skoff[2] + o2 * s.kdim[2]
     n2 = s.scount[2][o2]
-    n = s.cg * n0 * n1 * n2
+    n_sp = n0 * n1 * n2
+    n = s.cg * n_sp
     if n == 0:
         return 0
+    if n_sp > WINDOW_SPOTS:           # a large kernel: the general path
+        return -2
+    t = 0
+    for j0 in range(n0):
+        for j1 in range(n1):
+            for j2 in range(n2):
+                off[t] = (p0[j0] * s.stride[0] + p1[j1] * s.stride[1]
+                          + p2[j2] * s.stride[2])
+                kid[t] = (k0[j0] * s.kdim[1] + k1[j1]) * s.kdim[2] + k2[j2]
+                t += 1
     rs = s.row_scale[p] if s.row_scale != NULL else 1.0
     for cc in range(s.cg):
         col_c = s.col_offset + s.base + (g * s.cg + cc) * s.stride_c
         wb = s.data + (m * s.cg + cc) * s.k_prod
-        for j0 in range(n0):
-            col0 = col_c + p0[j0] * s.stride[0]
-            kk0 = k0[j0] * s.kdim[1]
-            for j1 in range(n1):
-                col1 = col0 + p1[j1] * s.stride[1]
-                kk1 = (kk0 + k1[j1]) * s.kdim[2]
-                for j2 in range(n2):
-                    col = col1 + p2[j2] * s.stride[2]
-                    wv = wb[kk1 + k2[j2]] * rs
-                    if gy != 0.0:
-                        acc_g[col] += gy * wv      # SPEC 2: g_u += (A^x)^T g_h
-                    if b != 0.0:
-                        uq = u[col]
-                        if uq != 0.0:
-                            k = (c * wv) * uq      # SPEC 3.2: kappa
-                            if k != 0.0:
-                                scratch[nz] = k
-                                where[nz] = col
-                                nz += 1
+        for t in range(n_sp):
+            col = col_c + off[t]
+            wv = wb[kid[t]] * rs
+            if gy != 0.0:
+                acc_g[col] += gy * wv          # SPEC 2: g_u += (A^x)^T g_h
+            if b != 0.0:
+                uq = u[col]
+                if uq != 0.0:
+                    k = (c * wv) * uq          # SPEC 3.2: kappa
+                    if k != 0.0:
+                        scratch[nz] = k
+                        where[nz] = col
+                        nz += 1
     if b == 0.0:
         return 0
     if nz == 0:                       # SPEC 3.6: uniform over the unscaled row
         e = b / n
         for cc in range(s.cg):
             col_c = s.col_offset + s.base + (g * s.cg + cc) * s.stride_c
-            for j0 in range(n0):
-                col0 = col_c + p0[j0] * s.stride[0]
-                for j1 in range(n1):
-                    col1 = col0 + p1[j1] * s.stride[1]
-                    for j2 in range(n2):
-                        acc[col1 + p2[j2] * s.stride[2]] += e
+            for t in range(n_sp):
+                acc[col_c + off[t]] += e
         fallback[p] = fabs(b)
         return 0
     return _send(p, nz, scratch, where, NULL, b, rule, temperature, bias_x, h, acc, fallback)
@@ -812,10 +821,12 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
                     used_b[kb] = 1
                 ab = &acc_b[kb, 0]
             if direct:                       # one window input: rows never stored
-                bad += _window_row(&srcs[0], p, &u[0], slope[p], &bias_x[0], &h[0], b, rule,
-                                   temperature, &scratch[kb, 0], &where[kb, 0], ab,
-                                   &fallback[0], gy, ag)
-                continue
+                r = _window_row(&srcs[0], p, &u[0], slope[p], &bias_x[0], &h[0], b, rule,
+                                temperature, &scratch[kb, 0], &where[kb, 0], ab,
+                                &fallback[0], gy, ag)
+                if r != -2:                  # -2: a kernel too large for the flat table
+                    bad += r
+                    continue
             n = _emit(srcs, n_src, p, &cols[kb, 0], &w[kb, 0])
             if b != 0.0:                     # the gradient goes in _row's first loop
                 bad += _row(p, n, &cols[kb, 0], &w[kb, 0], entry_start[p], &u[0],

@@ -157,3 +157,25 @@ def test_node_to_csr_is_the_explicit_form():
             np.testing.assert_allclose(a.data, c.data, rtol=1e-15, atol=0)
     dense = next(n for n in auto.nodes if n.describe_storage() == "dense")
     assert dense.to_csr()[0].nnz == dense.weights[0].size
+
+
+def test_large_kernels_take_the_general_row_path(rng):
+    """A 9x9 kernel lists 81 positions per row, more than the kernel's flat table
+    (WINDOW_SPOTS = 64): its rows go through the general emit-then-process path, with the
+    same numbers as the unrolled matrix."""
+    from tests.helpers import make_model, make_node
+
+    w = rng.normal(0, 0.1, (3, 2, 9, 9))
+    model = make_model([make_node("Conv", ["x", "W"], ["c"], pads=[4, 4, 4, 4]),
+                        make_node("Relu", ["c"], ["r"]), make_node("Flatten", ["r"], ["f"]),
+                        make_node("Gemm", ["f", "V", "b"], ["y"], transB=1)],
+                       {"x": (2, 10, 10)}, ["y"],
+                       {"W": w, "V": rng.normal(0, 0.1, (4, 300)), "b": rng.normal(size=4)})
+    x = rng.normal(size=(2, 2, 10, 10))
+    auto, csr = refbbp.load(model), refbbp.load(model, storage="csr")
+    assert auto.nodes[1].describe_storage() == "window" and auto.nodes[1].weights[0].max_row == 162
+    for rule in ("sign", "deviation"):
+        a, c = refbbp.bbp(auto, x, rule=rule), refbbp.bbp(csr, x, rule=rule)
+        assert a.completeness().ok()
+        for k, (ba, bc) in enumerate(zip(a.node_beta, c.node_beta)):
+            _close(ba, bc, f"beta of node {k}")
