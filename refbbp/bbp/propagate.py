@@ -14,6 +14,7 @@ import math
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .. import _core
 from ..network.linearize import linearize, local_linear_model, target_vectors
@@ -134,7 +135,11 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
         # One reverse pass: the kernel computes every node's gradient and BBp messages
         # from the same rows (SPEC 2 and 3).
         t0 = time.perf_counter()
-        trace = net.trace(x)
+        # The forward pass's matrix products run on one BLAS thread: BLAS worker threads
+        # keep spinning after a call (OpenBLAS: up to ~0.1 s) and would compete with the
+        # kernel's threads that follow (STL-10 net: 40 ms of its 170).
+        with threadpool_limits(1, user_api="blas"):
+            trace = net.trace(x)
         v = target_vectors(trace.logits, target, net.n_outputs)
         timings["forward"] = time.perf_counter() - t0
         _check_finite_values(net, trace)
