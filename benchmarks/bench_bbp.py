@@ -176,8 +176,8 @@ def format_table(rows, columns=COLUMNS):
 
 
 def format_phases(phases):
-    out = ["where bbp's time goes (1 thread, first rule): linearize = forward + gradient "
-           "(SciPy CSR mat-vecs); node = its BBp step (kernel + Python around it)"]
+    out = ["where bbp's time goes (1 thread, first rule): forward = the forward pass; node "
+           "= its reverse step (gradient and BBp in one kernel pass, and the Python around it)"]
     for name, first_s, t, nodes in phases:
         rest = t["propagate"] - sum(s for *_, s in nodes)
         top = ", ".join(f"#{k} {op} ({nnz / 1e6:.1f}M nnz) {1e3 * s:.1f}" for k, op, nnz, s
