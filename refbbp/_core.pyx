@@ -335,6 +335,34 @@ cdef class NodeRows:
         self.keep += [kernel, list(spos), list(skoff), list(scount), row_scale]
 
 
+cdef struct WindowRow:
+    # Where row p of a window source is: output channel m of group g, and per axis the
+    # sorted input positions and kernel offsets at its output position, and their count.
+    int64_t m
+    int64_t g
+    const int64_t* pos[3]
+    const int64_t* koff[3]
+    int64_t count[3]
+
+
+cdef inline void _window_at(const Source* s, Py_ssize_t p, WindowRow* r) noexcept nogil:
+    """Fill ``r`` for row ``p = m * n_out + o`` of window source ``s``."""
+    cdef int64_t o
+    cdef int64_t oa[3]
+    cdef int a
+    r.m = p // s.n_out
+    o = p - r.m * s.n_out
+    oa[2] = o % s.odim[2]
+    o = o // s.odim[2]
+    oa[1] = o % s.odim[1]
+    oa[0] = o // s.odim[1]
+    r.g = r.m // s.m_per_group
+    for a in range(WINDOW_AXES):
+        r.pos[a] = s.spos[a] + oa[a] * s.kdim[a]
+        r.koff[a] = s.skoff[a] + oa[a] * s.kdim[a]
+        r.count[a] = s.scount[a][oa[a]]
+
+
 cdef inline Py_ssize_t _emit(const Source* srcs, int n_src, Py_ssize_t p, int64_t* cols,
                              float64_t* w) noexcept nogil:
     """Row ``p``'s structural non-zeros, input by input: columns into ``cols`` and
@@ -343,7 +371,8 @@ cdef inline Py_ssize_t _emit(const Source* srcs, int n_src, Py_ssize_t p, int64_
     cdef Py_ssize_t j, lo, hi, q
     cdef int si
     cdef const Source* s
-    cdef int64_t m, o, o0, o1, o2, g, c, col_c, col0, col1, kk0, kk1, n0, n1, n2
+    cdef WindowRow wr
+    cdef int64_t m, g, c, col_c, col0, col1, kk0, kk1, n0, n1, n2
     cdef int64_t j0, j1, j2
     cdef const int64_t* p0
     cdef const int64_t* p1
@@ -375,22 +404,11 @@ cdef inline Py_ssize_t _emit(const Source* srcs, int n_src, Py_ssize_t p, int64_
                 w[n] = wb[q]
                 n += 1
         else:
-            m = p // s.n_out
-            o = p - m * s.n_out
-            o2 = o % s.odim[2]
-            o = o // s.odim[2]
-            o1 = o % s.odim[1]
-            o0 = o // s.odim[1]
-            g = m // s.m_per_group
-            p0 = s.spos[0] + o0 * s.kdim[0]
-            k0 = s.skoff[0] + o0 * s.kdim[0]
-            n0 = s.scount[0][o0]
-            p1 = s.spos[1] + o1 * s.kdim[1]
-            k1 = s.skoff[1] + o1 * s.kdim[1]
-            n1 = s.scount[1][o1]
-            p2 = s.spos[2] + o2 * s.kdim[2]
-            k2 = s.skoff[2] + o2 * s.kdim[2]
-            n2 = s.scount[2][o2]
+            _window_at(s, p, &wr)
+            m, g = wr.m, wr.g
+            p0, p1, p2 = wr.pos[0], wr.pos[1], wr.pos[2]
+            k0, k1, k2 = wr.koff[0], wr.koff[1], wr.koff[2]
+            n0, n1, n2 = wr.count[0], wr.count[1], wr.count[2]
             rs = s.row_scale[p] if s.row_scale != NULL else 1.0
             for c in range(s.cg):
                 col_c = s.col_offset + s.base + (g * s.cg + c) * s.stride_c
@@ -447,7 +465,7 @@ cdef Py_ssize_t _row_length(const Source* srcs, int n_src, Py_ssize_t p) noexcep
     cdef Py_ssize_t total = 0
     cdef int si
     cdef const Source* s
-    cdef int64_t m, o, o0, o1, o2
+    cdef WindowRow wr
     for si in range(n_src):
         s = &srcs[si]
         if s.kind == SRC_CSR:
@@ -455,13 +473,8 @@ cdef Py_ssize_t _row_length(const Source* srcs, int n_src, Py_ssize_t p) noexcep
         elif s.kind == SRC_DENSE:
             total += s.width
         else:
-            m = p // s.n_out
-            o = p - m * s.n_out
-            o2 = o % s.odim[2]
-            o = o // s.odim[2]
-            o1 = o % s.odim[1]
-            o0 = o // s.odim[1]
-            total += s.cg * s.scount[0][o0] * s.scount[1][o1] * s.scount[2][o2]
+            _window_at(s, p, &wr)
+            total += s.cg * wr.count[0] * wr.count[1] * wr.count[2]
     return total
 
 
@@ -605,7 +618,8 @@ cdef inline int _window_row(const Source* s, Py_ssize_t p, const float64_t* u, d
     the same entries in the same order as _emit, hence the same bits as _emit then
     _row. Returns _row's result (the caller has already handled a row with no
     structural non-zero)."""
-    cdef int64_t m, o, o0, o1, o2, g, cc, col_c, col, n0, n1, n2, n_sp, t
+    cdef WindowRow wr
+    cdef int64_t m, g, cc, col_c, col, n0, n1, n2, n_sp, t
     cdef int64_t j0, j1, j2, n
     cdef int64_t off[WINDOW_SPOTS]
     cdef int64_t kid[WINDOW_SPOTS]
@@ -618,22 +632,11 @@ cdef inline int _window_row(const Source* s, Py_ssize_t p, const float64_t* u, d
     cdef const float64_t* wb
     cdef double rs, wv, uq, k, e
     cdef Py_ssize_t nz = 0
-    m = p // s.n_out
-    o = p - m * s.n_out
-    o2 = o % s.odim[2]
-    o = o // s.odim[2]
-    o1 = o % s.odim[1]
-    o0 = o // s.odim[1]
-    g = m // s.m_per_group
-    p0 = s.spos[0] + o0 * s.kdim[0]
-    k0 = s.skoff[0] + o0 * s.kdim[0]
-    n0 = s.scount[0][o0]
-    p1 = s.spos[1] + o1 * s.kdim[1]
-    k1 = s.skoff[1] + o1 * s.kdim[1]
-    n1 = s.scount[1][o1]
-    p2 = s.spos[2] + o2 * s.kdim[2]
-    k2 = s.skoff[2] + o2 * s.kdim[2]
-    n2 = s.scount[2][o2]
+    _window_at(s, p, &wr)
+    m, g = wr.m, wr.g
+    p0, p1, p2 = wr.pos[0], wr.pos[1], wr.pos[2]
+    k0, k1, k2 = wr.koff[0], wr.koff[1], wr.koff[2]
+    n0, n1, n2 = wr.count[0], wr.count[1], wr.count[2]
     n_sp = n0 * n1 * n2
     n = s.cg * n_sp
     if n == 0:
