@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Cython kernels of refbbp: bias backpropagation over CSR rows (SPEC section 3).
+"""Cython kernels of refbbp: gradients and bias backpropagation over a node's rows (SPEC
+sections 2 and 3).
 
 The NumPy reference of the same computation is ``refbbp/bbp/reference.py``; the two must
 agree (tests/bbp). Inputs are validated in Python before they get here (see
@@ -10,25 +11,27 @@ raises or touches a Python object. Every entry point returns a code of the one s
 table below (``STATUS_*``); ``refbbp.bbp.kernels.STATUS_MESSAGES`` gives each its
 message.
 
-Index arrays (``indices``, ``indptr`` and the ``where`` scratch rows) are of the fused
-type ``index_t``: int32 or int64, the same for all of them in one call (a layer with
-more than 2**31 - 1 entries or columns needs int64; the results are the same bits for
-either width).
+A CSR source's ``indices`` and ``indptr`` are int32 or int64 (one type per source; the
+fused type ``index_t`` in ``check_csr_memview``): a layer with more than 2**31 - 1
+entries or columns needs int64, and the results are the same bits for either width.
+Columns, entry indices and scratch positions inside the kernel are int64.
 
 OpenMP is optional: without it (a compiler with no ``-fopenmp``) the ``prange`` loops
 compile to serial loops, ``max_threads()`` is 1 and ``openmp_enabled()`` False.
 
-One node of BBp is two passes over its local matrix, stored as CSR with the node's
-inputs stacked horizontally (all components of a row in one place):
+A node's local matrix, its inputs stacked horizontally, is read row by row from row
+sources (``NodeRows``: CSR arrays, a dense matrix, or a window matrix whose rows are
+generated here). The reverse step of one node is two passes:
 
-1. ``bbp_rows_memview`` -- the rows are cut into ``K`` contiguous blocks; ``K`` depends
-   only on the node's shape (chosen by the caller), never on the number of threads.
-   Blocks run in parallel; within a block, rows run in increasing order, and each row
-   computes its non-zero components, scores and softmax (each exponential once, in a
-   small per-block scratch row) and adds its messages ``alpha[p, j] * beta[p]`` into the
-   block's own dense accumulator over the input elements, ``acc[k, :]``.
+1. ``rows_reverse_memview`` -- the rows (in the order the structure sets) are cut into
+   ``K`` contiguous blocks; ``K`` depends only on the node's shape (chosen by the
+   caller), never on the number of threads. Blocks run in parallel; within a block,
+   each row sends its gradient messages ``c g A`` and, with beta, computes its non-zero
+   components, scores and softmax (each exponential once, in a small per-block scratch
+   row) and adds its messages ``alpha[p, j] * beta[p]``, into the block's own dense
+   accumulators over the input elements, ``acc_g[k, :]`` and ``acc_b[k, :]``.
 2. ``bbp_reduce_memview`` -- parallel over input elements: ``out[q] = spread +
-   acc[0, q] + acc[1, q] + ...`` in block order.
+   acc[0, q] + acc[1, q] + ...`` in block order, once for each accumulator.
 
 Race-free: a block's accumulator, scratch row and flag are written by the one thread
 that runs the block; pass 2 writes ``out[q]`` from one thread. Deterministic: every
@@ -902,7 +905,7 @@ cpdef int bbp_reduce_memview(const float64_t[:, ::1] acc, const uint8_t[::1] use
 
     Input:
       acc[K, n_cols], used[K]
-                        -- the block sums of bbp_rows_memview (acc[k] is read only
+                        -- the block sums of rows_reverse_memview (acc[k] is read only
                            if used[k])
       spread            -- added to every element: the beta of rows with no
                            structural non-zero divided by n_cols (SPEC 3.6)

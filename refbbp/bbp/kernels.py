@@ -3,7 +3,7 @@
 Everything is checked here, before the kernels run without the GIL (STYLE 5-8): array
 dtypes (float64; int32 or int64 indices, the same for ``indices`` and ``indptr``),
 C-contiguity, sizes, the rule code (``_core.RULE_*``), the temperature and the thread
-count (:func:`check_n_threads`). The CSR structures themselves were checked when the
+count (:func:`check_n_threads`). The row sources themselves were checked when the
 node's :class:`~refbbp.bbp.structure.NodeStructure` was built, and cannot change after
 (read-only arrays the structure owns). Every kernel entry point returns a code of one
 table, ``_core.STATUS_*``; :data:`STATUS_MESSAGES` gives each its message.

@@ -1,24 +1,24 @@
-"""Per-node CSR structures for the BBp kernel, built once per node and cached.
+"""Per-node structures for the kernel, built once per node and cached.
 
-The kernel (``refbbp/_core.pyx``) sees one node as one CSR matrix whose columns are the
-node's inputs stacked one after the other, so that a single pass over row ``p`` sees
-all of its components (SPEC 3.2: the softmax runs over the union of the row's
-components across all inputs). The structure also fixes the node's row blocks
-(:func:`n_blocks`), which fix the order of every sum the kernel makes.
+The kernel (``refbbp/_core.pyx``) reads a node's local matrix row by row from its row
+sources (``_core.NodeRows``), one per input, the inputs' columns stacked one after the
+other, so that a single pass over row ``p`` sees all of its components (SPEC 3.2: the
+softmax runs over the union of the row's components across all inputs). The structure
+also fixes the node's row blocks (:func:`n_blocks`) and the order its rows are visited
+in (``NodeRows.set_interleave``), which fix the order of every sum the kernel makes.
 
-* CSR weights are copied (see *Safety* below); a single input's canonical CSR matrix
-  (sorted indices, no duplicates) is copied once and used as it is.
-* Dense weights (Gemm, MatMul) become a CSR *view*: ``data`` is the dense array itself
-  (``A.reshape(-1)``, no copy, for a single input stored as C-contiguous float64) and
-  every entry is a structural non-zero (a dense layer's receptive field is its whole
-  input). One kernel, one code path to test, serves every
-  layer; the price is a column index per entry (a dense kernel would compute it), small
-  beside the convolutions of the networks BBp is used on, and the rows of a dense layer
-  are contiguous, so the CSR pass streams them as a dense one would.
+* CSR weights are copied (see *Safety* below), canonical (sorted, no duplicates).
+* Dense weights (Gemm, MatMul) are a dense source: read in place (a read-only view, no
+  copy) for a single input stored as C-contiguous float64; every entry is a structural
+  non-zero (a dense layer's receptive field is its whole input).
+* Window matrices (convolutions, average pooling) are a window source: the kernel and
+  the per-axis tables sorted by position (copies); the kernel generates each row. A
+  node with one window input is visited position by position (all output channels at
+  one position, then the next), so consecutive rows read the same inputs.
 * A max node's structure is its window (padding removed): the structural non-zeros of
   the unscaled row (SPEC 3.6). Its local data -- 1 at the selected element, 0 elsewhere
-  -- depends on the input and is made per input by :meth:`NodeStructure.max_data`.
-* Indices are int32 while the node's entries, columns and rows fit (``INDEX32_LIMIT``),
+  -- depends on the input and is made per input by :meth:`NodeStructure.max_rows`.
+* CSR indices are int32 while the entries, columns and rows fit (``INDEX32_LIMIT``),
   else int64 (``indices`` and ``indptr`` always share one type); the kernel gives the
   same bits for both.
 
