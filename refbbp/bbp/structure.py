@@ -471,7 +471,7 @@ def _add_window(rows, w, copies, offset, where):
         raise ValueError(f"{where}: invalid window matrix: {exc}") from None
     spos, skoff, scount = [], [], []
     for a in range(n_axes):
-        order, count = wm._sorted_axis(a)
+        order, count = wm.sorted_axis(a)
         spos.append(_frozen(np.ascontiguousarray(np.take_along_axis(tables[a], order, 1))))
         skoff.append(_frozen(np.ascontiguousarray(order, np.int64)))
         scount.append(_frozen(np.ascontiguousarray(count, np.int64)))

@@ -193,7 +193,7 @@ class WindowMatrix:
                 f"{self.nnz:,} structural non-zeros>")
 
     # ------------------------------------------------------------ the rows
-    def _sorted_axis(self, a):
+    def sorted_axis(self, a):
         """Per output position of axis ``a``: kernel offsets by increasing position
         (valid ones first) and how many are valid."""
         t = self.tables[a]
@@ -215,7 +215,7 @@ class WindowMatrix:
         o = np.unravel_index(o_flat, self.out_spatial) if self.out_spatial else ()
         per_axis_pos, per_axis_k = [], []
         for a, oa in enumerate(o):
-            order, count = self._sorted_axis(a)
+            order, count = self.sorted_axis(a)
             ks = order[oa, :count[oa]]
             per_axis_k.append(ks)
             per_axis_pos.append(self.tables[a][oa, ks])
@@ -241,7 +241,7 @@ class WindowMatrix:
         kfl = np.zeros((1, 1), np.int64)
         valid = np.ones((1, 1), bool)
         for a, t in enumerate(self.tables):
-            order, _ = self._sorted_axis(a)
+            order, _ = self.sorted_axis(a)
             pos = np.take_along_axis(t, order, axis=1)                 # (O_a, K_a)
             ok = pos >= 0
             k_a = self.kernel.shape[2 + a]
