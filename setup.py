@@ -84,7 +84,8 @@ extensions = [
     Extension(
         "refbbp._core",
         ["refbbp/_core.pyx"],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), "refbbp"],
+        depends=["refbbp/_vector.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

@@ -33,6 +33,12 @@ generated here). The reverse step of one node is two passes:
 2. ``bbp_reduce_memview`` -- parallel over input elements: ``out[q] = spread +
    acc[0, q] + acc[1, q] + ...`` in block order, once for each accumulator.
 
+A node whose only input is a window matrix with a transposed kernel, under a built-in
+rule, runs pass 1 as the vectorised pass instead (``_window_reverse`` here, the vector
+code in ``_vector.h``): its blocks hold tiles of rows (output channels of one group at
+one output position, which share their window) rather than runs of rows; everything
+else -- blocks fixed by the node's shape, block accumulators, pass 2 -- is the same.
+
 Race-free: a block's accumulator, scratch row and flag are written by the one thread
 that runs the block; pass 2 writes ``out[q]`` from one thread. Deterministic: every
 number is the result of the same floating-point operations in the same order (blocks
@@ -60,13 +66,30 @@ cdef extern from *:
     #include <omp.h>
     static int refbbp_omp_enabled(void) { return 1; }
     static int refbbp_omp_max_threads(void) { return omp_get_max_threads(); }
+    static int refbbp_omp_thread_num(void) { return omp_get_thread_num(); }
     #else
     static int refbbp_omp_enabled(void) { return 0; }
     static int refbbp_omp_max_threads(void) { return 1; }
+    static int refbbp_omp_thread_num(void) { return 0; }
     #endif
     """
     int refbbp_omp_enabled() noexcept nogil
     int refbbp_omp_max_threads() noexcept nogil
+    int refbbp_omp_thread_num() noexcept nogil
+
+# The vectorised window pass (GCC and clang; REFBBP_VECTOR is 0 elsewhere).
+cdef extern from "_vector.h":
+    int REFBBP_VECTOR
+    int REFBBP_TILE
+    double refbbp_exp_nonpos(double x) noexcept nogil
+    void refbbp_window_tile(
+        int64_t n4, const double* wt, int64_t cg, int64_t k_prod, int64_t mgp,
+        int64_t n_sp, const int64_t* off, const int64_t* kid, int64_t col0,
+        int64_t stride_c, const double* u, const int64_t* lane_m, const double* lc,
+        const double* lb, const double* lgy, const double* lsc, int deviation,
+        double temperature, int64_t* list_col, int64_t* list_w, double* list_u,
+        double* wbuf, double* ebuf, double* acc_g, double* acc_b, int64_t* lnz,
+        double* lratio) noexcept nogil
 
 # ---------------------------------------------------------------- typedefs, codes
 ctypedef double float64_t
@@ -103,6 +126,24 @@ cpdef enum:
     STATUS_CSR_NNZ = -8               # indptr[-1] != len(indices)
     STATUS_NONFINITE = 1              # some rows produced non-finite messages
                                       # (fallback[p] = NaN)
+
+# Internal: _rows_reverse hands the node to the vectorised pass (never returned).
+cdef enum:
+    STATUS_VECTOR = 100
+
+
+#: Whether the kernel was built with the vectorised window pass (GCC or clang).
+VECTOR_PASS = REFBBP_VECTOR != 0
+
+
+def exp_nonpos(const float64_t[::1] x):
+    """The vectorised pass's exponential (``_vector.h``), for ``x <= 0`` (for tests)."""
+    out = np.empty(x.shape[0])
+    cdef float64_t[::1] o = out
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        o[i] = refbbp_exp_nonpos(x[i])
+    return out
 
 
 def openmp_enabled():
@@ -207,6 +248,10 @@ cdef struct Source:
     int64_t stride_c
     int64_t stride[3]
     const float64_t* row_scale
+    # the vectorised pass: the kernel transposed to (groups, cg, k_prod, mgp), output
+    # channels of a group last, padded with zeros to mgp (a multiple of 4); or NULL
+    const float64_t* kernel_t
+    int64_t mgp
 
 
 cdef class NodeRows:
@@ -306,16 +351,22 @@ cdef class NodeRows:
 
     def add_window(self, const float64_t[::1] kernel, int64_t m_per_group, int64_t cg,
                    kdim, odim, spos, skoff, scount, int64_t base, int64_t stride_c,
-                   stride, row_scale, int64_t col_offset):
+                   stride, row_scale, int64_t col_offset, kernel_t=None):
         """A window input: ``kernel`` flat (M * cg * prod(kdim)); per axis (3, padded
         with size-1 axes) ``kdim``, ``odim``, the sorted tables ``spos``/``skoff``
         (int64, shape (odim, kdim): positions by increasing value, and their kernel
         offsets) with ``scount`` valid ones per output position; column of input
-        ``(c, i)`` = ``col_offset + base + c * stride_c + sum_a i_a * stride[a]``."""
+        ``(c, i)`` = ``col_offset + base + c * stride_c + sum_a i_a * stride[a]``.
+
+        ``kernel_t`` (optional; only without ``row_scale``): the kernel as an array of
+        shape (groups, cg, prod(kdim), mgp), the output channels of a group last and
+        zero-padded to ``mgp``, a multiple of 4. With it, a node whose only input this
+        is runs the built-in rules through the vectorised pass (``_vector.h``)."""
         cdef Source* s = self._next(col_offset)
         cdef const int64_t[:, ::1] t
         cdef const int64_t[::1] cnt
         cdef const float64_t[::1] rs
+        cdef const float64_t[:, :, :, ::1] kt
         cdef int a
         s.kind = SRC_WINDOW
         s.data = &kernel[0]
@@ -335,7 +386,31 @@ cdef class NodeRows:
         if row_scale is not None:
             rs = row_scale
             s.row_scale = &rs[0]
-        self.keep += [kernel, list(spos), list(skoff), list(scount), row_scale]
+        if kernel_t is not None:
+            kt = kernel_t
+            if (row_scale is not None or kt.shape[0] * s.m_per_group * s.cg * s.k_prod
+                    != kernel.shape[0] or kt.shape[1] != s.cg or kt.shape[2] != s.k_prod
+                    or kt.shape[3] < s.m_per_group or kt.shape[3] % 4 != 0
+                    or kt.shape[3] >= s.m_per_group + 4):
+                raise ValueError("kernel_t does not fit the kernel (or comes with a "
+                                 "row_scale)")
+            s.kernel_t = &kt[0, 0, 0, 0]
+            s.mgp = kt.shape[3]
+        self.keep += [kernel, list(spos), list(skoff), list(scount), row_scale, kernel_t]
+
+    def vector_workspace(self):
+        """Per thread, the float64 and int64 scratch sizes the vectorised pass needs:
+        ``(n_float, n_int)``, or ``(0, 0)`` if these rows never take it."""
+        cdef const Source* s = &self.src[0]
+        if not self.vector():
+            return 0, 0
+        return (2 * s.cg * s.k_prod * REFBBP_TILE + 6 * REFBBP_TILE,
+                2 * REFBBP_TILE + 2 * s.k_prod)
+
+    cdef bint vector(self) noexcept nogil:
+        """Whether the built-in rules run through the vectorised pass."""
+        return (REFBBP_VECTOR != 0 and self.n_src == 1 and self.src[0].kind == SRC_WINDOW
+                and self.src[0].kernel_t != NULL)
 
 
 cdef struct WindowRow:
@@ -605,6 +680,24 @@ cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, float64_t*
     return _send(p, nz, scratch, where, w, b, rule, temperature, bias_x, h, acc, fallback)
 
 
+cdef int64_t _window_spots(const Source* s, Py_ssize_t p, int64_t* off,
+                           int64_t* kid) noexcept nogil:
+    """Row ``p``'s kernel positions, in _emit's order: column offset ``off[t]`` (from
+    the row's channel column) and kernel index ``kid[t]``; returns their number."""
+    cdef WindowRow wr
+    cdef int64_t j0, j1, j2, n = 0
+    _window_at(s, p, &wr)
+    for j0 in range(wr.count[0]):
+        for j1 in range(wr.count[1]):
+            for j2 in range(wr.count[2]):
+                off[n] = (wr.pos[0][j0] * s.stride[0] + wr.pos[1][j1] * s.stride[1]
+                          + wr.pos[2][j2] * s.stride[2])
+                kid[n] = (wr.koff[0][j0] * s.kdim[1] + wr.koff[1][j1]) * s.kdim[2] \
+                    + wr.koff[2][j2]
+                n += 1
+    return n
+
+
 cdef enum:
     WINDOW_SPOTS = 64     # kernel positions a row lists in a flat table (else nested loops)
 
@@ -622,38 +715,21 @@ cdef inline int _window_row(const Source* s, Py_ssize_t p, const float64_t* u, d
     _row. Returns _row's result (the caller has already handled a row with no
     structural non-zero)."""
     cdef WindowRow wr
-    cdef int64_t m, g, cc, col_c, col, n0, n1, n2, n_sp, t
-    cdef int64_t j0, j1, j2, n
+    cdef int64_t m, g, cc, col_c, col, n_sp, t, n
     cdef int64_t off[WINDOW_SPOTS]
     cdef int64_t kid[WINDOW_SPOTS]
-    cdef const int64_t* p0
-    cdef const int64_t* p1
-    cdef const int64_t* p2
-    cdef const int64_t* k0
-    cdef const int64_t* k1
-    cdef const int64_t* k2
     cdef const float64_t* wb
     cdef double rs, wv, uq, k, e
     cdef Py_ssize_t nz = 0
     _window_at(s, p, &wr)
     m, g = wr.m, wr.g
-    p0, p1, p2 = wr.pos[0], wr.pos[1], wr.pos[2]
-    k0, k1, k2 = wr.koff[0], wr.koff[1], wr.koff[2]
-    n0, n1, n2 = wr.count[0], wr.count[1], wr.count[2]
-    n_sp = n0 * n1 * n2
+    n_sp = wr.count[0] * wr.count[1] * wr.count[2]
     n = s.cg * n_sp
     if n == 0:
         return 0
     if n_sp > WINDOW_SPOTS:           # a large kernel: the general path
         return -2
-    t = 0
-    for j0 in range(n0):
-        for j1 in range(n1):
-            for j2 in range(n2):
-                off[t] = (p0[j0] * s.stride[0] + p1[j1] * s.stride[1]
-                          + p2[j2] * s.stride[2])
-                kid[t] = (k0[j0] * s.kdim[1] + k1[j1]) * s.kdim[2] + k2[j2]
-                t += 1
+    _window_spots(s, p, off, kid)
     rs = s.row_scale[p] if s.row_scale != NULL else 1.0
     for cc in range(s.cg):
         col_c = s.col_offset + s.base + (g * s.cg + cc) * s.stride_c
@@ -693,7 +769,8 @@ cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
                                int64_t[:, ::1] cols, float64_t[:, ::1] w,
                                float64_t[:, ::1] scratch, int64_t[:, ::1] where,
                                uint8_t[::1] used_g, uint8_t[::1] used_b,
-                               float64_t[::1] fallback, int n_threads):
+                               float64_t[::1] fallback, float64_t[:, ::1] vec_f,
+                               int64_t[:, ::1] vec_i, int n_threads):
     """The reverse pass of one node: gradient and BBp messages of every row, summed per
     block (SPEC 2 and 3.2-3.6), from one emission of each row.
 
@@ -725,11 +802,17 @@ cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
                            NaN where the row produced non-finite messages. Rows with
                            no structural non-zero send nothing: the caller spreads
                            their beta over every column (bbp_reduce_memview).
+      vec_f[threads, nf], vec_i[threads, ni]
+                        -- per-thread scratch of the vectorised pass, (nf, ni) =
+                           rows.vector_workspace() (read only if the pass is taken)
 
     Block k holds visits [k * n_rows // K, (k + 1) * n_rows // K) of the rows' order
     (rows.interleave: row after row, or interleaved runs); K is the caller's
     choice and must not depend on n_threads: it fixes the order of every sum, so the
-    results are bitwise identical for any thread count. A row is emitted once if it
+    results are bitwise identical for any thread count. A window node with a
+    transposed kernel (rows.vector_workspace() not (0, 0)) and a built-in rule takes the
+    vectorised pass instead (_window_reverse): block k then holds tiles
+    [k * W // K, (k + 1) * W // K) of its W tiles of rows. A row is emitted once if it
     has a gradient (c[p] g[p] != 0) or beta (beta[p] != 0) to send, else skipped.
     Complexity O(nnz + n_rows + K * n_cols), at most one exp per non-zero component.
     Returns STATUS_OK, STATUS_NONFINITE, or STATUS_SHAPE / STATUS_RULE /
@@ -741,7 +824,21 @@ cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
                                rows.interleave, entry_start, u, slope, bias_x, h, g, beta, ext, rule,
                                temperature, acc_g, acc_b, cols, w, scratch, where,
                                used_g, used_b, fallback, n_threads)
+        if status == STATUS_VECTOR:
+            status = _window_reverse(&rows.src[0], rows.n_rows, rows.n_cols, u, slope,
+                                     bias_x, h, g, beta, rule, temperature, acc_g, acc_b,
+                                     cols, scratch, where, used_g, used_b, fallback,
+                                     vec_f, vec_i, n_threads)
     return status
+
+
+cdef inline float64_t* _block_acc(float64_t* acc, uint8_t* used,
+                                  Py_ssize_t n_cols) noexcept nogil:
+    """A block's accumulator row, zeroed the first time the block uses it."""
+    if used[0] == 0:
+        memset(acc, 0, n_cols * sizeof(float64_t))
+        used[0] = 1
+    return acc
 
 
 cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_cols,
@@ -796,8 +893,12 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
     if n_threads < 1:
         return STATUS_THREADS
     threads = n_threads if n_threads < n_blocks else <int>n_blocks
-    # One window input and a built-in rule: generate and use each row in one loop.
+    # One window input and a built-in rule: generate and use each row in one loop, or
+    # (with a transposed kernel) take the vectorised pass.
     direct = n_src == 1 and srcs[0].kind == SRC_WINDOW and rule <= RULE_DEVIATION
+    if (direct and REFBBP_VECTOR != 0 and srcs[0].kernel_t != NULL
+            and srcs[0].row_scale == NULL):
+        return STATUS_VECTOR
     for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
         lo = kb * n_rows // n_blocks
         hi = (kb + 1) * n_rows // n_blocks
@@ -814,18 +915,9 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
                 if b != 0.0:                 # SPEC 3.6, no structural non-zero: the
                     fallback[p] = fabs(b)    # caller spreads it over every input
                 continue
-            ag = NULL
-            ab = NULL
-            if gy != 0.0:                    # SPEC 2: g_u += (A^x)^T g_h
-                if used_g[kb] == 0:
-                    memset(&acc_g[kb, 0], 0, n_cols * sizeof(float64_t))
-                    used_g[kb] = 1
-                ag = &acc_g[kb, 0]
-            if b != 0.0:
-                if used_b[kb] == 0:
-                    memset(&acc_b[kb, 0], 0, n_cols * sizeof(float64_t))
-                    used_b[kb] = 1
-                ab = &acc_b[kb, 0]
+            # SPEC 2: g_u += (A^x)^T g_h into ag; BBp messages into ab
+            ag = _block_acc(&acc_g[kb, 0], &used_g[kb], n_cols) if gy != 0.0 else NULL
+            ab = _block_acc(&acc_b[kb, 0], &used_b[kb], n_cols) if b != 0.0 else NULL
             if direct:                       # one window input: rows never stored
                 r = _window_row(&srcs[0], p, &u[0], slope[p], &bias_x[0], &h[0], b, rule,
                                 temperature, &scratch[kb, 0], &where[kb, 0], ab,
@@ -841,6 +933,169 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
             else:
                 for j in range(n):
                     ag[cols[kb, j]] += gy * w[kb, j]
+    return STATUS_NONFINITE if bad else STATUS_OK
+
+
+cdef inline void _spread(float64_t* acc, double e, int64_t cg, int64_t n_sp,
+                         int64_t col_c, int64_t stride_c, const int64_t* off) noexcept nogil:
+    """SPEC 3.6 for a window row with no non-zero component: ``e`` (its beta over its
+    ``cg * n_sp`` structural non-zeros) to each of them."""
+    cdef int64_t cc, t
+    for cc in range(cg):
+        for t in range(n_sp):
+            acc[col_c + cc * stride_c + off[t]] += e
+
+
+cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
+                         const float64_t[::1] u, const float64_t[::1] slope,
+                         const float64_t[::1] bias_x, const float64_t[::1] h,
+                         const float64_t[::1] g, const float64_t[::1] beta, int rule,
+                         double temperature, float64_t[:, ::1] acc_g,
+                         float64_t[:, ::1] acc_b, int64_t[:, ::1] cols,
+                         float64_t[:, ::1] scratch, int64_t[:, ::1] where,
+                         uint8_t[::1] used_g, uint8_t[::1] used_b,
+                         float64_t[::1] fallback, float64_t[:, ::1] vec_f,
+                         int64_t[:, ::1] vec_i, int n_threads) noexcept nogil:
+    """The reverse pass of a node whose only input is a window matrix with a transposed
+    kernel, for a built-in rule (arguments as rows_reverse_memview, already checked).
+
+    The rows are taken in tiles: up to REFBBP_TILE output channels of one group at one
+    output position, which share their window (refbbp_window_tile computes their
+    messages four rows at a time). Tiles are ordered by position, then group, then
+    channel; block k holds tiles [k * W // K, (k + 1) * W // K) of the W tiles. A row
+    with beta and no non-zero component spreads its beta uniformly over its window here
+    (SPEC 3.6), as _window_row does.
+    """
+    cdef Py_ssize_t n_blocks = acc_b.shape[0]
+    cdef int64_t n_out = s.n_out
+    cdef int64_t n_groups = (n_rows // n_out) // s.m_per_group
+    cdef int64_t n_tiles = (s.mgp + REFBBP_TILE - 1) // REFBBP_TILE
+    cdef int64_t n_work = n_out * n_groups * n_tiles
+    cdef int64_t nf = 2 * s.cg * s.k_prod * REFBBP_TILE + 6 * REFBBP_TILE
+    cdef int64_t ni = 2 * REFBBP_TILE + 2 * s.k_prod
+    cdef int grad = g.shape[0] > 0
+    cdef int deviation = rule == RULE_DEVIATION
+    cdef int threads = n_threads if n_threads < n_blocks else <int>n_blocks
+    cdef int bad = 0
+    cdef Py_ssize_t kb, item, lo, hi
+    cdef int64_t o, last_o, gi, tile, m0, m1, width, n4, i, m, p, n_sp, col_c, tid
+    cdef int any_g, any_b
+    cdef double b, gy
+    cdef float64_t* fbuf
+    cdef int64_t* ibuf
+    cdef float64_t* lc
+    cdef float64_t* lb
+    cdef float64_t* lgy
+    cdef float64_t* lsc
+    cdef float64_t* lratio
+    cdef float64_t* ebuf
+    cdef float64_t* wbuf
+    cdef int64_t* lnz
+    cdef int64_t* lane_m
+    cdef int64_t* off
+    cdef int64_t* kid
+    cdef float64_t* ag
+    cdef float64_t* ab
+    if (vec_f.shape[0] < threads or vec_i.shape[0] < threads or vec_f.shape[1] < nf
+            or vec_i.shape[1] < ni or s.mgp < 1):
+        return STATUS_SHAPE       # (cols, where, scratch: a row each, checked by the caller)
+    for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
+        tid = refbbp_omp_thread_num()
+        fbuf = &vec_f[tid, 0]
+        ibuf = &vec_i[tid, 0]
+        lc = fbuf
+        lb = fbuf + REFBBP_TILE
+        lgy = fbuf + 2 * REFBBP_TILE
+        lsc = fbuf + 3 * REFBBP_TILE
+        lratio = fbuf + 4 * REFBBP_TILE
+        ebuf = fbuf + 6 * REFBBP_TILE
+        wbuf = ebuf + s.cg * s.k_prod * REFBBP_TILE
+        lnz = ibuf
+        lane_m = ibuf + REFBBP_TILE
+        off = lane_m + REFBBP_TILE
+        kid = off + s.k_prod
+        lo = kb * n_work // n_blocks
+        hi = (kb + 1) * n_work // n_blocks
+        used_g[kb] = 0
+        used_b[kb] = 0
+        last_o = -1
+        n_sp = 0
+        for item in range(lo, hi):
+            o = item // (n_groups * n_tiles)
+            gi = (item // n_tiles) % n_groups
+            tile = item % n_tiles
+            if o != last_o:               # the window of position o (row o: m = 0)
+                n_sp = _window_spots(s, o, off, kid)
+                last_o = o
+            # the tile's rows that have something to send through their components
+            # (c != 0), packed into lanes; the rest at most spread beta (SPEC 3.6)
+            m0 = tile * REFBBP_TILE
+            m1 = m0 + REFBBP_TILE
+            if m1 > s.m_per_group:
+                m1 = s.m_per_group
+            width = 0
+            any_g = 0
+            any_b = 0
+            col_c = s.col_offset + s.base + gi * s.cg * s.stride_c
+            for m in range(m0, m1):
+                p = (gi * s.m_per_group + m) * n_out + o
+                fallback[p] = 0.0
+                b = beta[p]
+                gy = slope[p] * g[p] if grad else 0.0
+                if slope[p] == 0.0 or (b == 0.0 and gy == 0.0):
+                    if b != 0.0 and n_sp > 0:     # no non-zero component: SPEC 3.6
+                        _spread(_block_acc(&acc_b[kb, 0], &used_b[kb], n_cols),
+                                b / (s.cg * n_sp), s.cg, n_sp, col_c, s.stride_c, off)
+                        fallback[p] = fabs(b)
+                    elif b != 0.0:                # no structural non-zero: the caller
+                        fallback[p] = fabs(b)
+                    continue
+                lane_m[width] = m
+                lc[width] = slope[p]
+                lb[width] = b
+                lgy[width] = gy
+                if rule == RULE_SIGN:
+                    lsc[width] = -1.0 if bias_x[p] > 0.0 else (1.0 if bias_x[p] < 0.0
+                                                                 else 0.0)
+                else:
+                    lsc[width] = h[p]
+                any_g = any_g or gy != 0.0
+                any_b = any_b or b != 0.0
+                width = width + 1
+            if width == 0 or n_sp == 0:
+                if n_sp == 0:
+                    for i in range(width):
+                        if lb[i] != 0.0:          # no structural non-zero: the caller
+                            fallback[(gi * s.m_per_group + lane_m[i]) * n_out + o] = \
+                                fabs(lb[i])
+                continue
+            n4 = (width + 3) // 4
+            for i in range(width, 4 * n4):        # padding lanes send nothing
+                lane_m[i] = 0
+                lc[i] = 0.0
+                lb[i] = 0.0
+                lgy[i] = 0.0
+                lsc[i] = 0.0
+            ag = _block_acc(&acc_g[kb, 0], &used_g[kb], n_cols) if any_g else NULL
+            ab = _block_acc(&acc_b[kb, 0], &used_b[kb], n_cols) if any_b else NULL
+            refbbp_window_tile(n4, s.kernel_t + gi * s.cg * s.k_prod * s.mgp, s.cg,
+                               s.k_prod, s.mgp, n_sp, off, kid, col_c, s.stride_c, &u[0],
+                               lane_m, lc, lb, lgy, lsc, deviation, temperature,
+                               &cols[kb, 0], &where[kb, 0], &scratch[kb, 0], wbuf, ebuf,
+                               ag, ab, lnz, lratio)
+            if not any_b:
+                continue
+            for i in range(width):
+                b = lb[i]
+                if b == 0.0:
+                    continue
+                p = (gi * s.m_per_group + lane_m[i]) * n_out + o
+                if lnz[i] == 0:                   # SPEC 3.6: uniform over the row
+                    _spread(ab, b / (s.cg * n_sp), s.cg, n_sp, col_c, s.stride_c, off)
+                    fallback[p] = fabs(b)
+                elif not isfinite(lratio[i]):
+                    fallback[p] = NAN             # marks the row for the caller
+                    bad += 1
     return STATUS_NONFINITE if bad else STATUS_OK
 
 

@@ -106,6 +106,18 @@ class Workspace:
     def __init__(self):
         self._f = np.empty(0)
         self._i = np.empty(0, np.int64)
+        self._vf = np.empty(0)
+        self._vi = np.empty(0, np.int64)
+
+    def vector(self, threads, n_float, n_int):
+        """Per-thread scratch of the vectorised window pass: ``(threads, n_float)``
+        float64 and ``(threads, n_int)`` int64."""
+        if self._vf.size < threads * n_float:
+            self._vf = np.empty(threads * n_float)
+        if self._vi.size < threads * n_int:
+            self._vi = np.empty(threads * n_int, np.int64)
+        return (self._vf[:threads * n_float].reshape(threads, n_float),
+                self._vi[:threads * n_int].reshape(threads, n_int))
 
     def get(self, n_blocks, n_cols, max_row):
         """``acc_g``, ``acc_b`` (n_blocks, n_cols); ``w``, ``scratch`` (n_blocks,
@@ -189,13 +201,17 @@ def reverse_node(st, rows, u, slope, bias_x, h, g, beta, *, rule_code, temperatu
     reduce_threads = 1 if st.n_blocks * n_cols < PARALLEL_MIN_REDUCE else n_threads
     if n_cols == 0 and np.any(beta):
         raise ValueError(f"{where} has no inputs to pass its bias attribution to")
-    acc_g, acc_b, w, scratch, cols, where_, used_g, used_b = (workspace or Workspace()).get(
+    workspace = workspace or Workspace()
+    acc_g, acc_b, w, scratch, cols, where_, used_g, used_b = workspace.get(
         st.n_blocks, n_cols, st.max_row)
+    # scratch of the vectorised window pass, if the rows take it (built-in rules only)
+    n_float, n_int = rows.vector_workspace() if rule_code <= _core.RULE_DEVIATION else (0, 0)
+    vec_f, vec_i = workspace.vector(row_threads, n_float, n_int)
     fallback = np.empty(n_rows)
     status = _core.rows_reverse_memview(rows, st.entry_start, u, slope, bias_x, h, g, beta,
                                         ext, rule_code, temperature, acc_g, acc_b, cols, w,
-                                        scratch, where_, used_g, used_b, fallback,
-                                        row_threads)
+                                        scratch, where_, used_g, used_b, fallback, vec_f,
+                                        vec_i, row_threads)
     if status == _core.STATUS_NONFINITE:
         p = int(np.flatnonzero(np.isnan(fallback))[0])
         raise FloatingPointError(

@@ -97,6 +97,10 @@ MIN_BLOCK_ROWS = 32
 #: many bytes in all (the largest layers of an ImageNet VGG read 3.2 million elements:
 #: 2 blocks, so 2 threads; a smaller bound left them on one thread) ...
 ACC_BYTES = 128 << 20
+#: Output channels per group from which a window node's rows take the vectorised pass
+#: (``refbbp/_vector.h``; it runs four rows per vector, padding a group to a multiple
+#: of 4).
+MIN_VECTOR_CHANNELS = 4
 #: ... and at least this many stored entries per accumulated value (clearing and
 #: adding up the accumulators, O(K * n_cols), stays small beside the O(nnz) row pass).
 MIN_ENTRIES_PER_VALUE = 4
@@ -486,11 +490,27 @@ def _add_window(rows, w, copies, offset, where):
     m = wm.out_channels
     rows.add_window(_frozen(kernel.reshape(-1)), m // wm.groups, wm.group_channels, kdim,
                     odim, spos, skoff, scount, w.base, w.strides[0], strides, row_scale,
-                    offset)
+                    offset, _transposed_kernel(kernel, wm.groups, row_scale))
     per_out = np.ones(1, np.int64)
     for c in scount[:n_axes]:
         per_out = np.multiply.outer(per_out, c).reshape(-1)
     return np.tile(per_out * wm.group_channels, m), (kernel, *spos, *skoff, *scount)
+
+
+def _transposed_kernel(kernel, groups, row_scale):
+    """The kernel as the vectorised pass reads it (``NodeRows.add_window``): shape
+    (groups, cg, prod(k), mgp), the output channels of a group last, zero-padded to
+    ``mgp``, a multiple of 4; or None where the pass does not apply (a row scale, or
+    fewer than 4 output channels per group, e.g. a depthwise convolution: most of each
+    vector would be padding)."""
+    m_per_group = kernel.shape[0] // groups
+    if row_scale is not None or m_per_group < MIN_VECTOR_CHANNELS:
+        return None
+    mgp = -(-m_per_group // 4) * 4
+    k = kernel.reshape(groups, m_per_group, kernel.shape[1], -1).transpose(0, 2, 3, 1)
+    out = np.zeros(k.shape[:3] + (mgp,))
+    out[..., :m_per_group] = k
+    return _frozen(out)
 
 
 def _window(node, sizes, where):

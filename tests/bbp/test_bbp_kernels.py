@@ -195,10 +195,12 @@ def reverse_workspace(rows, entry_start, u, slope, bias_x, h, beta, rule=_core.R
     used_g = np.full(blocks, 7, np.uint8)
     used_b = np.full(blocks, 7, np.uint8)
     fb = np.full(rows.n_rows, np.nan)
+    n_float, n_int = rows.vector_workspace()
     status = _core.rows_reverse_memview(
         rows, entry_start, u, slope, bias_x, h, np.empty(0) if g is None else g, beta,
         np.empty(0) if ext is None else ext, rule, temperature, acc_g, acc_b, cols, w,
-        scratch, where, used_g, used_b, fb, n_threads)
+        scratch, where, used_g, used_b, fb, np.empty((n_threads, n_float)),
+        np.empty((n_threads, n_int), np.int64), n_threads)
     return status, acc_g, acc_b, used_g, used_b, fb
 
 
@@ -266,7 +268,8 @@ def _args(**over):
                 cols=np.empty((2, 2), np.int64), w=np.empty((2, 2)),
                 scratch=np.empty((2, 2)), where=np.empty((2, 2), np.int64),
                 used_g=np.empty(2, np.uint8), used_b=np.empty(2, np.uint8),
-                fallback=np.empty(2), n_threads=1)
+                fallback=np.empty(2), vec_f=np.empty((1, 0)),
+                vec_i=np.empty((1, 0), np.int64), n_threads=1)
     args.update(over)
     return args
 

@@ -52,7 +52,7 @@ ORDERED = {"nchw", "box"}
 
 
 # ------------------------------------------------------------------ test data
-def random_window(rng, n_axes, layout="nchw", groups=1, row_scale=False):
+def random_window(rng, n_axes, layout="nchw", groups=1, row_scale=False, mg=None):
     """A random convolution as a WindowMatrix: random kernel size, stride, dilation and
     padding per axis, kernel zeros (structural), over the input layout ``layout``:
 
@@ -64,6 +64,8 @@ def random_window(rng, n_axes, layout="nchw", groups=1, row_scale=False):
 
     In the last two layouts the rows do not list their columns in increasing order (the
     geometry is constrained so that some row has several entries out of order).
+    ``mg``: output channels per group (default: 1 to 3, below the vectorised pass's
+    minimum, so that the rows go one by one).
     """
     top = 6 if n_axes < 3 else 4
     spatial = [int(s) for s in rng.integers(2, top + 1, n_axes)]
@@ -79,7 +81,8 @@ def random_window(rng, n_axes, layout="nchw", groups=1, row_scale=False):
         out.append(max(span, 0) // stride[a] + 1)
     tables = [window_table(o, k, s, d, b, n) for o, k, s, d, b, n
               in zip(out, kernel, stride, dil, pads[:n_axes], spatial)]
-    cg, mg = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    cg = int(rng.integers(1, 4))
+    mg = int(rng.integers(1, 4)) if mg is None else mg
     if layout == "nhwc":            # ... and 2 channels: NHWC rows are then not sorted
         cg = max(cg, 2)
     c = groups * cg
@@ -301,6 +304,59 @@ def test_window_reverse_matches_unrolled_csr(rng, case, rule):
             np.testing.assert_array_equal(got[2], want[2])
             assert_grad(got[0], a, v)
         assert_matches_reference(st, a, v, rule, temperature, got[1], got[2])
+
+
+VECTOR_CASES = [   # (spatial axes, layout, groups, output channels per group)
+    (2, "nchw", 1, 4), (1, "nchw", 2, 7), (2, "box", 1, 13), (3, "nchw", 1, 5),
+    (2, "nhwc", 2, 6), (1, "flipped", 1, 9), (2, "nchw", 1, 66), (1, "nhwc", 1, 130),
+]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.3, 0.0, np.inf])
+@pytest.mark.parametrize("rule", ["sign", "deviation"])
+@pytest.mark.parametrize("case", VECTOR_CASES,
+                         ids=[f"{n}d-{lay}-g{gr}-m{mg}" for n, lay, gr, mg in VECTOR_CASES])
+def test_window_vector_pass_matches_unrolled_csr(rng, case, rule, temperature):
+    """The vectorised pass (_vector.h: a window node with at least 4 output channels
+    per group, a built-in rule) gives what the row-by-row pass gives on the unrolled
+    CSR matrix, to 1e-12: tiles of up to 64 channels (66 and 130 cross them), groups,
+    channels not a multiple of 4, dead rows, zero inputs, rows with beta and no non-zero
+    component (SPEC 3.6), gradient-only rows; its fallbacks are the same numbers, and
+    its bits the same over 1, 2 and 3 threads."""
+    n_axes, layout, groups, mg = case
+    wm = random_window(rng, n_axes, layout, groups, mg=mg)
+    st = structure([wm])
+    assert st.rows.vector_workspace() != (0, 0) or not _core.VECTOR_PASS
+    a = wm.to_csr()
+    csr = structure_of(a, blocks=st.n_blocks)
+    assert csr.rows.vector_workspace() == (0, 0)
+    v = random_values(rng, st, zero_input=0.4, dead_rows=0.3)
+    got = reverse(st, v, rule, temperature)
+    want = reverse(csr, v, rule, temperature)
+    scale = np.abs(v["beta"]).sum()
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=AGREE * scale)
+    np.testing.assert_array_equal(got[2], want[2])
+    assert_grad(got[0], a, v)
+    assert_matches_reference(st, a, v, rule, temperature, got[1], got[2])
+    for n_threads in (2, 3):
+        other = reverse(st, v, rule, temperature, n_threads=n_threads)
+        for x, y in zip(got, other):
+            assert np.array_equal(x.view(np.uint64), y.view(np.uint64))
+
+
+def test_vector_exp_is_within_an_ulp_of_exp():
+    """The vectorised pass's exponential (x <= 0): exp(0) is exactly 1, and over
+    [-746, 0] (subnormal results included) it is within 1 ulp of NumPy's exp (which is
+    within 1 ulp of the exact value)."""
+    if not _core.VECTOR_PASS:
+        pytest.skip("kernel built without the vectorised pass")
+    x = np.concatenate([-np.geomspace(1e-300, 746, 200_000), -np.linspace(0, 746, 100_001),
+                        [0.0, -0.0, -1e-320, -708.4, -709.8, -744.9, -745.2, -746.0]])
+    got = _core.exp_nonpos(x)
+    want = np.exp(x)
+    assert got[x == 0].tolist() == [1.0] * int(np.sum(x == 0))
+    ulp = np.abs(got - want) / np.spacing(np.maximum(want, np.finfo(float).tiny * 2**-52))
+    assert ulp.max() <= 1.0, (float(ulp.max()), float(x[np.argmax(ulp)]))
 
 
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=WINDOW_IDS)

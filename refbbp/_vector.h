@@ -1,0 +1,278 @@
+/* The vectorised window pass of refbbp's kernel (included by _core.pyx).
+ *
+ * A window matrix (a convolution's rows, refbbp/network/window.py) repeats one kernel
+ * at every output position: the rows of the output channels of one group at one
+ * position read the same inputs, with weights kernel[m, c, k] that differ only by m.
+ * This pass takes such a tile of rows together, up to REFBBP_TILE output channels, and
+ * runs each step of SPEC 2 and 3.2-3.5 over the tile's rows at once, four rows per
+ * vector: gradient messages, kappa, scores, the row maxima, the exponentials and their
+ * sums, the messages. Per row, every sum runs over the row's non-zero components in the
+ * same order as the row-by-row pass (_core.pyx, _window_row), so each row's maximum,
+ * total and ratio are the same numbers; only the exponential is this file's own
+ * (rv_exp_nonpos, within about 1 ulp of exp) and what the tile's rows send to one input
+ * is added up before it reaches the accumulator. The operations and their order are
+ * fixed by the code (explicit four-lane vectors, no reassociation, no contraction into
+ * FMA), so the bits do not depend on the instruction set the compiler picks.
+ *
+ * GCC and clang only (vector extensions); elsewhere REFBBP_VECTOR is 0 and the kernel
+ * runs every row through the row-by-row pass.
+ */
+#ifndef REFBBP_VECTOR_H
+#define REFBBP_VECTOR_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Output channels per tile: a multiple of the four lanes. */
+#define REFBBP_TILE 64
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(REFBBP_NO_VECTOR)
+#define REFBBP_VECTOR 1
+
+/* No contraction of a * b + c into one FMA (its single rounding would make the bits
+ * depend on the instruction set). */
+#pragma GCC optimize ("fp-contract=off")
+
+typedef double rv_d __attribute__((vector_size(32)));
+typedef int64_t rv_i __attribute__((vector_size(32)));
+typedef uint64_t rv_u __attribute__((vector_size(32)));
+
+#define RV_N (REFBBP_TILE / 4)
+
+/* GCC on x86-64: an AVX2 version of the pass besides the baseline one, picked at load
+ * time (the same operations, so the same bits; AVX2 alone, without FMA). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define REFBBP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define REFBBP_CLONES
+#endif
+
+static inline rv_d rv_load(const double *p) { rv_d v; memcpy(&v, p, sizeof v); return v; }
+static inline void rv_store(double *p, rv_d v) { memcpy(p, &v, sizeof v); }
+static inline rv_d rv_set1(double x) { rv_d v = {x, x, x, x}; return v; }
+/* mask ? a : b, lane by lane (mask lanes all ones or all zeros). */
+static inline rv_d rv_select(rv_i mask, rv_d a, rv_d b)
+{
+    return (rv_d)((mask & (rv_i)a) | (~mask & (rv_i)b));
+}
+static inline rv_d rv_and(rv_i mask, rv_d a) { return (rv_d)(mask & (rv_i)a); }
+static inline rv_d rv_abs(rv_d a)
+{
+    return (rv_d)((rv_u)a & (rv_u){~(1ULL << 63), ~(1ULL << 63), ~(1ULL << 63),
+                                    ~(1ULL << 63)});
+}
+/* The lanes' sum in one fixed order. */
+static inline double rv_sum(rv_d a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+
+/* exp(x) for x <= 0 (inputs above 0 are taken as 0, below -746 as -746; a NaN lane
+ * gives a NaN or finite garbage the caller masks). x = n ln2 + r with |r| <= ln2 / 2
+ * (Cody-Waite: ln2 split in two, the high part with trailing zeros so n * LN2_HI is
+ * exact), exp(r) by its Taylor polynomial of degree 13 (truncation below 5e-18), and
+ * 2^n applied as 2^(n1) 2^(n2), each a normal number, so that results in the subnormal
+ * range are rounded once. exp(0) is exactly 1. */
+static inline rv_d rv_exp_nonpos(rv_d x)
+{
+    const rv_d magic = rv_set1(6755399441055744.0);          /* 1.5 * 2^52 */
+    const rv_d log2e = rv_set1(1.4426950408889634);
+    const rv_d ln2_hi = rv_set1(6.93147180369123816490e-01);
+    const rv_d ln2_lo = rv_set1(1.90821492927058770002e-10);
+    rv_d t, nd, r, p;
+    rv_i n, n1, n2;
+    x = rv_select(x < rv_set1(-746.0), rv_set1(-746.0), x);
+    x = rv_select(x > rv_set1(0.0), rv_set1(0.0), x);
+    t = x * log2e + magic;                   /* n in the low bits of t */
+    nd = t - magic;
+    r = (x - nd * ln2_hi) - nd * ln2_lo;
+    p = rv_set1(1.0 / 6227020800.0);         /* 1/13! ... 1/0! */
+    p = p * r + rv_set1(1.0 / 479001600.0);
+    p = p * r + rv_set1(1.0 / 39916800.0);
+    p = p * r + rv_set1(1.0 / 3628800.0);
+    p = p * r + rv_set1(1.0 / 362880.0);
+    p = p * r + rv_set1(1.0 / 40320.0);
+    p = p * r + rv_set1(1.0 / 5040.0);
+    p = p * r + rv_set1(1.0 / 720.0);
+    p = p * r + rv_set1(1.0 / 120.0);
+    p = p * r + rv_set1(1.0 / 24.0);
+    p = p * r + rv_set1(1.0 / 6.0);
+    p = p * r + rv_set1(0.5);
+    p = p * r + rv_set1(1.0);
+    p = p * r + rv_set1(1.0);
+    n = (rv_i)t - (rv_i)magic;               /* -1077 <= n <= 0 */
+    n1 = -(rv_i)((rv_u)(-n) >> 1);
+    n2 = n - n1;
+    return (p * (rv_d)((n1 + 1023) << 52)) * (rv_d)((n2 + 1023) << 52);
+}
+
+/* Scalar form of the same function (same operations, same bits), for tests. */
+static double refbbp_exp_nonpos(double x)
+{
+    rv_d v = rv_exp_nonpos(rv_set1(x));
+    return v[0];
+}
+
+/* The score of component kappa: sign rule, sc = -sign(b^x) and s = sc * kappa;
+ * deviation rule, sc = h / n_p and s = |sc - kappa|. */
+static inline rv_d rv_score(rv_d sc, rv_d k, int deviation)
+{
+    return deviation ? rv_abs(sc - k) : sc * k;
+}
+
+/* One scan of a tile's non-zero inputs (list_w, list_u; weights in wbuf): per row, the
+ * count of its non-zero components into nz (if not NULL) and, if with_max, the
+ * maximum of their scores into mx. */
+static inline void rv_scan(int64_t n_list, const int64_t *list_w, const double *list_u,
+                           const double *wbuf, int64_t n4, const rv_d *c, const rv_d *sc,
+                           int with_max, int deviation, rv_i *nz, rv_d *mx)
+{
+    int64_t i, j;
+    for (j = 0; j < n_list; j++) {
+        rv_d vu = rv_set1(list_u[j]);
+        const double *w = wbuf + list_w[j];
+        for (i = 0; i < n4; i++) {
+            rv_d k = (c[i] * rv_load(w + 4 * i)) * vu;
+            rv_i on = k != rv_set1(0.0);
+            if (nz != NULL)
+                nz[i] -= on;
+            if (with_max) {
+                rv_d s = rv_score(sc[i], k, deviation);
+                mx[i] = rv_select(on & (s > mx[i]), s, mx[i]);
+            }
+        }
+    }
+}
+
+/* The rows of one tile: output channels m0 + i (i < 4 * n4 <= REFBBP_TILE) of one
+ * group at one output position, whose window lists n_sp kernel positions (column
+ * offset off[t], kernel index kid[t]) and cg input channels.
+ *
+ *   wt       transposed kernel at (group, channel 0, kernel index 0, output channel
+ *            0 of the group): the weight of output channel m at (channel cc, kernel
+ *            index k) is wt[(cc * k_prod + k) * mgp + m]
+ *   lane_m   the output channel of each row of the tile (the caller packs the rows
+ *            that have something to send; padding rows have c = gy = beta = 0)
+ *   col0     column of channel 0 at offset 0; channel cc adds cc * stride_c
+ *   u        the node's input values (read at the window's columns)
+ *   lc, lb, lgy, lsc
+ *            per row: slope c, beta, c * g (0: no gradient), and the rule's row value
+ *            (sign rule: -sign(b^x); deviation rule: h)
+ *   list_col, list_w, list_u
+ *            scratch of cg * n_sp entries (the window's non-zero inputs)
+ *   wbuf     scratch of cg * n_sp * 4 * n4 values (the tile's weights, gathered)
+ *   ebuf     scratch of cg * n_sp * 4 * n4 values (the softmax terms)
+ *   acc_g    gradient accumulator (NULL: no gradient in the tile)
+ *   acc_b    BBp accumulator (NULL: no beta in the tile)
+ * Output per row: lnz, its number of non-zero components; lratio, beta / (sum of its
+ * softmax terms), or 0 if it has no non-zero component. A row whose ratio is not finite
+ * sent nothing; the caller reports it (as it handles rows with beta and no non-zero
+ * component, SPEC 3.6).
+ */
+REFBBP_CLONES static void refbbp_window_tile(
+    int64_t n4, const double *wt, int64_t cg, int64_t k_prod, int64_t mgp,
+    int64_t n_sp, const int64_t *off, const int64_t *kid, int64_t col0, int64_t stride_c,
+    const double *u, const int64_t *lane_m, const double *lc, const double *lb,
+    const double *lgy, const double *lsc, int deviation, double temperature,
+    int64_t *list_col, int64_t *list_w, double *list_u, double *wbuf, double *ebuf,
+    double *acc_g, double *acc_b, int64_t *lnz, double *lratio)
+{
+    rv_d c[RV_N], sc[RV_N], mx[RV_N], tot[RV_N], ratio[RV_N];
+    rv_i nz[RV_N];
+    int64_t i, j, cc, t, n_list = 0, n_entry = 0, col;
+    const double *w;
+    double *wg;
+    double uq;
+    for (i = 0; i < n4; i++) {
+        c[i] = rv_load(lc + 4 * i);
+        sc[i] = rv_load(lsc + 4 * i);
+        mx[i] = rv_set1(-__builtin_inf());
+        tot[i] = rv_set1(0.0);
+        nz[i] = (rv_i){0, 0, 0, 0};
+    }
+    /* The tile's weights, entry after entry; SPEC 2: g_u += (A^x)^T g_h, every
+     * structural entry; and the list of the non-zero inputs. */
+    for (cc = 0; cc < cg; cc++) {
+        for (t = 0; t < n_sp; t++, n_entry++) {
+            col = col0 + cc * stride_c + off[t];
+            w = wt + (cc * k_prod + kid[t]) * mgp;
+            wg = wbuf + n_entry * 4 * n4;
+            for (i = 0; i < 4 * n4; i++)
+                wg[i] = w[lane_m[i]];
+            if (acc_g != NULL) {
+                rv_d s = rv_set1(0.0);
+                for (i = 0; i < n4; i++)
+                    s += rv_load(lgy + 4 * i) * rv_load(wg + 4 * i);
+                acc_g[col] += rv_sum(s);
+            }
+            uq = u[col];
+            if (uq != 0.0) {
+                list_col[n_list] = col;
+                list_w[n_list] = n_entry * 4 * n4;
+                list_u[n_list] = uq;
+                n_list++;
+            }
+        }
+    }
+    if (acc_b == NULL)
+        return;
+    /* SPEC 3.2: kappa = (c A[p, q]) u[q], non-zero components only: their count n_p
+     * and (SPEC 3.3-3.4) their maximum score; the deviation rule's scores
+     * s = |h / n_p - kappa| need n_p first, so they take a second scan. */
+    rv_scan(n_list, list_w, list_u, wbuf, n4, c, sc, !deviation, 0, nz, mx);
+    if (deviation) {
+        for (i = 0; i < n4; i++) {
+            rv_d n = {(double)nz[i][0], (double)nz[i][1], (double)nz[i][2],
+                      (double)nz[i][3]};
+            sc[i] = sc[i] / n;
+        }
+        rv_scan(n_list, list_w, list_u, wbuf, n4, c, sc, 1, 1, NULL, mx);
+    }
+    /* SPEC 3.4: the softmax terms e = exp((s - max) / T) (1 at the maximum) and sums. */
+    for (j = 0; j < n_list; j++) {
+        rv_d vu = rv_set1(list_u[j]);
+        double *eb = ebuf + j * 4 * n4;
+        w = wbuf + list_w[j];
+        for (i = 0; i < n4; i++) {
+            rv_d k = (c[i] * rv_load(w + 4 * i)) * vu;
+            rv_i on = k != rv_set1(0.0);
+            rv_d s = rv_score(sc[i], k, deviation);
+            rv_i top = s == mx[i];
+            rv_d e;
+            if (temperature == __builtin_inf())
+                e = rv_set1(1.0);
+            else if (temperature == 0.0)
+                e = rv_and(top, rv_set1(1.0));
+            else if (temperature == 1.0)
+                e = rv_select(top, rv_set1(1.0), rv_exp_nonpos(s - mx[i]));
+            else
+                e = rv_select(top, rv_set1(1.0),
+                              rv_exp_nonpos((s - mx[i]) / rv_set1(temperature)));
+            e = rv_and(on, e);
+            tot[i] += e;
+            rv_store(eb + 4 * i, e);
+        }
+    }
+    /* SPEC 3.5: messages e * (beta / total). */
+    for (i = 0; i < n4; i++) {
+        rv_i none = nz[i] == (rv_i){0, 0, 0, 0};
+        ratio[i] = rv_and(~none, rv_load(lb + 4 * i) / tot[i]);
+        rv_store(lratio + 4 * i, ratio[i]);
+        memcpy(lnz + 4 * i, &nz[i], sizeof nz[i]);
+        /* a ratio that is not finite sends nothing (x - x is 0 only if x is finite) */
+        ratio[i] = rv_and((ratio[i] - ratio[i]) == rv_set1(0.0), ratio[i]);
+    }
+    for (j = 0; j < n_list; j++) {
+        const double *eb = ebuf + j * 4 * n4;
+        rv_d s = rv_set1(0.0);
+        for (i = 0; i < n4; i++)
+            s += rv_load(eb + 4 * i) * ratio[i];
+        acc_b[list_col[j]] += rv_sum(s);
+    }
+}
+
+#else
+/* Without vector extensions the kernel never calls these (VECTOR_PASS is False). */
+#define REFBBP_VECTOR 0
+#define refbbp_exp_nonpos(x) (0.0)
+#define refbbp_window_tile(...) ((void)0)
+#endif
+
+#endif /* REFBBP_VECTOR_H */
