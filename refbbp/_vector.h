@@ -64,43 +64,67 @@ static inline rv_d rv_abs(rv_d a)
 /* The lanes' sum in one fixed order. */
 static inline double rv_sum(rv_d a) { return (a[0] + a[1]) + (a[2] + a[3]); }
 
+/* 2^(j/64), j = 0 .. 63, each correctly rounded (computed with 60-digit decimals). */
+static const double rv_exp2_64[64] = {
+    0x1.0000000000000p+0, 0x1.02c9a3e778061p+0, 0x1.059b0d3158574p+0,
+    0x1.0874518759bc8p+0, 0x1.0b5586cf9890fp+0, 0x1.0e3ec32d3d1a2p+0,
+    0x1.11301d0125b51p+0, 0x1.1429aaea92de0p+0, 0x1.172b83c7d517bp+0,
+    0x1.1a35beb6fcb75p+0, 0x1.1d4873168b9aap+0, 0x1.2063b88628cd6p+0,
+    0x1.2387a6e756238p+0, 0x1.26b4565e27cddp+0, 0x1.29e9df51fdee1p+0,
+    0x1.2d285a6e4030bp+0, 0x1.306fe0a31b715p+0, 0x1.33c08b26416ffp+0,
+    0x1.371a7373aa9cbp+0, 0x1.3a7db34e59ff7p+0, 0x1.3dea64c123422p+0,
+    0x1.4160a21f72e2ap+0, 0x1.44e086061892dp+0, 0x1.486a2b5c13cd0p+0,
+    0x1.4bfdad5362a27p+0, 0x1.4f9b2769d2ca7p+0, 0x1.5342b569d4f82p+0,
+    0x1.56f4736b527dap+0, 0x1.5ab07dd485429p+0, 0x1.5e76f15ad2148p+0,
+    0x1.6247eb03a5585p+0, 0x1.6623882552225p+0, 0x1.6a09e667f3bcdp+0,
+    0x1.6dfb23c651a2fp+0, 0x1.71f75e8ec5f74p+0, 0x1.75feb564267c9p+0,
+    0x1.7a11473eb0187p+0, 0x1.7e2f336cf4e62p+0, 0x1.82589994cce13p+0,
+    0x1.868d99b4492edp+0, 0x1.8ace5422aa0dbp+0, 0x1.8f1ae99157736p+0,
+    0x1.93737b0cdc5e5p+0, 0x1.97d829fde4e50p+0, 0x1.9c49182a3f090p+0,
+    0x1.a0c667b5de565p+0, 0x1.a5503b23e255dp+0, 0x1.a9e6b5579fdbfp+0,
+    0x1.ae89f995ad3adp+0, 0x1.b33a2b84f15fbp+0, 0x1.b7f76f2fb5e47p+0,
+    0x1.bcc1e904bc1d2p+0, 0x1.c199bdd85529cp+0, 0x1.c67f12e57d14bp+0,
+    0x1.cb720dcef9069p+0, 0x1.d072d4a07897cp+0, 0x1.d5818dcfba487p+0,
+    0x1.da9e603db3285p+0, 0x1.dfc97337b9b5fp+0, 0x1.e502ee78b3ff6p+0,
+    0x1.ea4afa2a490dap+0, 0x1.efa1bee615a27p+0, 0x1.f50765b6e4540p+0,
+    0x1.fa7c1819e90d8p+0
+};
+
 /* exp(x) for x <= 0 (inputs above 0 are taken as 0, below -746 as -746; a NaN lane
- * gives a NaN or finite garbage the caller masks). x = n ln2 + r with |r| <= ln2 / 2
- * (Cody-Waite: ln2 split in two, the high part with trailing zeros so n * LN2_HI is
- * exact), exp(r) by its Taylor polynomial of degree 13 (truncation below 5e-18), and
- * 2^n applied as 2^(n1) 2^(n2), each a normal number, so that results in the subnormal
- * range are rounded once. exp(0) is exactly 1. */
+ * gives garbage the caller masks). x = (64 n + j) ln2 / 64 + r with |r| <= ln2 / 128
+ * (Cody-Waite: ln2 / 64 split in two, the high part with trailing zeros so that
+ * k * LN2_64_HI is exact), exp(x) = 2^n * T[j] * exp(r), T[j] = 2^(j/64) from the table
+ * and exp(r) - 1 = q by its Taylor polynomial of degree 5 (truncation below 4e-17), put
+ * together as T + T q so that the table's rounding dominates; 2^n is applied as
+ * 2^(n1) 2^(n2), each a normal number, so that results in the subnormal range are
+ * rounded once. exp(0) is exactly 1. */
 static inline rv_d rv_exp_nonpos(rv_d x)
 {
     const rv_d magic = rv_set1(6755399441055744.0);          /* 1.5 * 2^52 */
-    const rv_d log2e = rv_set1(1.4426950408889634);
-    const rv_d ln2_hi = rv_set1(6.93147180369123816490e-01);
-    const rv_d ln2_lo = rv_set1(1.90821492927058770002e-10);
-    rv_d t, nd, r, p;
-    rv_i n, n1, n2;
+    const rv_d inv = rv_set1(92.33248261689366);             /* 64 / ln 2 */
+    const rv_d ln2_64_hi = rv_set1(6.93147180369123816490e-01 / 64);
+    const rv_d ln2_64_lo = rv_set1(1.90821492927058770002e-10 / 64);
+    rv_d t, nd, r, q, tab, y;
+    rv_i k, j, n, n1, n2;
     x = rv_select(x < rv_set1(-746.0), rv_set1(-746.0), x);
     x = rv_select(x > rv_set1(0.0), rv_set1(0.0), x);
-    t = x * log2e + magic;                   /* n in the low bits of t */
+    t = x * inv + magic;                     /* k = round(64 x / ln2) in the low bits */
     nd = t - magic;
-    r = (x - nd * ln2_hi) - nd * ln2_lo;
-    p = rv_set1(1.0 / 6227020800.0);         /* 1/13! ... 1/0! */
-    p = p * r + rv_set1(1.0 / 479001600.0);
-    p = p * r + rv_set1(1.0 / 39916800.0);
-    p = p * r + rv_set1(1.0 / 3628800.0);
-    p = p * r + rv_set1(1.0 / 362880.0);
-    p = p * r + rv_set1(1.0 / 40320.0);
-    p = p * r + rv_set1(1.0 / 5040.0);
-    p = p * r + rv_set1(1.0 / 720.0);
-    p = p * r + rv_set1(1.0 / 120.0);
-    p = p * r + rv_set1(1.0 / 24.0);
-    p = p * r + rv_set1(1.0 / 6.0);
-    p = p * r + rv_set1(0.5);
-    p = p * r + rv_set1(1.0);
-    p = p * r + rv_set1(1.0);
-    n = (rv_i)t - (rv_i)magic;               /* -1077 <= n <= 0 */
+    r = (x - nd * ln2_64_hi) - nd * ln2_64_lo;
+    q = rv_set1(1.0 / 120.0);
+    q = q * r + rv_set1(1.0 / 24.0);
+    q = q * r + rv_set1(1.0 / 6.0);
+    q = q * r + rv_set1(0.5);
+    q = q * r + rv_set1(1.0);
+    q = q * r;
+    k = (rv_i)t - (rv_i)magic;               /* -68,900 < k <= 0 */
+    j = k & 63;
+    n = -(rv_i)((rv_u)(j - k) >> 6);         /* k = 64 n + j */
+    tab = (rv_d){rv_exp2_64[j[0]], rv_exp2_64[j[1]], rv_exp2_64[j[2]], rv_exp2_64[j[3]]};
+    y = tab + tab * q;
     n1 = -(rv_i)((rv_u)(-n) >> 1);
     n2 = n - n1;
-    return (p * (rv_d)((n1 + 1023) << 52)) * (rv_d)((n2 + 1023) << 52);
+    return (y * (rv_d)((n1 + 1023) << 52)) * (rv_d)((n2 + 1023) << 52);
 }
 
 /* Scalar form of the same function (same operations, same bits), for tests. */
