@@ -267,6 +267,9 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
     result = values[output]
     if not isinstance(result, Var):
         raise ModelFormatError(f"output {output!r} does not depend on the input {vin.name!r}")
+    if result.size == 0:
+        raise ModelFormatError(f"output {output!r} has shape {result.shape}: no elements to "
+                               f"explain (a tensor on its way has a zero dimension)")
     out = b.finish(result, output)
     kept_nodes, out = _prune(b.nodes, out)
     return Network(kept_nodes, out, sample_shape, input_name=vin.name,

@@ -96,13 +96,16 @@ def check_load_arguments(input_shape, output, max_bytes, storage, storages):
 
 
 # ------------------------------------------------------------------------- files
-def _open_regular(path, what):
+def _open_regular(path, what, external=False):
     """Open ``path`` for reading (never blocking: a FIFO is refused, not waited on) and
-    return ``(fd, size)``; refuse anything but a regular file."""
+    return ``(fd, size)``; refuse anything but a regular file. A missing model file is
+    a FileNotFoundError, missing external data (``external``) a ModelFormatError."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
+        if external:
+            raise ModelFormatError(f"{what}: no file at {path!r}") from None
         raise FileNotFoundError(f"no {what} at {path!r}") from None
     except IsADirectoryError:
         raise ModelFormatError(f"{what} {path!r} is a directory, not a file") from None
@@ -307,7 +310,8 @@ def resolve_external_data(proto, folder, max_bytes, budget_used=0):
                 f"reading them (pass a larger max_bytes= to load it)")
         plan.append((t, what, info["location"], target, offset, expected))
     for t, what, location, target, offset, expected in plan:
-        fd, size = _open_regular(target, f"external data file {location!r} of {what}")
+        fd, size = _open_regular(target, f"external data file {location!r} of {what}",
+                                 external=True)
         try:
             if offset + expected > size:
                 raise ModelFormatError(
