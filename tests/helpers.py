@@ -16,8 +16,8 @@ from onnx import helper, numpy_helper
 
 import refbbp
 
-__all__ = ["make_model", "make_node", "run_ort", "check_against_ort", "check_linear_model",
-           "run_onnx_reference", "as_f32", "BATCH"]
+__all__ = ["make_model", "make_node", "with_output_shapes", "run_ort", "check_against_ort",
+           "check_linear_model", "run_onnx_reference", "as_f32", "BATCH"]
 
 BATCH = "N"  # symbolic batch dimension of every test model's input
 
@@ -80,8 +80,25 @@ def make_model(nodes, inputs, outputs, initializers=None, opset=17, *, batch=BAT
     # one the opset needs, whichever is newer: onnxruntime reads both.
     ir = ir_version or max(4, helper.find_min_ir_version_for(
         [o for o in opset_ids if o.domain in ("", "ai.onnx")] or opset_ids[:1]))
-    return helper.make_model(graph, opset_imports=opset_ids, ir_version=ir,
-                             producer_name="refbbp-tests")
+    return with_output_shapes(helper.make_model(graph, opset_imports=opset_ids,
+                                                ir_version=ir, producer_name="refbbp-tests"))
+
+
+def with_output_shapes(model):
+    """``model`` with the types of its graph outputs given by ONNX's shape inference.
+
+    ONNX requires a shape on every graph input and output (``onnx.checker``, which
+    ``refbbp.load`` runs, refuses a model without); the tests build their outputs
+    without one and let inference fill it in. Outputs inference cannot type are left
+    as they are. Modifies and returns ``model``.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type for vi in [*inferred.graph.value_info, *inferred.graph.output]
+             if vi.type.tensor_type.HasField("shape")}
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape") and out.name in types:
+            out.type.CopyFrom(types[out.name])
+    return model
 
 
 _SESSION_OPTIONS = ort.SessionOptions()

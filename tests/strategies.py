@@ -31,7 +31,7 @@ import numpy as np
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from tests.helpers import run_ort
+from tests.helpers import run_ort, with_output_shapes
 
 __all__ = [
     "OPSET", "Sketch", "cnns", "logits_name", "mlps", "models", "resnets", "run_ort",
@@ -130,7 +130,7 @@ class Sketch:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="refbbp-tests")
         model.ir_version = IR_VERSION
-        return model
+        return with_output_shapes(model)
 
     def value(self, name=None):
         """The value of tensor ``name`` (default ``cur``) at the example input, from

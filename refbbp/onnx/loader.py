@@ -10,18 +10,14 @@ the converter registered for its op and opset (``registry.py``).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from ..errors import InputShapeError, ModelFormatError, UnsupportedOpError
 from ..network.graph import Network, live_nodes
-from . import activations, conv, elementwise, gemm, index, pool, registry
-from .builder import Builder, Var
+from . import activations, conv, elementwise, gemm, index, pool, registry, validate
+from .builder import STORAGES, Builder, Var
 
 __all__ = ["CONVERTER_MODULES", "ImportNotice", "load", "strip_final_softmax",
            "topological_order"]
@@ -34,23 +30,6 @@ DEFAULT_MAX_BYTES = 4 << 30
 
 class ImportNotice(UserWarning):
     """Something the importer did that changes what is explained (e.g. a dropped Softmax)."""
-
-
-def _read_model(model):
-    if isinstance(model, onnx.ModelProto):
-        return model, None
-    path = os.fspath(model)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no ONNX model at {path!r}")
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    try:
-        proto = onnx.load_from_string(raw)
-    except Exception as exc:  # protobuf raises several types
-        raise ModelFormatError(f"{path!r} is not a readable ONNX model: {exc}") from None
-    if not proto.graph.node:
-        raise ModelFormatError(f"{path!r} holds no graph nodes: is it an ONNX model?")
-    return proto, {"path": path, "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def topological_order(nodes, available):
@@ -103,8 +82,10 @@ def _dims(value_info):
 def _input_shape(vi, input_shape):
     """(onnx_shape with batch 1, per-input shape, has batch axis)."""
     dims = _dims(vi)
+    if dims is not None:
+        validate.check_input_dims(vi, dims)
     if input_shape is not None:
-        given = tuple(int(s) for s in input_shape)
+        given = input_shape
         if dims is None:
             return given, given, False
         if len(given) == len(dims) - 1:
@@ -126,6 +107,9 @@ def _input_shape(vi, input_shape):
                               f"pass input_shape= (without the batch dimension)")
     batch = len(dims) >= 2 and (not isinstance(dims[0], int) or dims[0] in (0, 1))
     rest = dims[1:] if batch else dims
+    if any(isinstance(d, int) and d == 0 for d in rest):
+        raise ModelFormatError(f"graph input {vi.name!r} has shape {dims} with a zero "
+                               f"dimension: an input with no elements has nothing to explain")
     bad = [i for i, d in enumerate(rest) if not isinstance(d, int) or d <= 0]
     if bad:
         raise InputShapeError(
@@ -160,14 +144,21 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
     Parameters
     ----------
     model : str, path-like or onnx.ModelProto
+        A model file (a regular file; its external data, if any, are read from its
+        folder and only from there) or a proto in memory (without external data).
     input_shape : tuple of int, optional
         Shape of one input without the batch dimension. Needed only when the model's
         input has symbolic dimensions other than the leading batch dimension.
     output : str, optional
         Name of the graph output to explain; default the first.
-    max_bytes : int, optional
-        Memory budget for all layer matrices together (default 4 GiB). A layer that
-        would exceed it is refused, naming the layer and its estimated size.
+    max_bytes : int or float, optional
+        Memory budget (default 4 GiB; finite, at least 1) for all layer matrices
+        together plus the per-node vectors of one explanation. A layer that would
+        exceed it is refused, naming the layer and its estimated size, before it is
+        allocated; so is a tensor computed at load time (an index op's element table,
+        a constant) that would not fit in what is left of it. The model file and its
+        external data together may not be larger than it either (checked before
+        reading).
     storage : {"auto", "csr"}, optional
         ``"auto"`` (default): convolutions, transposed convolutions and average pooling
         are window matrices (their kernel and geometry; rows are generated when a pass
@@ -185,16 +176,26 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
         An op in the graph is not piecewise linear (names op, node and opset).
     UnsupportedOpError
         An op or attribute refbbp does not convert.
-    ModelFormatError, InputShapeError, MemoryBudgetError
+    ModelFormatError
+        The file or proto is not a valid ONNX model (``onnx.checker`` with
+        ``full_check=True``, and refbbp's own checks of files, external data, graph
+        structure and initializers).
+    InputShapeError, MemoryBudgetError
+    TypeError, ValueError
+        An argument of the wrong type or out of range (the message names it).
     """
-    proto, source = _read_model(model)
+    input_shape, max_bytes = validate.check_load_arguments(
+        input_shape, output, max_bytes, storage, STORAGES)
+    proto, folder, source = validate.read_model(model, max_bytes)
+    validate.resolve_external_data(proto, folder, max_bytes,
+                                   proto.ByteSize() if source else 0)
     graph = proto.graph
+    outputs = validate.check_graph(graph)
+    consts = validate.decode_constants(graph, max_bytes)
+    validate.check_model(proto, source)
     opsets = {(o.domain or ""): o.version for o in proto.opset_import}
     if "" not in opsets and "ai.onnx" in opsets:
         opsets[""] = opsets["ai.onnx"]
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for sparse in graph.sparse_initializer:
-        consts[sparse.values.name] = numpy_helper.to_array(numpy_helper.to_array(sparse))
     data_inputs = [vi for vi in graph.input if vi.name not in consts]
     if len(data_inputs) != 1:
         raise ModelFormatError(
@@ -203,7 +204,6 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
     vin = data_inputs[0]
     onnx_shape, sample_shape, batch_axis = _input_shape(vin, input_shape)
 
-    outputs = [o.name for o in graph.output]
     if output is None:
         output = outputs[0]
     elif output not in outputs:
@@ -242,6 +242,7 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
         node = registry.OnnxNode(proto_node, opsets.get(domain if domain != "ai.onnx" else "",
                                                         opsets.get("", 1)))
         ins = [values[i] if i else None for i in proto_node.input]
+        _check_output_size(b, node, ins)
         if all(not isinstance(v, Var) for v in ins):
             outs = _evaluate_constant(node, ins)
         elif node.op_type == "Shape":
@@ -266,6 +267,9 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
     result = values[output]
     if not isinstance(result, Var):
         raise ModelFormatError(f"output {output!r} does not depend on the input {vin.name!r}")
+    if result.size == 0:
+        raise ModelFormatError(f"output {output!r} has shape {result.shape}: no elements to "
+                               f"explain (a tensor on its way has a zero dimension)")
     out = b.finish(result, output)
     kept_nodes, out = _prune(b.nodes, out)
     return Network(kept_nodes, out, sample_shape, input_name=vin.name,
@@ -284,6 +288,22 @@ def _prune(nodes, out):
         node.inputs = [int(new_index[i]) for i in node.inputs]
         kept.append(node)
     return kept, int(new_index[out])
+
+
+#: Bytes per element of a tensor computed at load time: a constant (at most 8 bytes per
+#: element), or an index op's table of element ids (its view's source, index and
+#: constant, 24 bytes, and the ids the op is applied to, 8 per input and output element,
+#: while it runs).
+TABLE_BYTES = 40
+
+
+def _check_output_size(b, node, ins):
+    """Refuse, before running it, a node whose outputs the shapes of its inputs say are
+    too large for what is left of the memory budget (an Expand, Tile or Pad of huge
+    size, a ConstantOfShape of a huge shape, ...)."""
+    n = validate.elements_bound(node, ins)
+    if n is not None:
+        b.reserve(node.name, n * TABLE_BYTES)
 
 
 def _evaluate_constant(node, ins):

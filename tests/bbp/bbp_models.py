@@ -14,6 +14,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import refbbp
+from tests.helpers import with_output_shapes
 
 __all__ = ["Graph", "load", "two_layer_dense", "one_conv", "mlp", "cnn_bn_maxpool",
            "residual", "concat", "prelu_negative", "saturating_clip", "scaled_mlp",
@@ -68,7 +69,7 @@ class Graph:
         graph = helper.make_graph(self.nodes, "bbp_test", [x], [y], self.inits)
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         m.ir_version = 8
-        return m
+        return with_output_shapes(m)
 
 
 def _he(rng, *shape, fan_in):

@@ -9,7 +9,9 @@ piecewise linear (``NotPiecewiseLinearError``) or the op is merely unsupported
 import warnings
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
 import refbbp
 from tests.helpers import (as_f32, check_against_ort, make_model, make_node,
@@ -19,8 +21,14 @@ X = (3, 4, 5)
 NPL, UNSUP = refbbp.NotPiecewiseLinearError, refbbp.UnsupportedOpError
 
 
-def _model(nodes, inits=None, opset=17, out="z", **kw):
-    return make_model(nodes, {"x": X}, [out], inits, opset, **kw)
+def _model(nodes, inits=None, opset=17, out="z", out_shape=None, **kw):
+    """``out_shape``: the output's declared shape, for ops ONNX's shape inference cannot
+    type (ONNX requires a shape on every graph output)."""
+    model = make_model(nodes, {"x": X}, [out], inits, opset, **kw)
+    if out_shape is not None:
+        model.graph.output[0].CopyFrom(
+            helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, out_shape))
+    return model
 
 
 def _w(*shape):
@@ -82,7 +90,7 @@ REFUSED = [
     # An op from a domain refbbp does not know.
     ("custom-domain", _model([make_node("FancyRelu", ["x"], ["z"], name="fr",
                                         domain="com.example")],
-                             opset={"": 17, "com.example": 3}),
+                             opset={"": 17, "com.example": 3}, out_shape=["N", *X]),
      UNSUP, "FancyRelu", "fr", 3, "domain 'com.example'.*no converter for this op"),
     # Abs is piecewise linear, but refbbp has no converter for it.
     ("abs", _model([make_node("Abs", ["x"], ["z"], name="ab")]),
@@ -94,7 +102,8 @@ REFUSED = [
      UNSUP, "MaxPool", "mp", 17, r"its output 'idx' \(output 1\) is used"),
     # Batch statistics are not an inference op.
     ("batchnorm-training", _model([make_node(
-        "BatchNormalization", ["x", "g", "b", "m", "v"], ["z"], name="bn", training_mode=1)],
+        "BatchNormalization", ["x", "g", "b", "m", "v"], ["z", "rm", "rv"], name="bn",
+        training_mode=1)],
         {k: np.ones(3) for k in "gbmv"}),
      UNSUP, "BatchNormalization", "bn", 17, "training mode"),
     ("dropout-training", _model([make_node("Dropout", ["x", "r", "t"], ["z"], name="do")],
@@ -118,7 +127,8 @@ REFUSED = [
         dilations=[2, 2])], opset=12),
      UNSUP, "MaxPool", "mpd", 12, r"auto_pad=SAME_UPPER with dilations \[2, 2\]: the runtimes "),
     # An old definition (Relu-1, with consumed_inputs) that no converter serves.
-    ("relu-opset-5", _model([make_node("Relu", ["x"], ["z"], name="r5")], opset=5),
+    ("relu-opset-5", _model([make_node("Relu", ["x"], ["z"], name="r5")], opset=5,
+                            out_shape=["N", *X]),
      UNSUP, "Relu", "r5", 5, r"since opset 1\) is not converted"),
 ]
 
