@@ -127,7 +127,7 @@ def convert_conv(b, node, ins):
     if c % group or w.shape[0] % group or w.shape[1] * group != c:
         raise node.unsupported(f"group={group} does not fit {c} input channels and weights "
                                f"of shape {w.shape}")
-    geom = geometry(node, spatial, kernel, strides, dilations)
+    geom = geometry(node, spatial, kernel, strides, dilations, conv=True)
     tables = [window_table(o, k, st, d, pb, s) for o, k, st, d, pb, s
               in zip(geom.out, kernel, strides, dilations, geom.pads_begin, spatial)]
     wm = WindowMatrix(w, group, tables, spatial, grid_strides(c, spatial), 0, x.size)

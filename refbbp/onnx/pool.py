@@ -39,6 +39,17 @@ def _pool_setup(node, x):
             f"auto_pad={auto_pad} with dilations {dilations}: the runtimes disagree on its "
             f"padding and output shape; export the pooling with explicit pads")
     geom = geometry(node, spatial, kernel, strides, dilations, node.flag_attr("ceil_mode"))
+    negative = geom.pads_end is not None and min(geom.pads_begin + geom.pads_end) < 0
+    if negative and not (node.op_type == "AveragePool" and node.opset >= 19):
+        # A kernel smaller than the stride: onnxruntime's AveragePool-19 starts the
+        # windows inside the input (as the definition's formula says); its MaxPool and
+        # older AveragePool refuse the negative padding.
+        raise node.unsupported(
+            f"auto_pad={auto_pad} with kernel {kernel} smaller than strides {strides} on an "
+            f"input of spatial shape {list(spatial)} implies negative padding (begin "
+            f"{list(geom.pads_begin)}, end {list(geom.pads_end)}), which onnxruntime "
+            f"refuses for {node.op_type} at opset {node.opset}; export the pooling with "
+            f"explicit pads")
     return spatial, kernel, strides, dilations, geom
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["AUTO_PADS", "SpatialGeometry", "geometry", "padding", "same_pads_begin",
+__all__ = ["AUTO_PADS", "SpatialGeometry", "geometry", "padding", "same_pads",
            "window_attrs", "windows"]
 
 
@@ -17,11 +17,13 @@ AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
 
 class SpatialGeometry:
-    """Output size and begin-padding of a sliding window on each spatial axis."""
+    """Output size and begin-padding of a sliding window on each spatial axis, and the
+    end-padding where ``auto_pad`` implies it (``None`` otherwise)."""
 
-    def __init__(self, out, pads_begin):
+    def __init__(self, out, pads_begin, pads_end=None):
         self.out = tuple(int(o) for o in out)
         self.pads_begin = tuple(int(p) for p in pads_begin)
+        self.pads_end = None if pads_end is None else tuple(int(p) for p in pads_end)
 
 
 def window_attrs(node, n, kernel=None):
@@ -52,30 +54,47 @@ def padding(node, n):
     return auto_pad, pads
 
 
-def same_pads_begin(total, auto_pad):
-    """Begin padding of a SAME_UPPER / SAME_LOWER axis whose padding totals ``total``,
-    as onnxruntime computes it: ``total / 2`` (SAME_UPPER) or ``(total + 1) / 2``
-    (SAME_LOWER) in C integer division (rounded towards zero). ``total`` is negative
-    where the kernel is smaller than the stride: the windows then start inside the
-    input, not at its first element."""
-    num = total if auto_pad == "SAME_UPPER" else total + 1
-    return num // 2 if num >= 0 else -((-num) // 2)
+def _trunc_div(a, b):
+    """``a / b`` rounded towards zero (C integer division), for ``b > 0``."""
+    return a // b if a >= 0 else -((-a) // b)
 
 
-def geometry(node, spatial, kernel, strides, dilations, ceil_mode=False):
-    """Resolve ``pads``/``auto_pad``/``ceil_mode`` to output sizes (ONNX semantics).
+def same_pads(spatial, kernel, strides, dilations, auto_pad, conv=False):
+    """Output size and ``(begin, end)`` padding per axis of ``auto_pad=SAME_UPPER`` or
+    ``SAME_LOWER``, exactly as onnxruntime computes them.
 
-    SAME_UPPER / SAME_LOWER give ``ceil(input / stride)`` outputs, with a total padding
-    of ``(out - 1) * stride + (kernel - 1) * dilation + 1 - input`` (not clamped at 0,
-    as in the ONNX definition and onnxruntime) split by :func:`same_pads_begin`.
+    The output has ``ceil(input / stride)`` positions and the padding totals
+    ``(out - 1) * stride + (kernel - 1) * dilation + 1 - input``, split as ``total / 2``
+    (SAME_UPPER) or ``(total + 1) / 2`` (SAME_LOWER) at the beginning, in C integer
+    division (rounded towards zero). The total is negative where the kernel is smaller
+    than the stride: the windows then start inside the input. onnxruntime's pooling
+    uses that total as it is (the ONNX definition's formula); its convolutions
+    (``conv=True``) add 1 to a negative total whenever ``(input + 2 total - kernel) /
+    stride + 1``, rounded towards zero, falls short of the output size.
     """
+    out, begin, end = [], [], []
+    for s, k, st, d in zip(spatial, kernel, strides, dilations):
+        extent = (k - 1) * d + 1
+        o = -(-s // st)
+        total = (o - 1) * st + extent - s
+        if conv and total < 0 and _trunc_div(s + 2 * total - extent + st, st) < o:
+            total += 1
+        head = _trunc_div(total if auto_pad == "SAME_UPPER" else total + 1, 2)
+        out.append(o)
+        begin.append(head)
+        end.append(total - head)
+    return out, begin, end
+
+
+def geometry(node, spatial, kernel, strides, dilations, ceil_mode=False, conv=False):
+    """Resolve ``pads``/``auto_pad``/``ceil_mode`` to output sizes (ONNX semantics;
+    SAME_UPPER / SAME_LOWER as onnxruntime pads them, :func:`same_pads`, with
+    ``conv`` for convolutions)."""
     n = len(spatial)
     auto_pad, pads = padding(node, n)
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = [-(-s // st) for s, st in zip(spatial, strides)]
-        total = [(o - 1) * st + e - s for o, st, e, s in zip(out, strides, extent, spatial)]
-        return SpatialGeometry(out, [same_pads_begin(t, auto_pad) for t in total])
+        return SpatialGeometry(*same_pads(spatial, kernel, strides, dilations, auto_pad, conv))
     if auto_pad == "VALID":
         pads = [0] * (2 * n)
     out = []
