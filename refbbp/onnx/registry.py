@@ -5,6 +5,14 @@ decorator; :data:`CONVERTER_MODULES` in ``refbbp/onnx/loader.py`` lists the modu
 that are imported. The opset of a node is resolved with
 ``onnx.defs.get_schema(op, max_inclusive_version=opset).since_version``, so one entry
 serves every opset until the op's definition changes.
+
+Every registered converter is wrapped so that the registry checks the node first
+(:meth:`OnnxNode.check_schema`: arity, required inputs and attribute types from the
+ONNX schema, and no attribute the converter does not read); converters read attributes
+through the typed getters of :class:`OnnxNode`, which check ranges and lengths. A node
+that breaks its op's definition is a :class:`~refbbp.errors.ModelFormatError`
+(:meth:`OnnxNode.malformed`), one that is valid but not converted an
+:class:`~refbbp.errors.UnsupportedOpError`.
 """
 
 from __future__ import annotations
