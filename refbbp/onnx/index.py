@@ -138,7 +138,31 @@ def _check_gather(node, ins):
 
 
 def _check_split(node, ins):
-    check_axis(node, "attribute 'axis'", node.int_attr("axis", 0), _rank(node, ins[0]))
+    """The axis in range; explicit split sizes (attribute before opset 13, input from
+    13) non-negative, one per output, summing to the axis' length."""
+    x = ins[0]
+    shape = x.shape if isinstance(x, Var) else np.shape(x)
+    axis = check_axis(node, "attribute 'axis'", node.int_attr("axis", 0), len(shape))
+    if node.opset < 13:
+        split = node.ints_attr("split")
+    else:
+        split = ins[1] if len(ins) > 1 else None
+        if isinstance(split, Var):
+            raise node.unsupported("input 1 (split) must be constant, but it depends on the "
+                                   "input")
+        if split is not None:
+            split = np.asarray(split)
+            if split.ndim != 1 or split.dtype.kind not in "iu":
+                raise node.malformed(f"input 1 (split) has shape {split.shape} and type "
+                                     f"{split.dtype}; expected a 1-D tensor of ints")
+            split = [int(v) for v in split]
+    if split is None:
+        return
+    n_out = len(node.proto.output)
+    if len(split) != n_out or min(split, default=0) < 0 or sum(split) != shape[axis]:
+        raise node.malformed(f"split {split} for {n_out} outputs along axis {axis} of length "
+                             f"{shape[axis]}; expected {n_out} sizes >= 0 summing to "
+                             f"{shape[axis]}")
 
 
 def _check_blocksize(node, ins):

@@ -143,6 +143,10 @@ HOSTILE = [
     ("transpose-not-a-permutation", _model([make_node("Transpose", ["x"], ["z"], name="t",
                                                       perm=[0, 1, 1, 2])]),
      MALFORMED, "t", r"attribute 'perm' is \[0, 1, 1, 2\]; expected a permutation", False),
+    ("split-sizes-do-not-sum", make_model(
+        [make_node("Split", ["x", "s"], ["z", "z2"], name="sp", axis=1)], {"x": X}, ["z"],
+        {"s": np.array([1, 1], np.int64)}),
+     MALFORMED, "sp", r"split \[1, 1\] for 2 outputs along axis 1 of length 3", False),
     ("cast-to-unknown-type", _model([make_node("Cast", ["x"], ["z"], name="ct", to=999)]),
      MALFORMED, "ct", r"attribute 'to' is 999; expected an ONNX data type", False),
     ("batchnorm-parameter-shapes", _model([make_node(
