@@ -18,10 +18,10 @@ def convert_relu(b, node, ins):
     return [b.activate(x, act, node.name)]
 
 
-@converter("LeakyRelu", first=6)
+@converter("LeakyRelu", first=6, attrs=("alpha",))
 def convert_leaky_relu(b, node, ins):
     x = _variable(node, ins[0])
-    a = float(node.attrs.get("alpha", 0.01))
+    a = node.float_attr("alpha", 0.01)
     act = PiecewiseLinear.uniform("LeakyRelu", x.size, [0.0], [a, 1.0], [0.0, 0.0])
     return [b.activate(x, act, node.name)]
 
@@ -42,10 +42,10 @@ def convert_prelu(b, node, ins):
     return [b.activate(x, act, node.name)]
 
 
-@converter("Clip", first=6, last=6)
+@converter("Clip", first=6, last=6, attrs=("min", "max"))
 def convert_clip_attributes(b, node, ins):
-    a = node.attrs
-    return [_clip(b, node, ins[0], a.get("min", -np.inf), a.get("max", np.inf))]
+    lo = node.float_attr("min", -np.inf, finite=False)
+    return [_clip(b, node, ins[0], lo, node.float_attr("max", np.inf, finite=False))]
 
 
 @converter("Clip", first=11)
@@ -55,7 +55,10 @@ def convert_clip_inputs(b, node, ins):
         v = ins[i] if len(ins) > i else None
         if isinstance(v, Var):
             raise node.not_piecewise_linear(f"the Clip bound input {i} depends on the input")
-        bounds.append(default if v is None else float(np.asarray(v).reshape(())))
+        if v is not None and np.size(v) != 1:
+            raise node.malformed(f"input {i} ({'min' if i == 1 else 'max'}) has shape "
+                                 f"{np.shape(v)}; expected a scalar")
+        bounds.append(default if v is None else float(np.asarray(v, np.float64).ravel()[0]))
     return [_clip(b, node, ins[0], *bounds)]
 
 

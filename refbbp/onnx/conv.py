@@ -20,21 +20,23 @@ import scipy.sparse as sp
 from ..network.window import WindowMatrix, window_table
 from .builder import Var
 from .registry import converter
-from .windows import geometry, windows
+from .windows import geometry, padding, window_attrs, windows
 
 __all__ = ["conv_matrix", "conv_transpose_matrix"]
 
 INT32_MAX = np.iinfo(np.int32).max
 
 
+CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
 def _attrs(node, w, n_spatial):
-    a = node.attrs
-    kernel = list(a.get("kernel_shape", w.shape[2:]))
+    """``kernel``, ``strides``, ``dilations`` and ``group`` of a Conv or ConvTranspose
+    with weights ``w`` over ``n_spatial`` axes."""
+    kernel, strides, dilations = window_attrs(node, n_spatial, list(w.shape[2:]))
     if list(kernel) != list(w.shape[2:]):
         raise node.unsupported(f"kernel_shape {kernel} disagrees with the weights {w.shape}")
-    strides = list(a.get("strides", [1] * n_spatial))
-    dilations = list(a.get("dilations", [1] * n_spatial))
-    return kernel, strides, dilations, int(a.get("group", 1))
+    return kernel, strides, dilations, node.int_attr("group", 1, min=1)
 
 
 def conv_matrix(w, spatial, geom, strides, dilations, group, reserve=None):
@@ -81,7 +83,9 @@ def conv_matrix(w, spatial, geom, strides, dilations, group, reserve=None):
 
 def _operands(node, ins):
     """``x``, the float64 weights and bias (or ``None``) and the attributes of a Conv or
-    ConvTranspose; only ``x`` may depend on the input."""
+    ConvTranspose; only ``x`` may depend on the input. The weights have the input's rank
+    (``(M, C / group, *kernel)`` or ``(C, M / group, *kernel)``); the bias, if any, is
+    1-D (its length is checked by the converter)."""
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 and ins[2] is not None else None
     if not isinstance(x, Var) or isinstance(w, Var) or isinstance(bias, Var):
@@ -90,8 +94,23 @@ def _operands(node, ins):
     if len(x.shape) < 3 or x.shape[0] != 1:
         raise node.unsupported(f"expected an input of shape (1, C, *spatial), got {x.shape}")
     w = np.asarray(w, np.float64)
+    if w.ndim != len(x.shape) or 0 in w.shape:
+        raise node.malformed(f"weights of shape {w.shape} for an input of shape {x.shape}; "
+                             f"expected non-empty weights of rank {len(x.shape)}")
     bias = None if bias is None else np.asarray(bias, np.float64)
+    if bias is not None and bias.ndim != 1:
+        raise node.malformed(f"bias of shape {bias.shape}; expected a 1-D bias")
     return (x, w, bias) + _attrs(node, w, len(x.shape) - 2)
+
+
+def _check_bias(node, bias, m):
+    """The bias vector of ``m`` output channels (zeros if there is none)."""
+    if bias is None:
+        return np.zeros(m)
+    if bias.shape != (m,):
+        raise node.malformed(f"bias of shape {bias.shape}; expected ({m},), one per output "
+                             f"channel")
+    return bias
 
 
 def grid_strides(channels, spatial):
@@ -101,19 +120,19 @@ def grid_strides(channels, spatial):
     return [int(np.prod(spatial, dtype=np.int64))] + steps
 
 
-@converter("Conv", first=1)
+@converter("Conv", first=1, attrs=CONV_ATTRS)
 def convert_conv(b, node, ins):
     x, w, bias, kernel, strides, dilations, group = _operands(node, ins)
     c, spatial = x.shape[1], x.shape[2:]
     if c % group or w.shape[0] % group or w.shape[1] * group != c:
         raise node.unsupported(f"group={group} does not fit {c} input channels and weights "
                                f"of shape {w.shape}")
-    geom = geometry(node, spatial, kernel, strides, dilations)
+    geom = geometry(node, spatial, kernel, strides, dilations, conv=True)
     tables = [window_table(o, k, st, d, pb, s) for o, k, st, d, pb, s
               in zip(geom.out, kernel, strides, dilations, geom.pads_begin, spatial)]
     wm = WindowMatrix(w, group, tables, spatial, grid_strides(c, spatial), 0, x.size)
     out_shape = (1, w.shape[0]) + geom.out
-    bvec = np.zeros(w.shape[0]) if bias is None else bias
+    bvec = _check_bias(node, bias, w.shape[0])
     return [b.window(x, wm, np.repeat(bvec, int(np.prod(geom.out))), out_shape, "Conv",
                      node.name, foldable=True)]
 
@@ -164,22 +183,27 @@ def conv_transpose_matrix(w, spatial, out, pads_begin, strides, dilations, group
     return mt.T.tocsr()
 
 
-@converter("ConvTranspose", first=1)
+@converter("ConvTranspose", first=1,
+           attrs=CONV_ATTRS + ("output_padding", "output_shape"))
 def convert_conv_transpose(b, node, ins):
     x, w, bias, kernel, strides, dilations, group = _operands(node, ins)
     c, spatial = x.shape[1], x.shape[2:]
     n = len(spatial)
     if w.shape[0] != c or c % group:
         raise node.unsupported(f"weights {w.shape} do not fit {c} input channels, group={group}")
-    a = node.attrs
-    out_pad = list(a.get("output_padding", [0] * n))
+    what = f"one per spatial axis of the input, which has {n}"
+    out_pad = node.ints_attr("output_padding", [0] * n, length=n, min=0, what=what)
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     full = [st * (s - 1) + op + e for st, s, op, e in zip(strides, spatial, out_pad, extent)]
-    auto_pad = a.get("auto_pad", "NOTSET")
-    if "output_shape" in a:
+    auto_pad, pads = padding(node, n)
+    out_shape_attr = node.ints_attr("output_shape", min=1)
+    if out_shape_attr is not None:
+        if len(out_shape_attr) not in (n, n + 2):
+            raise node.malformed(f"attribute 'output_shape' is {out_shape_attr}; expected "
+                                 f"{n} values (the output's spatial shape) or {n + 2}")
         # ONNX: the extra padding of an odd total goes to the end for SAME_UPPER, to the
         # beginning otherwise (NOTSET and SAME_LOWER alike).
-        out = list(a["output_shape"])[-n:]
+        out = list(out_shape_attr)[-n:]
         total = [f - o for f, o in zip(full, out)]
         begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
         if min(total) < 0:
@@ -191,7 +215,6 @@ def convert_conv_transpose(b, node, ins):
         total = [f - o for f, o in zip(full, out)]
         begin = [t - t // 2 if auto_pad == "SAME_LOWER" else t // 2 for t in total]
     else:
-        pads = list(a.get("pads", [0] * (2 * n))) if auto_pad != "VALID" else [0] * (2 * n)
         begin = pads[:n]
         out = [f - pads[i] - pads[i + n] for i, f in enumerate(full)]
     if min(out) <= 0:
@@ -199,7 +222,7 @@ def convert_conv_transpose(b, node, ins):
     wm = conv_transpose_window(w, spatial, out, begin, strides, dilations, group)
     m = w.shape[1] * group
     out_shape = (1, m) + tuple(out)
-    bvec = np.zeros(m) if bias is None else bias
+    bvec = _check_bias(node, bias, m)
     return [b.window(x, wm, np.repeat(bvec, int(np.prod(out))), out_shape, "ConvTranspose",
                      node.name, foldable=True)]
 

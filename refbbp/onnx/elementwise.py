@@ -107,24 +107,34 @@ def batchnorm_scale_shift(gamma, beta, mean, var, eps):
     return scale, np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
 
 
-@converter("BatchNormalization", first=7)
+# momentum only updates running statistics in training mode, which is refused.
+@converter("BatchNormalization", first=7,
+           attrs=("epsilon", "momentum", "spatial", "training_mode"))
 def convert_batchnorm(b, node, ins):
     x = ins[0]
-    attrs = node.attrs
-    if attrs.get("training_mode", 0) or len([o for o in node.proto.output if o]) > 1:
+    if node.flag_attr("training_mode") or len([o for o in node.proto.output if o]) > 1:
         raise node.unsupported("training mode (batch statistics) is not an inference op")
-    if attrs.get("spatial", 1) != 1:
+    if not node.flag_attr("spatial", 1):
         raise node.unsupported("spatial=0 (per-element statistics) is not supported")
+    node.float_attr("momentum", 0.9)
+    eps = node.float_attr("epsilon", 1e-5)
     params = ins[1:5]
     if any(isinstance(p, Var) for p in params):
         raise node.not_piecewise_linear("BatchNormalization parameters depend on the input")
-    scale, shift = batchnorm_scale_shift(*params, float(attrs.get("epsilon", 1e-5)))
-    if len(x.shape) < 2 or scale.shape != (x.shape[1],):
-        raise node.unsupported(f"expected {x.shape[1] if len(x.shape) > 1 else '?'} "
-                               f"channel parameters on axis 1, got shape {scale.shape}")
+    if not isinstance(x, Var):
+        raise node.unsupported("expected an input-dependent tensor as input 0")
+    channels = x.shape[1] if len(x.shape) > 1 else None
+    for i, (p, what) in enumerate(zip(params, ("scale", "B", "mean", "var")), start=1):
+        if channels is None or np.shape(p) != (channels,):
+            raise node.unsupported(
+                f"expected {channels if channels is not None else '?'} channel parameters "
+                f"on axis 1 of the input {x.shape}, got input {i} ({what}) of shape "
+                f"{np.shape(p)}")
+    if np.any(~(np.asarray(params[3], np.float64) + eps > 0)):
+        raise node.unsupported(f"var + epsilon is not positive for every channel (epsilon "
+                               f"{eps}): the normalisation divides by its square root")
+    scale, shift = batchnorm_scale_shift(*params, eps)
     per_channel = (1, -1) + (1,) * (len(x.shape) - 2)
     s = np.broadcast_to(scale.reshape(per_channel), x.shape).ravel()
     t = np.broadcast_to(shift.reshape(per_channel), x.shape).ravel()
     return [b.elementwise(x, s, t, node.op_type, node.name)]
-
-

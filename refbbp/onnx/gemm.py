@@ -99,21 +99,35 @@ def convert_matmul(b, node, ins):
     return [matmul_constant(b, node, c, a, var_left=False)]
 
 
-@converter("Gemm", first=7)
+@converter("Gemm", first=7, attrs=("alpha", "beta", "transA", "transB"))
 def convert_gemm(b, node, ins):
+    """``alpha * A' B' + beta * C`` with ``A'``, ``B'`` the 2-D ``A``, ``B``, transposed
+    where ``transA``/``transB`` (0 or 1) say, and ``C`` broadcast to ``(M, N)``."""
     a, bb = ins[0], ins[1]
     c = ins[2] if len(ins) > 2 and ins[2] is not None else 0.0
-    attrs = node.attrs
-    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    alpha, beta = node.float_attr("alpha", 1.0), node.float_attr("beta", 1.0)
+    trans_a, trans_b = node.flag_attr("transA"), node.flag_attr("transB")
     if isinstance(c, Var):
         raise node.unsupported("an input-dependent C operand (write it as a separate Add)")
     if isinstance(a, Var) and isinstance(bb, Var):
         raise node.not_piecewise_linear("Gemm of two input-dependent tensors")
-    if attrs.get("transA", 0):
+    shapes = [v.shape if isinstance(v, Var) else np.shape(v) for v in (a, bb)]
+    if any(len(s) != 2 for s in shapes):
+        raise node.malformed(f"inputs A and B of shapes {shapes[0]} and {shapes[1]}; "
+                             f"expected 2-D matrices")
+    if trans_a:
         a = transpose(a, (1, 0)) if isinstance(a, Var) else np.asarray(a).T
-    if attrs.get("transB", 0):
+    if trans_b:
         bb = transpose(bb, (1, 0)) if isinstance(bb, Var) else np.asarray(bb).T
-    bias = beta * np.asarray(c, np.float64)
+    (m, k), (k2, n) = [v.shape if isinstance(v, Var) else np.shape(v) for v in (a, bb)]
+    if k != k2:
+        raise node.malformed(f"A' of shape {(m, k)} and B' of shape {(k2, n)} (after transA="
+                             f"{int(trans_a)}, transB={int(trans_b)}) do not multiply")
+    try:
+        bias = np.broadcast_to(beta * np.asarray(c, np.float64), (m, n))
+    except ValueError:
+        raise node.malformed(f"C of shape {np.shape(c)} does not broadcast to the output "
+                             f"shape {(m, n)}") from None
     if isinstance(a, Var):
         return [matmul_constant(b, node, a, bb, True, bias, scale=alpha)]
     return [matmul_constant(b, node, bb, a, False, bias, scale=alpha)]

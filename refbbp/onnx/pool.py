@@ -15,9 +15,12 @@ from ..network.window import WindowMatrix, window_table
 from .builder import Var
 from .conv import grid_strides
 from .registry import converter
-from .windows import geometry, windows
+from .windows import geometry, padding, window_attrs, windows
 
 __all__ = ["reduction_matrix"]
+
+
+POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
 
 
 def _pool_setup(node, x):
@@ -25,13 +28,9 @@ def _pool_setup(node, x):
         raise node.unsupported("expected an input-dependent tensor")
     if len(x.shape) < 3:
         raise node.unsupported(f"expected an input of shape (N, C, *spatial), got {x.shape}")
-    a = node.attrs
     spatial = x.shape[2:]
-    n = len(spatial)
-    kernel = list(a["kernel_shape"])
-    strides = list(a.get("strides", [1] * n))
-    dilations = list(a.get("dilations", [1] * n))
-    auto_pad = a.get("auto_pad", "NOTSET")
+    kernel, strides, dilations = window_attrs(node, len(spatial))
+    auto_pad, _ = padding(node, len(spatial))
     if auto_pad.startswith("SAME") and any(d != 1 for d in dilations):
         # The definition pads for the dilated kernel, so that the output has
         # ceil(input / stride) positions; onnxruntime pads for the undilated kernel and
@@ -39,14 +38,27 @@ def _pool_setup(node, x):
         raise node.unsupported(
             f"auto_pad={auto_pad} with dilations {dilations}: the runtimes disagree on its "
             f"padding and output shape; export the pooling with explicit pads")
-    geom = geometry(node, spatial, kernel, strides, dilations, bool(a.get("ceil_mode", 0)))
+    geom = geometry(node, spatial, kernel, strides, dilations, node.flag_attr("ceil_mode"))
+    negative = geom.pads_end is not None and min(geom.pads_begin + geom.pads_end) < 0
+    if negative and not (node.op_type == "AveragePool" and node.opset >= 19):
+        # A kernel smaller than the stride: onnxruntime's AveragePool-19 starts the
+        # windows inside the input (as the definition's formula says); its MaxPool and
+        # older AveragePool refuse the negative padding.
+        raise node.unsupported(
+            f"auto_pad={auto_pad} with kernel {kernel} smaller than strides {strides} on an "
+            f"input of spatial shape {list(spatial)} implies negative padding (begin "
+            f"{list(geom.pads_begin)}, end {list(geom.pads_end)}), which onnxruntime "
+            f"refuses for {node.op_type} at opset {node.opset}; export the pooling with "
+            f"explicit pads")
     return spatial, kernel, strides, dilations, geom
 
 
-@converter("MaxPool", first=1)
+# storage_order only orders the Indices output, which refbbp does not produce.
+@converter("MaxPool", first=1, attrs=POOL_ATTRS + ("storage_order",))
 def convert_maxpool(b, node, ins):
     x = ins[0]
     spatial, kernel, strides, dilations, geom = _pool_setup(node, x)
+    node.flag_attr("storage_order")
     pos, _ = windows(spatial, kernel, strides, dilations, geom)
     if np.any(np.all(pos < 0, axis=1)):
         raise node.unsupported("a pooling window lies entirely in the padding")
@@ -59,23 +71,29 @@ def convert_maxpool(b, node, ins):
     return [b.max_pool(x, win.reshape(-1, pos.shape[1]), out_shape, node.name), None]
 
 
+def _global_input(node, x):
+    if not isinstance(x, Var):
+        raise node.unsupported("expected an input-dependent tensor as input 0")
+    if len(x.shape) < 3:
+        raise node.unsupported(f"expected an input of shape (N, C, *spatial), got {x.shape}")
+    return x
+
+
 @converter("GlobalMaxPool", first=1)
 def convert_global_maxpool(b, node, ins):
-    x = ins[0]
+    x = _global_input(node, ins[0])
     s_prod = int(np.prod(x.shape[2:]))
     channels = x.size // s_prod
     win = np.arange(channels * s_prod).reshape(channels, s_prod)
     return [b.max_pool(x, win, x.shape[:2] + (1,) * (len(x.shape) - 2), node.name)]
 
 
-@converter("AveragePool", first=7)
+@converter("AveragePool", first=7, attrs=POOL_ATTRS + ("count_include_pad",))
 def convert_average_pool(b, node, ins):
     x = ins[0]
     spatial, kernel, strides, dilations, geom = _pool_setup(node, x)
-    a = node.attrs
     n = len(spatial)
-    pads = list(a.get("pads", [0] * (2 * n)))
-    auto_pad = a.get("auto_pad", "NOTSET")
+    auto_pad, pads = padding(node, n)
     if auto_pad == "NOTSET":
         pad_end = [s + p for s, p in zip(spatial, pads[n:])]
     elif auto_pad == "VALID":  # no padding: ceil_mode's overhang never counts
@@ -85,7 +103,7 @@ def convert_average_pool(b, node, ins):
                    in zip(geom.out, strides, kernel, dilations, geom.pads_begin)]
     pos, in_pad = windows(spatial, kernel, strides, dilations, geom, pad_end)
     valid = pos >= 0
-    if a.get("count_include_pad", 0):
+    if node.flag_attr("count_include_pad"):
         # Positions in the begin padding and up to the end padding count; ceil_mode's
         # overhang past the padded input does not.
         divisor = in_pad.sum(1)
@@ -120,7 +138,6 @@ def reduction_matrix(shape, axes, mean):
 def _reduce(b, node, x, axes, keepdims, mean):
     if not isinstance(x, Var):
         raise node.unsupported("expected an input-dependent tensor")
-    axes = [a % len(x.shape) for a in axes]
     mat = reduction_matrix(x.shape, axes, mean)
     out_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
         tuple(d for i, d in enumerate(x.shape) if i not in axes)
@@ -129,48 +146,67 @@ def _reduce(b, node, x, axes, keepdims, mean):
 
 @converter("GlobalAveragePool", first=1)
 def convert_global_average_pool(b, node, ins):
-    x = ins[0]
-    return [_reduce(b, node, x, range(2, len(x.shape)), True, mean=True)]
+    x = _global_input(node, ins[0])
+    return [_reduce(b, node, x, list(range(2, len(x.shape))), True, mean=True)]
 
 
 def _reduce_axes(node, ins, axes_from_input):
-    a = node.attrs
+    """The reduced axes, in ``[0, rank)``, sorted, or ``None`` for a no-op
+    (``noop_with_empty_axes`` with no axes). Axes must lie in ``[-rank, rank - 1]`` and
+    be distinct, as ONNX requires."""
+    x = ins[0]
+    if not isinstance(x, Var):
+        raise node.unsupported("expected an input-dependent tensor as input 0")
+    rank = len(x.shape)
     if axes_from_input:
         axes = ins[1] if len(ins) > 1 and ins[1] is not None else None
         if isinstance(axes, Var):
             raise node.unsupported("input-dependent axes")
+        if axes is not None:
+            axes = np.asarray(axes)
+            if axes.ndim > 1 or axes.dtype.kind not in "iu":
+                raise node.malformed(f"input 1 (axes) has shape {axes.shape} and type "
+                                     f"{axes.dtype}; expected a 1-D tensor of ints")
+            axes = [int(v) for v in axes.ravel()]
     else:
-        axes = a.get("axes")
-    x = ins[0]
-    if axes is None or np.size(axes) == 0:
-        if a.get("noop_with_empty_axes", 0):
+        axes = node.ints_attr("axes")
+    if not axes:
+        if node.flag_attr("noop_with_empty_axes"):
             return None
-        axes = range(len(x.shape))
-    return [int(v) for v in np.asarray(list(axes)).ravel()]
+        return list(range(rank))
+    if any(not -rank <= a < rank for a in axes):
+        raise node.malformed(f"axes {axes} out of range; expected axes in "
+                             f"[{-rank}, {rank - 1}] for an input of rank {rank}")
+    norm = sorted(a % rank for a in axes)
+    if len(set(norm)) != len(norm):
+        raise node.malformed(f"axes {axes} repeat an axis")
+    return norm
 
 
 def _convert_reduce(b, node, ins, mean, axes_from_input):
     axes = _reduce_axes(node, ins, axes_from_input)
     if axes is None:  # noop_with_empty_axes
         return [ins[0]]
-    return [_reduce(b, node, ins[0], axes, bool(node.attrs.get("keepdims", 1)), mean)]
+    return [_reduce(b, node, ins[0], axes, node.flag_attr("keepdims", 1), mean)]
 
 
-@converter("ReduceMean", first=1, last=13)
+# An axes input appears with ReduceMean-18 and ReduceSum-13; before, axes is an
+# attribute and the schema (checked by the registry) allows one input only.
+@converter("ReduceMean", first=1, last=13, attrs=("axes", "keepdims"))
 def convert_reduce_mean_axes_attribute(b, node, ins):
     return _convert_reduce(b, node, ins, mean=True, axes_from_input=False)
 
 
-@converter("ReduceMean", first=18)
+@converter("ReduceMean", first=18, attrs=("keepdims", "noop_with_empty_axes"))
 def convert_reduce_mean(b, node, ins):
     return _convert_reduce(b, node, ins, mean=True, axes_from_input=True)
 
 
-@converter("ReduceSum", first=1, last=11)
+@converter("ReduceSum", first=1, last=11, attrs=("axes", "keepdims"))
 def convert_reduce_sum_axes_attribute(b, node, ins):
     return _convert_reduce(b, node, ins, mean=False, axes_from_input=False)
 
 
-@converter("ReduceSum", first=13)
+@converter("ReduceSum", first=13, attrs=("keepdims", "noop_with_empty_axes"))
 def convert_reduce_sum(b, node, ins):
     return _convert_reduce(b, node, ins, mean=False, axes_from_input=True)
