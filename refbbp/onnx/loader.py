@@ -190,12 +190,16 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
     validate.resolve_external_data(proto, folder, max_bytes,
                                    proto.ByteSize() if source else 0)
     graph = proto.graph
-    outputs = validate.check_graph(graph)
-    consts = validate.decode_constants(graph, max_bytes)
-    validate.check_model(proto, source)
     opsets = {(o.domain or ""): o.version for o in proto.opset_import}
     if "" not in opsets and "ai.onnx" in opsets:
         opsets[""] = opsets["ai.onnx"]
+    # every node against its op's schema first: the messages name the node, op and
+    # opset, and it also covers nodes that only ever see constants (evaluated at load
+    # time, never converted)
+    for proto_node in graph.node:
+        registry.OnnxNode(proto_node, _opset(opsets, proto_node)).check_schema()
+    outputs = validate.check_graph(graph)
+    consts = validate.decode_constants(graph, max_bytes)
     data_inputs = [vi for vi in graph.input if vi.name not in consts]
     if len(data_inputs) != 1:
         raise ModelFormatError(
@@ -238,9 +242,7 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
     values = dict(consts)
     values[vin.name] = Var.of_node(0, onnx_shape)
     for proto_node in todo:
-        domain = proto_node.domain or ""
-        node = registry.OnnxNode(proto_node, opsets.get(domain if domain != "ai.onnx" else "",
-                                                        opsets.get("", 1)))
+        node = registry.OnnxNode(proto_node, _opset(opsets, proto_node))
         ins = [values[i] if i else None for i in proto_node.input]
         _check_output_size(b, node, ins)
         if all(not isinstance(v, Var) for v in ins):
@@ -270,11 +272,21 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
     if result.size == 0:
         raise ModelFormatError(f"output {output!r} has shape {result.shape}: no elements to "
                                f"explain (a tensor on its way has a zero dimension)")
+    # onnx.checker's full check last: refbbp's own checks (every node's schema above,
+    # each converter's attributes and shapes) name the node, op and what was expected,
+    # so they have their turn first; nothing the checker refuses is ever returned
+    validate.check_model(proto, source)
     out = b.finish(result, output)
     kept_nodes, out = _prune(b.nodes, out)
     return Network(kept_nodes, out, sample_shape, input_name=vin.name,
                    output_name=output, graph_output=out_name, batch_axis=batch_axis,
                    notices=notices, source=source)
+
+
+def _opset(opsets, proto_node):
+    """The opset of a node's domain (``opsets``: domain -> version, "" for ai.onnx)."""
+    domain = proto_node.domain or ""
+    return opsets.get(domain if domain != "ai.onnx" else "", opsets.get("", 1))
 
 
 def _prune(nodes, out):

@@ -331,11 +331,16 @@ def check_model(proto, source):
     """``onnx.checker.check_model(full_check=True)``; failures as ModelFormatError.
 
     ``full_check`` adds ONNX's shape inference in strict mode: a model whose declared
-    shapes or types contradict its ops is refused, as are graph inputs and outputs
-    without a shape (ONNX requires one). It runs after :func:`resolve_external_data`,
-    on the proto with its data inlined, so it reads no file; a proto too large to
-    serialize (over 2 GiB: external data) is checked from its file instead.
+    shapes or types contradict its ops is refused, as are graph outputs without a
+    shape (ONNX requires one). The loader runs it once the network is converted:
+    refbbp's own checks (every node against its schema, the graph, the initializers,
+    each converter's attributes and shapes) come first, because their messages name
+    the node, op and what was expected; a model the checker refuses is still never
+    accepted. It runs after :func:`resolve_external_data`, on the proto with its data
+    inlined, so it reads no file; a proto too large to serialize (over 2 GiB: external
+    data) is checked from its file instead.
     """
+    check_declared_shapes(proto.graph.output, "output")
     try:
         data = proto.SerializeToString()
         onnx.checker.check_model(data if len(data) <= _PROTOBUF_LIMIT else source["path"],
@@ -534,8 +539,9 @@ def decode_constants(graph, max_bytes):
 
 
 def check_graph(graph):
-    """Outputs that exist and are produced, inputs and outputs with a declared type and
-    shape (as ONNX requires); returns the graph output names."""
+    """Outputs that exist and are produced, named inputs and outputs, inputs with a
+    declared type and shape (as ONNX requires); returns the graph output names. (The
+    outputs' shapes are checked with the full check, :func:`check_declared_shapes`.)"""
     outputs = [o.name for o in graph.output]
     if not outputs:
         raise ModelFormatError("the ONNX graph declares no outputs: nothing to explain")
@@ -543,10 +549,7 @@ def check_graph(graph):
         for vi in infos:
             if not vi.name:
                 raise ModelFormatError(f"a graph {kind} has no name")
-            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
-                raise ModelFormatError(
-                    f"graph {kind} {vi.name!r} declares no shape: ONNX requires one on "
-                    f"every graph input and output (its dimensions may be symbolic)")
+    check_declared_shapes(graph.input, "input")
     available = ({n for node in graph.node for n in node.output if n}
                  | {i.name for i in graph.input} | {t.name for t in graph.initializer}
                  | {s.values.name for s in graph.sparse_initializer})
@@ -555,6 +558,15 @@ def check_graph(graph):
             raise ModelFormatError(f"graph output {name!r} is produced by no node, "
                                    f"initializer or graph input")
     return outputs
+
+
+def check_declared_shapes(infos, kind):
+    """Every graph ``kind`` ("input" or "output") in ``infos`` declares a shape."""
+    for vi in infos:
+        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+            raise ModelFormatError(
+                f"graph {kind} {vi.name!r} declares no shape: ONNX requires one on "
+                f"every graph input and output (its dimensions may be symbolic)")
 
 
 def check_input_dims(vi, dims):
