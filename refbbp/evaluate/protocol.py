@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._progress import progress as _progress_bar
+from ..io.inputs import check_labels
 from .methods import DEFAULT_METHODS, saliency_maps
 from .registry import resolve
 from .removal import derangement, first_flips, removal_order
@@ -45,7 +46,8 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     methods : sequence of str or callable
         See :func:`saliency_maps` (default :data:`DEFAULT_METHODS`).
     labels : array_like of int, shape (n,), optional
-        True labels, only reported.
+        True labels, only reported: class indices in ``[0, n_outputs)`` (checked by
+        :func:`refbbp.io.inputs.check_labels`, which names the first bad one).
     net : Network, optional
         The loaded model, if already at hand.
     scorer : callable, optional
@@ -78,9 +80,7 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     n = len(x)
     perm = derangement(n, seed)
     if labels is not None:
-        labels = np.asarray(labels).astype(np.int64)
-        if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+        labels = check_labels(labels, n, net.n_outputs)
     methods = list(methods)
     if not methods:
         raise ValueError("no methods to evaluate")
