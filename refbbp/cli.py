@@ -28,7 +28,7 @@ from .evaluate import DEFAULT_METHODS, method_syntaxes
 
 from .io import data
 from .io.files import read_npz, regular_file
-from .io.inputs import check_labels, read_inputs
+from .io.inputs import check_count, check_labels, read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
 from .studies.bias_study import bias_importance
@@ -69,10 +69,10 @@ def _count(s, least=1, most=None):
         n = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {s!r}") from None
-    if n < least or (most is not None and n > most):
-        bound = f"between {least:,} and {most:,}" if most is not None else f">= {least}"
-        raise argparse.ArgumentTypeError(f"must be {bound}, got {n:,}")
-    return n
+    try:
+        return check_count(n, "the value", least, most)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load(path, input_shape=None):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._progress import progress as _progress_bar
-from ..io.inputs import check_labels
+from ..io.inputs import check_count, check_labels
 from .methods import DEFAULT_METHODS, saliency_maps
 from .registry import resolve
 from .removal import derangement, first_flips, removal_order
@@ -71,6 +71,8 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     -------
     Evaluation
     """
+    chunk, group = check_count(chunk, "chunk"), check_count(group, "group")
+    max_batch = check_count(max_batch, "max_batch")
     net, score, model_name = scorer_for(model, net, scorer, max_batch)
     xb, batched = net.as_batch(x)
     if not batched:

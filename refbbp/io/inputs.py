@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import InputFileError, InputShapeError
 from .files import read_npy, read_npz, regular_file
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "check_labels", "read_inputs"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "check_count", "check_labels", "read_inputs"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: Largest image (width x height) read; a larger one is refused before its pixels are
@@ -168,3 +168,24 @@ def check_labels(y, n, n_classes, where="labels"):
                          f"model: expected 0 <= label < {n_classes} ({bad.size} of {n} "
                          f"labels out of range)")
     return y.astype(np.int64)
+
+
+def check_count(n, name, least=1, most=None):
+    """Validate a count argument: an int (NumPy ints too; bools and floats refused) in
+    ``[least, most]``.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming ``name`` and the accepted range.
+    """
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
+    if n < least or (most is not None and n > most):
+        bound = f"between {least:,} and {most:,}" if most is not None else f">= {least}"
+        raise ValueError(f"{name} must be {bound}, got {n:,}")
+    return int(n)

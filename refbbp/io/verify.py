@@ -19,6 +19,7 @@ from ..onnx.loader import strip_final_softmax, topological_order
 from ..onnx.registry import NOT_PIECEWISE_LINEAR
 from ..onnx.runtime import RuntimeSession
 from ..tolerance import TOLERANCE, forward_error
+from .inputs import check_count
 
 __all__ = ["CHUNK", "MAX_RANDOM_INPUTS", "RandomInputs", "in_chunks", "nonlinear_nodes",
            "onnxruntime_logits", "verify"]
@@ -28,15 +29,6 @@ CHUNK = 256
 #: Most random inputs :class:`RandomInputs` draws (``refbbp verify --n-random``): at
 #: about a millisecond or more per input and rule, a million is already a long run.
 MAX_RANDOM_INPUTS = 1_000_000
-
-
-def check_count(n, name="n", most=MAX_RANDOM_INPUTS):
-    """Validate a count of inputs: an int in [0, ``most``] (bools refused)."""
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if not 0 <= n <= most:
-        raise ValueError(f"{name} must be between 0 and {most:,}, got {n:,}")
-    return int(n)
 
 
 class RandomInputs:
@@ -61,9 +53,10 @@ class RandomInputs:
 
     def __init__(self, input_shape, n, seed=0, chunk=CHUNK):
         self.input_shape = tuple(input_shape)
-        self.n = check_count(n, "the number of random inputs")
+        self.n = check_count(n, "the number of random inputs", least=0,
+                             most=MAX_RANDOM_INPUTS)
         self.seed = seed
-        self.chunk = check_count(chunk, "chunk", most=1 << 20) or 1
+        self.chunk = check_count(chunk, "chunk")
 
     def __len__(self):
         return -(-self.n // self.chunk)

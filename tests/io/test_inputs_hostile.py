@@ -15,7 +15,7 @@ import pytest
 
 from refbbp.errors import InputFileError, InputShapeError
 from refbbp.io.files import read_npy, read_npz, regular_file
-from refbbp.io.inputs import check_labels, read_inputs
+from refbbp.io.inputs import check_count, check_labels, read_inputs
 from refbbp.io.oracle import oracle_path, read_oracle
 from refbbp.io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks
 
@@ -288,3 +288,22 @@ def test_inputs_shape_errors_still_name_the_file(tmp_path):
     np.save(p, np.zeros((2, 3)))
     with pytest.raises(InputShapeError, match=f"{p}: shape"):
         read_inputs([str(p)], SHAPE)
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                          (True, TypeError), ("3", TypeError)])
+def test_check_count_refuses_nonsense(value, error):
+    with pytest.raises(error, match="chunk must be"):
+        check_count(value, "chunk")
+    assert check_count(np.int32(3), "chunk") == 3
+
+
+@pytest.mark.parametrize("kw", [{"group": 0}, {"chunk": -1}, {"max_batch": 2.5}])
+def test_evaluate_counts_checked_before_work(kw):
+    """evaluate(group=0) failed deep inside with range()'s 'arg 3 must not be zero'; the
+    counts are checked first, naming the argument."""
+    from refbbp.evaluate import evaluate
+
+    name = next(iter(kw))
+    with pytest.raises((TypeError, ValueError), match=f"{name} must be"):
+        evaluate("never-read.onnx", np.zeros((2, 1, 4, 4)), ["gradient"], **kw)
