@@ -28,7 +28,8 @@ from .evaluate import DEFAULT_METHODS, method_syntaxes
 
 from .io import data
 from .io.files import read_npz, regular_file
-from .io.inputs import check_count, check_labels, read_inputs
+from ._checks import check_count, check_labels
+from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
 from .studies.bias_study import bias_importance

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._progress import progress as _progress_bar
-from ..io.inputs import check_count, check_labels
+from .._checks import check_count, check_labels
 from .methods import DEFAULT_METHODS, saliency_maps
 from .registry import resolve
 from .removal import derangement, first_flips, removal_order
@@ -47,7 +47,7 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
         See :func:`saliency_maps` (default :data:`DEFAULT_METHODS`).
     labels : array_like of int, shape (n,), optional
         True labels, only reported: class indices in ``[0, n_outputs)`` (checked by
-        :func:`refbbp.io.inputs.check_labels`, which names the first bad one).
+        :func:`refbbp._checks.check_labels`, which names the first bad one).
     net : Network, optional
         The loaded model, if already at hand.
     scorer : callable, optional

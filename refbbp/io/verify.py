@@ -19,7 +19,7 @@ from ..onnx.loader import strip_final_softmax, topological_order
 from ..onnx.registry import NOT_PIECEWISE_LINEAR
 from ..onnx.runtime import RuntimeSession
 from ..tolerance import TOLERANCE, forward_error
-from .inputs import check_count
+from .._checks import check_count
 
 __all__ = ["CHUNK", "MAX_RANDOM_INPUTS", "RandomInputs", "in_chunks", "nonlinear_nodes",
            "onnxruntime_logits", "verify"]

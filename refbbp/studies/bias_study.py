@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._progress import progress as _progress_bar
-from ..io.inputs import check_labels
+from .._checks import check_labels
 from ..network.graph import Network
 
 __all__ = ["BiasReport", "bias_importance", "zero_bias_network"]
@@ -143,7 +143,7 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
     x : array_like, shape (n, *input_shape)
     y : array_like of int, shape (n,)
         Labels: class indices in ``[0, n_outputs)`` (checked by
-        :func:`refbbp.io.inputs.check_labels`, which names the first bad one).
+        :func:`refbbp._checks.check_labels`, which names the first bad one).
     zero_bias : bool
         Also evaluate :func:`zero_bias_network` (default True).
     scales, shifts : sequence of float

@@ -15,7 +15,8 @@ import pytest
 
 from refbbp.errors import InputFileError, InputShapeError
 from refbbp.io.files import read_npy, read_npz, regular_file
-from refbbp.io.inputs import check_count, check_labels, read_inputs
+from refbbp._checks import check_count, check_labels
+from refbbp.io.inputs import read_inputs
 from refbbp.io.oracle import oracle_path, read_oracle
 from refbbp.io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks
 
