@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 
+from ._checks import check_count, check_labels
 from ._progress import progress
 from ._tables import text_table
 from .bbp import bbp
@@ -28,7 +29,6 @@ from .evaluate import DEFAULT_METHODS, method_syntaxes
 
 from .io import data
 from .io.files import read_npz, regular_file
-from ._checks import check_count, check_labels
 from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
