@@ -1,8 +1,11 @@
 """The ``refbbp`` command line.
 
 Every subcommand prints a readable table (or JSON with ``--json``) and exits with status
-0 when every check passes, 1 when a check fails, and 2 on bad input (a one-line
-``refbbp: error: ...`` message; ``--debug`` shows the traceback).
+0 when every check passes, 1 when a check fails, and 2 on any error: bad arguments, bad
+or unreadable files, a model refbbp refuses, running out of memory -- always one line,
+``refbbp: error: ...``, on stderr (``--debug`` shows the traceback instead). Files named
+on the command line must be regular files (not a folder, FIFO or device), and are
+size-checked before they are read (``refbbp/io/files.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import warnings
 
 import numpy as np
 
+from ._checks import check_count, check_labels
 from ._progress import progress
 from ._tables import text_table
 from .bbp import bbp
@@ -24,13 +28,18 @@ from .errors import NotPiecewiseLinearError, RefbbpError
 from .evaluate import DEFAULT_METHODS, method_syntaxes
 
 from .io import data
+from .io.files import read_npz, regular_file
 from .io.inputs import read_inputs
-from .io.oracle import beta_key, compare, write_oracle
-from .io.verify import nonlinear_nodes, verify
+from .io.oracle import beta_key, compare, oracle_path, write_oracle
+from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
 from .studies.bias_study import bias_importance
 from .tolerance import FORWARD_ATOL, FORWARD_RTOL, TOLERANCE, as_text
 
 __all__ = ["main"]
+
+#: Largest ONNX file read from the command line: protobuf cannot parse more (2 GiB);
+#: larger weights live in external data files next to the model.
+MAX_MODEL_BYTES = 2 << 30
 
 
 def _temperature(s):
@@ -55,9 +64,22 @@ def _target(s):
                                          f"got {s!r}") from None
 
 
+def _count(s, least=1, most=None):
+    """argparse type: an int in [least, most] (default: a positive int)."""
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {s!r}") from None
+    try:
+        return check_count(n, "the value", least, most)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _load(path, input_shape=None):
     import refbbp
 
+    regular_file(path, "model", max_bytes=MAX_MODEL_BYTES)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         net = refbbp.load(path, input_shape=input_shape)
@@ -168,10 +190,10 @@ def cmd_explain(args, demo=False):
 def cmd_verify(args):
 
     report = {"model": args.model}
-    bad = nonlinear_nodes(args.model)
     try:
         net = _load(args.model, args.input_shape)
     except NotPiecewiseLinearError as exc:
+        bad = nonlinear_nodes(args.model)
         report.update(piecewise_linear=False, nonlinear_nodes=[list(b) for b in bad] or
                       [[exc.op_type, exc.node_name]], reason=str(exc).splitlines()[0], ok=False)
         if args.json:
@@ -182,16 +204,16 @@ def cmd_verify(args):
                 print(f"  {op} at node {name!r}")
         return 1
     report["piecewise_linear"] = True
-    xs = []
+    # Inputs are checked a chunk at a time: --n-random draws each chunk as it goes.
+    sources = []
     if args.inputs:
-        xs.append(read_inputs([args.inputs], net.input_shape)[0])
+        sources.append(in_chunks(read_inputs([args.inputs], net.input_shape)[0]))
     if args.n_random:
-        rng = np.random.default_rng(args.seed)
-        xs.append(rng.random((args.n_random,) + net.input_shape))
-    if not xs:
+        sources.append(RandomInputs(net.input_shape, args.n_random, seed=args.seed))
+    if not sources:
         raise ValueError("nothing to check: give --inputs FILE or --n-random N > 0")
-    x = np.concatenate(xs)
-    report.update(verify(args.model, net, x, rules=RULE_NAMES))
+    report.update(verify(args.model, net, _Chained(sources), rules=RULE_NAMES,
+                         progress=progress))
     report["nodes"] = [{"name": n.name, "op": n.op, "kind": n.kind, "shape": list(n.shape),
                         "activation": n.activation.name if n.activation else None,
                         "nnz": n.nnz, "bytes": n.nbytes} for n in net.nodes]
@@ -219,6 +241,20 @@ def _ok(b):
     return "ok" if b else "FAIL"
 
 
+class _Chained:
+    """Batches of several sized sources, one after the other (sized, for progress)."""
+
+    def __init__(self, sources):
+        self.sources = sources
+
+    def __len__(self):
+        return sum(len(s) for s in self.sources)
+
+    def __iter__(self):
+        for s in self.sources:
+            yield from s
+
+
 # ----------------------------------------------------------------- oracle / compare
 def cmd_oracle(args):
 
@@ -229,16 +265,12 @@ def cmd_oracle(args):
     fields = write_oracle(args.output, net, x, args.model, target=args.target, rules=rules,
                           temperatures=args.temperatures, layers=args.layers,
                           progress=progress)
-    print(f"wrote {args.output}: {len(x)} inputs, {len(fields)} fields "
+    print(f"wrote {oracle_path(args.output)}: {len(x)} inputs, {len(fields)} fields "
           f"(rules {', '.join(rules)}; T = {', '.join(map(str, args.temperatures))})")
     return 0
 
 
 def cmd_compare(args):
-
-    for p in (args.golden, args.candidate):
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"no such file: {p}")
     rows = compare(args.golden, args.candidate, args.rtol, args.atol)
     ok = all(r["ok"] for r in rows)
     if args.json:
@@ -260,17 +292,12 @@ def cmd_compare(args):
 def _labelled_data(path, net, n=None, need_labels=True):
     """Arrays ``x`` (n, *input_shape) and ``y`` (n,) of an .npz file (``y`` optional
     unless ``need_labels``); the first ``n`` only if given."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not an .npz file with arrays x and y ({exc})") from None
-    if not hasattr(z, "files") or "x" not in z.files:
+    z = read_npz(path, "data file")
+    if "x" not in z:
         raise ValueError(f"{path}: expected an .npz with arrays x (n, "
                          f"{', '.join(map(str, net.input_shape))}) and y (n,)")
     x = np.asarray(z["x"])
-    y = np.asarray(z["y"]) if "y" in z.files else None
+    y = np.asarray(z["y"]) if "y" in z else None
     if need_labels and y is None:
         raise ValueError(f"{path}: no labels: the .npz needs an array y (n,) of class indices")
     if n is not None:
@@ -280,9 +307,8 @@ def _labelled_data(path, net, n=None, need_labels=True):
     if x.ndim != len(net.input_shape) + 1 or x.shape[1:] != tuple(net.input_shape):
         raise ValueError(f"{path}: x has shape {x.shape}, expected (n, "
                          f"{', '.join(map(str, net.input_shape))})")
-    if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu"):
-        raise ValueError(f"{path}: y must hold {len(x)} integer labels, got {y.dtype} "
-                         f"of shape {y.shape}")
+    if y is not None:
+        y = check_labels(y, len(x), net.n_outputs, where=f"{path}: y")
     if x.dtype.kind not in "fiub":
         raise ValueError(f"{path}: x must be numeric, got dtype {x.dtype}")
     return x.astype(np.float64), y
@@ -352,7 +378,7 @@ def cmd_bias_report(args):
 
 # ------------------------------------------------------------------------------ main
 def _add_input_options(p):
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+    p.add_argument("--size", type=_count, nargs=2, metavar=("H", "W"),
                    help="resize images to H x W (default: the model's input size)")
     p.add_argument("--mean", type=float, nargs="+", default=[0.0],
                    help="per-channel mean subtracted from images scaled to [0, 1]")
@@ -360,12 +386,12 @@ def _add_input_options(p):
                    help="per-channel std images are divided by")
     p.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw",
                    help="where the model expects image channels (default nchw)")
-    p.add_argument("--input-shape", type=int, nargs="+", default=None,
+    p.add_argument("--input-shape", type=_count, nargs="+", default=None,
                    help="shape of one input without batch axis, for models with symbolic dims")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="refbbp", description="Exact local linear models and bias attribution (BBp) "
         "for piecewise-linear ONNX models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -378,7 +404,8 @@ def build_parser():
     p = sub.add_parser("demo", help="explain bundled digits with the bundled model")
     p.add_argument("--out", default="refbbp-demo", help="output folder (default ./refbbp-demo)")
     p.add_argument("--temperature", type=_temperature, default=1.0)
-    p.add_argument("--figure-rows", type=int, default=8, help="inputs shown in the figure")
+    p.add_argument("--figure-rows", type=_count, default=8,
+                   help="inputs shown in the figure")
     common(p)
     p.set_defaults(func=lambda a: cmd_explain(a, demo=True), target=None, rule="both",
                    format="npz", figure=True)
@@ -394,7 +421,8 @@ def build_parser():
     p.add_argument("--out", default="refbbp-out", help="output folder (default ./refbbp-out)")
     p.add_argument("--format", choices=("npz", "json"), default="npz")
     p.add_argument("--figure", action="store_true", help="write bbp.png (needs matplotlib)")
-    p.add_argument("--figure-rows", type=int, default=8, help="inputs shown in the figure")
+    p.add_argument("--figure-rows", type=_count, default=8,
+                   help="inputs shown in the figure")
     _add_input_options(p)
     common(p)
     p.set_defaults(func=cmd_explain)
@@ -402,10 +430,11 @@ def build_parser():
     p = sub.add_parser("verify", help="check a model: piecewise linear, exact, matches onnxruntime")
     p.add_argument("model")
     p.add_argument("--inputs", help="a .npy/.npz file (or image) of inputs to check on")
-    p.add_argument("--n-random", type=int, default=8,
-                   help="also check N random inputs uniform in [0, 1) (default 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-shape", type=int, nargs="+", default=None)
+    p.add_argument("--n-random", type=lambda s: _count(s, 0, MAX_RANDOM_INPUTS),
+                   default=8, help=f"also check N random inputs uniform in [0, 1) (default 8, "
+                   f"at most {MAX_RANDOM_INPUTS:,}; drawn and checked a chunk at a time)")
+    p.add_argument("--seed", type=lambda s: _count(s, 0), default=0)
+    p.add_argument("--input-shape", type=_count, nargs="+", default=None)
     p.add_argument("--json", action="store_true")
     common(p)
     p.set_defaults(func=cmd_verify)
@@ -413,7 +442,9 @@ def build_parser():
     p = sub.add_parser("oracle", help="write golden float64 outputs for other implementations")
     p.add_argument("model")
     p.add_argument("inputs", nargs="+")
-    p.add_argument("-o", "--output", required=True, help="the .npz file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="the .npz file to write (.npz is appended to a name without it, "
+                        "as numpy.savez does)")
     p.add_argument("--target", type=_target, default=None)
     p.add_argument("--rule", choices=RULE_NAMES + ("both",), default="both")
     p.add_argument("--temperatures", type=_temperature, nargs="+", default=[1.0])
@@ -445,8 +476,10 @@ def build_parser():
                    choices=("e_minus", "e_plus", "e_delta", "de_minus", "de_plus", "de_delta"),
                    help="metric of the Wilcoxon tests (default de_delta)")
     p.add_argument("--baseline", type=float, default=0.0, help="value of removed pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise maps and 'random'")
-    p.add_argument("--chunk", type=int, default=32, help="prefixes scored per scan and round")
+    p.add_argument("--seed", type=lambda s: _count(s, 0), default=0,
+                   help="seed of the noise maps and 'random'")
+    p.add_argument("--chunk", type=_count, default=32,
+                   help="prefixes scored per scan and round")
     p.add_argument("--json", action="store_true")
     common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -460,11 +493,38 @@ def build_parser():
     p.add_argument("--shifts", type=float, nargs="+", default=[],
                    help="also accuracy on x + c for each c")
     p.add_argument("--n", type=int, default=None, help="only the first N inputs")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_count, default=256)
     p.add_argument("--json", action="store_true")
     common(p)
     p.set_defaults(func=cmd_bias_report)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``refbbp: error:`` line (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"refbbp: error: {message} (see {self.prog} --help)\n")
+
+
+#: Errors refbbp expects on bad input; anything else is reported as unexpected.
+_EXPECTED = (RefbbpError, OSError, ValueError, TypeError, MemoryError, ImportError,
+             FloatingPointError, NotImplementedError)
+
+
+def error_message(exc):
+    """The one line ``main`` prints (after ``refbbp: error: ``) for an exception."""
+    if isinstance(exc, OSError) and not isinstance(exc, RefbbpError) and exc.strerror:
+        msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        msg = str(exc).strip()
+        msg = msg.splitlines()[0] if msg else ""
+    if isinstance(exc, MemoryError) and not isinstance(exc, RefbbpError):
+        msg = "out of memory" + (f": {msg}" if msg else "")
+    if not isinstance(exc, _EXPECTED):
+        msg = (f"unexpected {exc.__class__.__name__}" + (f": {msg}" if msg else "")
+               + " (rerun with --debug for the traceback)")
+    return msg or exc.__class__.__name__
 
 
 def main(argv=None):
@@ -480,9 +540,13 @@ def main(argv=None):
             setattr(args, name, getattr(args, name)[0])
     try:
         return args.func(args)
-    except (RefbbpError, OSError, ValueError, ImportError) as exc:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        print(f"refbbp: error: {msg}", file=sys.stderr)
+        print("refbbp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every error is one line (the contract of the module)
+        if args.debug:
+            raise
+        print(f"refbbp: error: {error_message(exc)}", file=sys.stderr)
         return 2

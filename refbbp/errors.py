@@ -13,6 +13,7 @@ __all__ = [
     "ModelFormatError",
     "MemoryBudgetError",
     "InputShapeError",
+    "InputFileError",
 ]
 
 
@@ -26,6 +27,12 @@ class ModelFormatError(RefbbpError, ValueError):
 
 class InputShapeError(RefbbpError, ValueError):
     """An input array does not have the shape or values the network expects."""
+
+
+class InputFileError(RefbbpError, ValueError):
+    """A file of inputs, data or oracle fields cannot be read safely: not a regular file,
+    too large, not in the expected format (truncated, corrupt, wrong kind of file), or
+    declaring arrays larger than the budget."""
 
 
 class MemoryBudgetError(RefbbpError, MemoryError):

@@ -36,7 +36,7 @@ ROOT = pathlib.Path(refbbp.__file__).resolve().parent
 STAGES = [
     ("shared leaf modules", ["refbbp.errors", "refbbp._version", "refbbp._progress",
                              "refbbp._tables", "refbbp.figures", "refbbp.tolerance",
-                             "refbbp._core"]),
+                             "refbbp._core", "refbbp._checks"]),
     ("network", ["refbbp.network"]),
     ("onnx", ["refbbp.onnx"]),
     ("bbp", ["refbbp.bbp"]),

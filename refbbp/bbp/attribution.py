@@ -194,6 +194,11 @@ class Attribution:
         def rel(err, scale):
             return float(np.max(relative_error(err, scale)))
 
+        # after[k] = sum over nodes m > k of (bias_terms[m] + beta_mass[m]): one suffix
+        # sum over the nodes, so the whole check is linear in the number of nodes.
+        mass = np.stack([t + m for t, m in zip(bias_terms, beta_mass)])   # (n, batch)
+        after = np.zeros_like(mass)
+        after[:-1] = np.cumsum(mass[:0:-1], axis=0)[::-1]
         all_bias = np.sum(bias_terms, axis=0)
         e_bias = rel(beta.sum(1) - b_x, beta_mass[0] + all_bias + np.abs(b_x))
         e_total = rel(wx.sum(1) + beta.sum(1) - f,
@@ -202,8 +207,6 @@ class Attribution:
         for k in net.cut_nodes():
             gh = grads[k] * trace.values[k]
             bin_ = self.node_beta_in[k]
-            after = sum((bias_terms[m] + beta_mass[m] for m in range(k + 1, n)),
-                        np.zeros(x.shape[0]))
             cuts[k] = rel(gh.sum(1) + bin_.sum(1) - f,
-                          np.abs(gh).sum(1) + np.abs(bin_).sum(1) + f_scale + after)
+                          np.abs(gh).sum(1) + np.abs(bin_).sum(1) + f_scale + after[k])
         return Completeness(e_bias, e_total, cuts)

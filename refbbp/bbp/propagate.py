@@ -159,6 +159,7 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
         node_beta, node_beta_in, fallback = reference.propagate(net, lin, rule_, temperature)
         timings["propagate"] = time.perf_counter() - t0
         n_threads = None
+    _check_finite_beta(net, node_beta)
     return _result(net, lin, rule_, temperature, backend, n_threads, timings,
                    node_beta, node_beta_in, fallback, return_layers)
 
@@ -169,6 +170,18 @@ def _check_finite_values(net, trace):
             raise FloatingPointError(
                 f"node {k} ({net.nodes[k].name!r}): the forward pass overflowed float64; "
                 f"bias attribution is undefined")
+
+
+def _check_finite_beta(net, node_beta):
+    """Refuse a result whose beta overflowed float64 at some node (a user rule's large
+    weights can make finite messages add up to inf, and inf - inf to NaN)."""
+    for k, beta in enumerate(node_beta):
+        if not np.all(np.isfinite(beta)):
+            b, p = (int(i[0]) for i in np.nonzero(~np.isfinite(beta)))
+            raise FloatingPointError(
+                f"node {k} ({net.nodes[k].name!r}): bias attribution overflowed float64 "
+                f"at element {p}" + (f" of input {b}" if beta.shape[0] > 1 else "")
+                + ": the rule's weights are too large")
 
 
 def _check_finite_gradient(net, k, g):

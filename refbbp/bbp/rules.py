@@ -198,10 +198,15 @@ class Rule:
         out = self.func(layout)
         where = f"rule {self.name!r} at node {layout.index} ({layout.node.name!r})"
         try:
-            out = np.asarray(out, dtype=np.float64)
+            arr = np.asarray(out)
         except (TypeError, ValueError):
-            raise TypeError(f"{where} returned {type(out).__name__}, expected an array of "
-                            f"{self.returns} of shape ({layout.kappa.size},)") from None
+            arr = None
+        if arr is None or arr.dtype.kind not in "biuf":
+            got = type(out).__name__ if arr is None else f"dtype {arr.dtype}"
+            raise TypeError(f"{where} returned {got}, expected an array of real "
+                            f"{self.returns} (float, int or bool) of shape "
+                            f"({layout.kappa.size},)")
+        out = arr.astype(np.float64)
         if out.shape != layout.kappa.shape:
             raise ValueError(f"{where} returned an array of shape {out.shape}, expected "
                              f"{layout.kappa.shape}: one {self.returns[:-1]} per non-zero "
@@ -212,8 +217,21 @@ class Rule:
             raise ValueError(f"{where} returned a non-finite {self.returns[:-1]} "
                              f"({out[j]!r}) at row {int(layout.row[j])}")
         if self.code == _core.RULE_WEIGHTS and out.size:
+            # Messages beta[p] * alpha must be finite: huge weights that cancel (1e308,
+            # -1e308, 1) would overflow to inf - inf = NaN further down.
+            with np.errstate(over="ignore", invalid="ignore"):
+                msgs = layout.beta[layout.row] * out
+                mags = layout.row_sum(np.abs(out))
+            bad = ~np.isfinite(msgs) | ~np.isfinite(mags[layout.row])
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                p = int(layout.row[j])
+                raise ValueError(f"{where} returned weights too large for float64 at row "
+                                 f"{p} (weight {float(out[j])!r}, beta "
+                                 f"{float(layout.beta[p])!r}): the messages beta * alpha, or "
+                                 f"the row's sum of |alpha|, overflow")
             sums = layout.row_sum(out)
-            mags = np.maximum(1.0, layout.row_sum(np.abs(out)))
+            mags = np.maximum(1.0, mags)
             fail = (layout.counts > 0) & ~(np.abs(sums - 1.0) <= WEIGHT_SUM_RTOL * mags)
             if fail.any():
                 p = int(np.flatnonzero(fail)[0])

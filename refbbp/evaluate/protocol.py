@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._progress import progress as _progress_bar
+from .._checks import check_count, check_labels
 from .methods import DEFAULT_METHODS, saliency_maps
 from .registry import resolve
 from .removal import derangement, first_flips, removal_order
@@ -45,7 +46,8 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     methods : sequence of str or callable
         See :func:`saliency_maps` (default :data:`DEFAULT_METHODS`).
     labels : array_like of int, shape (n,), optional
-        True labels, only reported.
+        True labels, only reported: class indices in ``[0, n_outputs)`` (checked by
+        :func:`refbbp._checks.check_labels`, which names the first bad one).
     net : Network, optional
         The loaded model, if already at hand.
     scorer : callable, optional
@@ -69,6 +71,8 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     -------
     Evaluation
     """
+    chunk, group = check_count(chunk, "chunk"), check_count(group, "group")
+    max_batch = check_count(max_batch, "max_batch")
     net, score, model_name = scorer_for(model, net, scorer, max_batch)
     xb, batched = net.as_batch(x)
     if not batched:
@@ -78,9 +82,7 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     n = len(x)
     perm = derangement(n, seed)
     if labels is not None:
-        labels = np.asarray(labels).astype(np.int64)
-        if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+        labels = check_labels(labels, n, net.n_outputs)
     methods = list(methods)
     if not methods:
         raise ValueError("no methods to evaluate")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
-from ..errors import InputShapeError
+from ..errors import InputFileError, InputShapeError
+from .files import read_npy, read_npz, regular_file
 
-__all__ = ["read_inputs", "IMAGE_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "read_inputs"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: Largest image (width x height) read; a larger one is refused before its pixels are
+#: decoded (a "decompression bomb": a small file declaring a huge image).
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 def _as_batch(arr, input_shape, where):
@@ -40,12 +45,21 @@ def _read_image(path, input_shape, size, mean, std, layout):
     except ImportError:
         raise ImportError("reading images needs Pillow: pip install 'refbbp[figures]' "
                           "(or pip install pillow)") from None
+    regular_file(path, "image")
     try:
-        img = Image.open(path)
-        img.load()
-    except Exception as exc:
-        raise InputShapeError(f"{path}: not a readable image ({exc.__class__.__name__}: "
-                              f"{exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise InputFileError(f"{path}: the image declares {w} x {h} pixels, more "
+                                     f"than the {MAX_IMAGE_PIXELS:,} refbbp decodes")
+            img.load()
+    except InputFileError:
+        raise
+    except Exception as exc:  # Pillow raises many kinds on corrupt or truncated files
+        raise InputFileError(f"{path}: not a readable image ({exc.__class__.__name__}: "
+                             f"{exc})") from None
     if layout == "nchw":
         channels, spatial = input_shape[0], input_shape[1:]
     else:
@@ -95,18 +109,17 @@ def read_inputs(paths, input_shape, size=None, mean=0.0, std=1.0, layout="nchw")
         raise ValueError(f"--layout must be nchw or nhwc, got {layout!r}")
     xs, names = [], []
     for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such input file: {path}")
+        regular_file(path, "input file")
         suffix = os.path.splitext(path)[1].lower()
         base = os.path.basename(path)
         if suffix == ".npy":
-            arr = _as_batch(np.load(path, allow_pickle=False), input_shape, path)
+            arr = _as_batch(read_npy(path), input_shape, path)
         elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = [k for k in ("x", "inputs") if k in z.files] or list(z.files)
-                if not keys:
-                    raise InputShapeError(f"{path}: the archive holds no arrays")
-                arr = np.concatenate([_as_batch(z[k], input_shape, f"{path}:{k}") for k in keys])
+            z = read_npz(path)
+            keys = [k for k in ("x", "inputs") if k in z] or list(z)
+            if not keys:
+                raise InputShapeError(f"{path}: the archive holds no arrays")
+            arr = np.concatenate([_as_batch(z[k], input_shape, f"{path}:{k}") for k in keys])
         elif suffix in IMAGE_SUFFIXES:
             arr = _as_batch(_read_image(path, input_shape, size, mean, std, layout)[None],
                             input_shape, path)
@@ -118,3 +131,4 @@ def read_inputs(paths, input_shape, size=None, mean=0.0, std=1.0, layout="nchw")
     if not xs:
         raise InputShapeError("no inputs given")
     return np.concatenate(xs), names
+

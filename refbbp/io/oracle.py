@@ -40,8 +40,11 @@ import numpy as np
 
 from .._version import __version__
 from ..bbp import bbp
+from ..errors import InputFileError
+from .files import read_npz
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "beta_key", "compare", "read_oracle", "write_oracle"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "beta_key", "compare", "oracle_path", "read_oracle",
+           "write_oracle"]
 
 FORMAT = "refbbp-oracle"
 FORMAT_VERSION = 2
@@ -96,9 +99,29 @@ def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
+def oracle_path(path):
+    """The file :func:`write_oracle` writes for ``path``: as ``numpy.savez``, the name
+    itself when it ends in ``.npz``, else the name with ``.npz`` appended
+    (``out.npy`` -> ``out.npy.npz``).
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    str
+    """
+    path = os.fspath(path)
+    return path if path.endswith(".npz") else path + ".npz"
+
+
 def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "deviation"),
                  temperatures=(1.0,), layers=False, progress=None, betas=None, linear=None):
     """Write an oracle file (module docstring) for inputs ``x`` of shape (n, *input_shape).
+
+    The file written is :func:`oracle_path` of ``path`` (``.npz`` appended unless the
+    name ends in it, as ``numpy.savez`` does).
 
     Returns
     -------
@@ -117,7 +140,7 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
         "rules": list(rules), "temperatures": [float(t) for t in temperatures],
         "fields": sorted(fields),
     }
-    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **fields)
+    np.savez_compressed(oracle_path(path), meta=np.array(json.dumps(meta)), **fields)
     return fields
 
 
@@ -147,12 +170,34 @@ def read_oracle(path):
         written by other code), with ``format_version`` as stored.
     fields : dict of str to ndarray
         Every other field, under version 2's names.
+
+    Raises
+    ------
+    InputFileError
+        Not a regular file, not a readable ``.npz`` archive (empty, truncated, a
+        ``.npy``), arrays larger than the budget of :mod:`refbbp.io.files`, a non-numeric
+        field, or a ``meta`` field that is not JSON.
     """
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"])) if "meta" in z.files else None
-        version = (meta or {}).get("format_version", FORMAT_VERSION)
-        rename = _v2_name if version == 1 else (lambda key: key)
-        fields = {rename(k): z[k] for k in z.files if k != "meta"}
+    z = read_npz(path, "oracle file")
+    meta = None
+    if "meta" in z:
+        try:
+            meta = json.loads(str(z["meta"][()]))
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, TypeError, IndexError) as exc:
+            raise InputFileError(f"oracle file {path}: field 'meta' is not the JSON object "
+                                 f"of an oracle file ({exc})") from None
+    version = meta.get("format_version", FORMAT_VERSION) if meta else FORMAT_VERSION
+    rename = _v2_name if version == 1 else (lambda key: key)
+    fields = {}
+    for k, v in z.items():
+        if k == "meta":
+            continue
+        if v.dtype.kind not in "biuf":
+            raise InputFileError(f"oracle file {path}: field {k!r} has dtype {v.dtype}, "
+                                 f"expected numbers")
+        fields[rename(k)] = v
     return meta, fields
 
 

@@ -127,26 +127,31 @@ class Network:
     def as_batch(self, x):
         """Validate ``x`` and return it as a float64 array (batch, n_inputs) and whether
         it carried a batch dimension."""
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as exc:   # ragged nested lists
+            raise InputShapeError(f"x: input is not an array of numbers: {exc}") from None
         if x.dtype.kind not in "fiub":
-            raise InputShapeError(f"input must be numeric, got dtype {x.dtype}")
+            raise InputShapeError(f"x: input must be numeric, got dtype {x.dtype}")
         if x.shape == self.input_shape:
             batched = False
             xb = x.reshape(1, -1)
         elif x.shape[1:] == self.input_shape and x.ndim == len(self.input_shape) + 1:
             if x.shape[0] == 0:
-                raise InputShapeError(f"input of shape {x.shape} is an empty batch: give at "
+                raise InputShapeError(f"x: input of shape {x.shape} is an empty batch: give at "
                                       f"least one input of shape {self.input_shape}")
             batched = True
             xb = x.reshape(x.shape[0], -1)
         else:
             raise InputShapeError(
-                f"input of shape {x.shape} does not fit the network: expected "
+                f"x: input of shape {x.shape} does not fit the network: expected "
                 f"{self.input_shape} (one input) or "
                 f"(batch, {', '.join(map(str, self.input_shape))})")
         xb = np.ascontiguousarray(xb, dtype=np.float64)
         if not np.all(np.isfinite(xb)):
-            raise InputShapeError("input contains NaN or infinite values")
+            bad = int(np.count_nonzero(~np.isfinite(xb)))
+            raise InputShapeError(f"x: input contains NaN or infinite values ({bad} of "
+                                  f"{xb.size})")
         return xb, batched
 
     def trace(self, x):

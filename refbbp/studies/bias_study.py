@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._progress import progress as _progress_bar
+from .._checks import check_labels
 from ..network.graph import Network
 
 __all__ = ["BiasReport", "bias_importance", "zero_bias_network"]
@@ -141,7 +142,8 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
     net : Network
     x : array_like, shape (n, *input_shape)
     y : array_like of int, shape (n,)
-        Labels.
+        Labels: class indices in ``[0, n_outputs)`` (checked by
+        :func:`refbbp._checks.check_labels`, which names the first bad one).
     zero_bias : bool
         Also evaluate :func:`zero_bias_network` (default True).
     scales, shifts : sequence of float
@@ -161,10 +163,7 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
         raise ValueError(f"bias_importance needs a batch of inputs (n, {net.input_shape}), "
                          f"got one input of shape {np.shape(x)}")
     x = xb.reshape((-1,) + tuple(net.input_shape))
-    y = np.asarray(y)
-    if y.shape != (len(x),) or y.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers of shape ({len(x)},), got {y.dtype} "
-                         f"{y.shape}")
+    y = check_labels(y, len(x), net.n_outputs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     preds = {"full": [], "only_wx": [], "only_b": []}

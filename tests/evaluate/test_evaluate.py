@@ -336,7 +336,7 @@ def test_evaluate_rejects_bad_inputs(small_cnn):
         ev.evaluate(model, x[0], ["gradient"], net=net)
     with pytest.raises(ValueError, match="at least 2 images"):
         ev.evaluate(model, x[:1], ["gradient"], net=net)
-    with pytest.raises(ValueError, match="labels must have shape"):
+    with pytest.raises(ValueError, match="labels must be integers of shape"):
         ev.evaluate(model, x, ["gradient"], net=net, labels=[1, 2])
     with pytest.raises(refbbp.InputShapeError):
         ev.evaluate(model, x[:, :, :3], ["gradient"], net=net)

