@@ -1,12 +1,26 @@
-"""Checks of the counts and labels users pass (CLI options, ``evaluate``,
-``bias_importance``, ``verify``): one definition each, with messages that name the
-argument and what was expected."""
+"""Checks of what users pass: counts and labels (CLI options, ``evaluate``,
+``bias_importance``, ``verify``) and the kind of a file they name (the loader and
+``refbbp.io.files``): one definition each, with messages that name the argument and
+what was expected."""
 
 from __future__ import annotations
 
+import stat
+
 import numpy as np
 
-__all__ = ["check_count", "check_labels"]
+__all__ = ["check_count", "check_labels", "not_regular"]
+
+
+def not_regular(mode):
+    """What a file of ``st_mode`` ``mode`` is, if not a regular file ("a directory", "a
+    FIFO (named pipe)", "a device", "a socket", ...); None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "not a regular file")
 
 
 def check_count(n, name, least=1, most=None):

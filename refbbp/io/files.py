@@ -13,12 +13,12 @@ decompressed.
 from __future__ import annotations
 
 import os
-import stat
 import zipfile
 import zlib
 
 import numpy.lib.format as npformat
 
+from .._checks import not_regular
 from ..errors import InputFileError
 
 __all__ = ["MAX_ARRAY_BYTES", "MAX_FILE_BYTES", "read_npy", "read_npz", "regular_file"]
@@ -70,12 +70,8 @@ def regular_file(path, what="file", max_bytes=MAX_FILE_BYTES):
     except OSError as exc:
         raise OSError(exc.errno, f"{what}: cannot access {os.fspath(path)}: "
                       f"{exc.strerror}") from None
-    mode = st.st_mode
-    if not stat.S_ISREG(mode):
-        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)"
-                if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
-                or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
-                "not a regular file")
+    kind = not_regular(st.st_mode)
+    if kind is not None:
         raise InputFileError(f"{what} {os.fspath(path)} is {kind}: expected a regular file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise InputFileError(f"{what} {os.fspath(path)} is {_mib(st.st_size)}, more than the "

@@ -36,13 +36,13 @@ import hashlib
 import math
 import numbers
 import os
-import stat
 
 import numpy as np
 import onnx
 import onnx.checker
 from onnx import helper, numpy_helper
 
+from .._checks import not_regular
 from ..errors import InputShapeError, ModelFormatError
 
 __all__ = ["check_load_arguments", "read_model", "resolve_external_data", "check_model",
@@ -112,12 +112,9 @@ def _open_regular(path, what, external=False):
     except OSError as exc:
         raise ModelFormatError(f"cannot open {what} {path!r}: {exc.strerror or exc}") from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    kind = not_regular(st.st_mode)
+    if kind is not None:
         os.close(fd)
-        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO"
-                if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
-                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
-                else "not a regular file")
         raise ModelFormatError(f"{what} {path!r} is {kind}: refbbp reads only regular files")
     return fd, st.st_size
 
