@@ -132,7 +132,7 @@ class _Watch:
                 os.environ.get("MPLCONFIGDIR", folder), "/proc/self/", "/sys/", "/usr/share/"]
         self.prefixes = tuple(os.path.realpath(p).rstrip(os.sep) + os.sep for p in base)
         self.files = {os.path.realpath(p) for p in list(allowed) + [
-            os.devnull, "/dev/urandom", "/etc/localtime"]}
+            folder, os.devnull, "/dev/urandom", "/etc/localtime"]}
         self.on = True
         try:
             yield self
@@ -161,9 +161,9 @@ class _Refused(Exception):
         self.outcome, self.detail = outcome, detail
 
 
-def _phase(proto, name):
+def _phase(proto, name, desc=None):
     if proto is not None:
-        proto.write(json.dumps({"phase": name}) + "\n")
+        proto.write(json.dumps({"phase": name, "desc": desc}) + "\n")
         proto.flush()
 
 
@@ -297,6 +297,7 @@ def run_case(cid, root, proto=None):
     try:
         plan = cases.materialise(cid, folder)
         res["desc"] = plan.desc
+        _phase(proto, "refbbp", plan.desc)  # the parent knows what a hang or death was
         _secret_reset(secret)
         os.chdir(folder)
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -402,10 +403,10 @@ class _Worker:
             [sys.executable, "-m", "tests.fuzz.harness", self.root], cwd=REPO, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
             preexec_fn=_limit(as_limit))
-        self.case, self.started, self.phase, self.buf = None, 0.0, "", b""
+        self.case, self.started, self.phase, self.desc, self.buf = None, 0.0, "", "", b""
 
     def send(self, cid):
-        self.case, self.started, self.phase = cid, time.monotonic(), "refbbp"
+        self.case, self.started, self.phase, self.desc = cid, time.monotonic(), "", ""
         self.proc.stdin.write(cid.encode() + b"\n")
         self.proc.stdin.flush()
 
@@ -474,6 +475,7 @@ class Pool:
                                 msg = json.loads(line)
                                 if "phase" in msg:
                                     w.phase = msg["phase"]
+                                    w.desc = msg["desc"] or w.desc
                                 else:
                                     res = msg
                             if res is None:
@@ -488,7 +490,7 @@ class Pool:
                         continue
                     dead = "id" not in res
                     if dead:
-                        res.update(id=w.case, gen=parse_id(w.case)[0], desc="")
+                        res.update(id=w.case, gen=parse_id(w.case)[0], desc=w.desc)
                     res["seconds"] = round(time.monotonic() - w.started, 3)
                     w.case = None
                     if dead:
