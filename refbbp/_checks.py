@@ -9,7 +9,7 @@ import stat
 
 import numpy as np
 
-__all__ = ["check_count", "check_labels", "not_regular"]
+__all__ = ["check_count", "check_labels", "check_real", "not_regular"]
 
 
 def not_regular(mode):
@@ -42,6 +42,29 @@ def check_count(n, name, least=1, most=None):
         bound = f"between {least:,} and {most:,}" if most is not None else f">= {least}"
         raise ValueError(f"{name} must be {bound}, got {n:,}")
     return int(n)
+
+
+def check_real(value, name, least=None, positive=False):
+    """Validate a real number or an array of them: finite, and ``>= least`` or ``> 0``
+    (``positive``) if asked; returns it as float64 (an array if it was one).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming ``name``: not real numbers (booleans, strings, complex), not finite, or
+        out of range.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf" or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be real numbers, got {arr.dtype} ({value!r})")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and not np.all(arr > 0):
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if least is not None and not np.all(arr >= least):
+        raise ValueError(f"{name} must be >= {least}, got {value!r}")
+    return arr if arr.ndim else float(arr)
 
 
 def check_labels(y, n, n_classes, where="labels"):

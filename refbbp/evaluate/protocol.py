@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._progress import progress as _progress_bar
-from .._checks import check_count, check_labels
+from .._checks import check_count, check_labels, check_real
 from .methods import DEFAULT_METHODS, saliency_maps
 from .registry import resolve
 from .removal import derangement, first_flips, removal_order
@@ -73,6 +73,7 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     """
     chunk, group = check_count(chunk, "chunk"), check_count(group, "group")
     max_batch = check_count(max_batch, "max_batch")
+    baseline = check_real(baseline, "baseline")
     net, score, model_name = scorer_for(model, net, scorer, max_batch)
     xb, batched = net.as_batch(x)
     if not batched:

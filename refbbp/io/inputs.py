@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from .._checks import check_real
 from ..errors import InputFileError, InputShapeError
 from .files import read_npy, read_npz, regular_file
 
@@ -107,6 +108,8 @@ def read_inputs(paths, input_shape, size=None, mean=0.0, std=1.0, layout="nchw")
     """
     if layout not in ("nchw", "nhwc"):
         raise ValueError(f"--layout must be nchw or nhwc, got {layout!r}")
+    mean = check_real(mean, "mean")
+    std = check_real(std, "std", positive=True)          # images are divided by it
     xs, names = [], []
     for path in paths:
         regular_file(path, "input file")

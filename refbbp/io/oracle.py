@@ -38,6 +38,7 @@ import os
 
 import numpy as np
 
+from .._checks import check_real
 from .._version import __version__
 from ..bbp import bbp
 from ..errors import InputFileError
@@ -113,6 +114,9 @@ def oracle_path(path):
     str
     """
     path = os.fspath(path)
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ValueError(f"oracle output {path!r} is a folder: expected a file name "
+                         f"(e.g. {os.path.join(path, 'oracle.npz')!r})")
     return path if path.endswith(".npz") else path + ".npz"
 
 
@@ -128,6 +132,7 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
     dict
         The fields written (without ``meta``).
     """
+    out = oracle_path(path)            # a bad name is refused before the work
     fields = oracle_fields(net, x, target, rules, temperatures, layers, progress, betas,
                            linear)
     meta = {
@@ -140,7 +145,7 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
         "rules": list(rules), "temperatures": [float(t) for t in temperatures],
         "fields": sorted(fields),
     }
-    np.savez_compressed(oracle_path(path), meta=np.array(json.dumps(meta)), **fields)
+    np.savez_compressed(out, meta=np.array(json.dumps(meta)), **fields)
     return fields
 
 
@@ -214,6 +219,8 @@ def compare(golden, candidate, rtol=1e-6, atol=1e-9):
         ``field``, ``shape``, ``max_abs``, ``max_rel`` (relative to ``|golden|``, over
         entries where it is non-zero), ``ok`` and ``why`` (for failures).
     """
+    rtol = check_real(rtol, "rtol", least=0.0)
+    atol = check_real(atol, "atol", least=0.0)
     g = read_oracle(golden)[1]
     c = read_oracle(candidate)[1]
     rows = []

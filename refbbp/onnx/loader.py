@@ -190,6 +190,7 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
     validate.resolve_external_data(proto, folder, max_bytes,
                                    proto.ByteSize() if source else 0)
     graph = proto.graph
+    validate.check_opsets(proto)
     opsets = {(o.domain or ""): o.version for o in proto.opset_import}
     if "" not in opsets and "ai.onnx" in opsets:
         opsets[""] = opsets["ai.onnx"]

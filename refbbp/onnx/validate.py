@@ -535,6 +535,19 @@ def decode_constants(graph, max_bytes):
     return consts
 
 
+def check_opsets(proto):
+    """The default domain's opset is one this installation of ONNX defines (1 to
+    ``onnx.defs.onnx_opset_version()``): a newer one names ops refbbp cannot know the
+    meaning of (onnxruntime refuses it too)."""
+    newest = onnx.defs.onnx_opset_version()
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx") and not 1 <= o.version <= newest:
+            raise ModelFormatError(
+                f"the model imports opset {o.version} of the default ONNX domain; this "
+                f"installation of onnx defines opsets 1 to {newest} (a newer onnx package "
+                f"may know it)")
+
+
 def check_graph(graph):
     """Outputs that exist and are produced, named inputs and outputs, inputs with a
     declared type and shape (as ONNX requires); returns the graph output names. (The

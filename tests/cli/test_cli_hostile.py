@@ -83,6 +83,22 @@ CASES = [
     # an output folder that cannot be made
     (["explain", "{model}", "{dir}/x.npy", "--out", "{dir}/notes.txt/sub"],
      ["notes.txt/sub", "Not a directory"]),
+    # found by the fuzz slice (tests/fuzz): accepted with exit 0 before
+    # oracle -o a folder wrote "<folder>/.npz" or "<folder>.npz" beside it
+    (["oracle", "{model}", "{dir}/x.npy", "-o", "{dir}/folder.npy"], ["is a folder"]),
+    (["oracle", "{model}", "{dir}/x.npy", "-o", "{dir}/"], ["is a folder"]),
+    # compare with a negative or NaN tolerance compared nothing
+    (["compare", "{dir}/golden.npz", "{dir}/golden.npz", "--rtol", "-1"], ["rtol", ">= 0"]),
+    (["compare", "{dir}/golden.npz", "{dir}/golden.npz", "--rtol", "nan"], ["rtol",
+                                                                          "finite"]),
+    (["compare", "{dir}/golden.npz", "{dir}/golden.npz", "--atol", "inf"], ["atol",
+                                                                          "finite"]),
+    # images divided by a zero std
+    (["explain", "{model}", "{dir}/x.npy", "--std", "0"], ["std", "> 0"]),
+    (["explain", "{model}", "{dir}/x.npy", "--mean", "nan"], ["mean", "finite"]),
+    # a NaN removal baseline
+    (["evaluate", "{model}", "{dir}/labels_ok.npz", "--methods", "gradient", "--baseline",
+      "nan"], ["baseline", "finite"]),
 ]
 
 

@@ -204,6 +204,10 @@ def _reference(path, net, x, y):
     ours = np.asarray(y, np.float64).reshape(-1)
     if ours.shape != ref.shape:
         return f"output shape {ours.shape} but onnxruntime's is {ref.shape}"
+    if not np.all(np.isfinite(ref)) and np.all(np.isfinite(ours)):
+        # onnxruntime's float32 overflowed (a weight near 3e38); refbbp computes in
+        # float64 (SPEC 2), where the same model does not: not a wrong acceptance
+        return None
     err = forward_error(ours, ref)
     if not err <= 1:
         return f"forward differs from onnxruntime: {err:.3g} x tolerance"

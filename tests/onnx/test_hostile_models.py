@@ -495,3 +495,12 @@ def test_load_arguments_are_validated_naming_them(kwargs, error, match):
 
 def test_float_max_bytes_is_accepted():
     assert refbbp.load(_gemm(), max_bytes=1e6).n_outputs == 3
+
+
+def test_opset_newer_than_onnx_knows_is_refused():
+    """A model importing opset 99 of the default domain used to load (found by the fuzz
+    slice); onnxruntime refuses it, and refbbp cannot know what its ops mean."""
+    model = make_model([make_node("Relu", ["x"], ["z"])], {"x": (4,)}, ["z"])
+    model.opset_import[0].version = 99
+    with pytest.raises(ModelFormatError, match=r"opset 99 of the default ONNX domain"):
+        refbbp.load(model)
