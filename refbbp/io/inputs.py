@@ -110,6 +110,12 @@ def read_inputs(paths, input_shape, size=None, mean=0.0, std=1.0, layout="nchw")
         raise ValueError(f"--layout must be nchw or nhwc, got {layout!r}")
     mean = check_real(mean, "mean")
     std = check_real(std, "std", positive=True)          # images are divided by it
+    channels = input_shape[0] if layout == "nchw" else input_shape[-1]
+    for name, v in (("mean", mean), ("std", std)):
+        if np.size(v) not in (1, channels):
+            raise ValueError(f"--{name} has {np.size(v)} values; the model's input "
+                             f"{tuple(input_shape)} ({layout}) has {channels} channel(s): "
+                             f"give 1 value or {channels}")
     xs, names = [], []
     for path in paths:
         regular_file(path, "input file")

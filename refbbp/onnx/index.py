@@ -274,6 +274,11 @@ def convert_pad(b, node, ins):
     if np.any(pads < 0):
         crop = [slice(None)] * rank
         for k, ax in enumerate(axes):
+            cut = max(-pads[k], 0) + max(-pads[k + axes.size], 0)
+            if cut >= x.shape[ax]:
+                raise node.malformed(
+                    f"pads {pads.tolist()} crop axis {ax} (length {x.shape[ax]}) by {cut} "
+                    f"elements: nothing would be left (onnxruntime refuses it too)")
             crop[ax] = slice(max(-pads[k], 0), x.shape[ax] - max(-pads[k + axes.size], 0))
         ids = np.arange(x.size).reshape(x.shape)[tuple(crop)]
         x = x.select(ids, ids.shape)

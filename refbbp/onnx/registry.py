@@ -95,7 +95,9 @@ def _schema(op_type, opset, domain):
     """The ONNX schema of ``op_type`` in force at ``opset``, or ``None`` if ONNX has none."""
     try:
         return onnx.defs.get_schema(op_type, max_inclusive_version=opset, domain=domain)
-    except onnx.defs.SchemaError:
+    except (onnx.defs.SchemaError, TypeError):
+        # TypeError: an op type or domain that is not valid text (a corrupt file); the
+        # converter lookup then refuses the node as an op refbbp does not know
         return None
 
 

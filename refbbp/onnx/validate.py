@@ -580,11 +580,15 @@ def check_declared_shapes(infos, kind):
 
 
 def check_input_dims(vi, dims):
-    """The data input's declared dims: none negative, their product within int64."""
+    """The data input's declared dims: none negative or zero (no elements: onnxruntime
+    refuses to feed it), their product within int64."""
     fixed = [d for d in dims if isinstance(d, int)]
     if any(d < 0 for d in fixed):
         raise ModelFormatError(f"graph input {vi.name!r} has a negative dimension in its "
                                f"shape {dims}")
+    if any(d == 0 for d in fixed):
+        raise ModelFormatError(f"graph input {vi.name!r} has a zero dimension in its shape "
+                               f"{dims}: it holds no elements")
     if math.prod(fixed) > INT64_MAX:
         raise ModelFormatError(f"graph input {vi.name!r} has shape {dims}: more elements "
                                f"than an int64 counts")

@@ -96,6 +96,9 @@ CASES = [
     # images divided by a zero std
     (["explain", "{model}", "{dir}/x.npy", "--std", "0"], ["std", "> 0"]),
     (["explain", "{model}", "{dir}/x.npy", "--mean", "nan"], ["mean", "finite"]),
+    # three means for a one-channel model were silently ignored
+    (["explain", "{model}", "{dir}/x.npy", "--mean", "0", "0", "0"], ["--mean has 3 values",
+                                                                    "1 channel"]),
     # a NaN removal baseline
     (["evaluate", "{model}", "{dir}/labels_ok.npz", "--methods", "gradient", "--baseline",
       "nan"], ["baseline", "finite"]),

@@ -553,10 +553,10 @@ def gen_cli(rng, folder):
         desc = f"oracle: {bad}"
     elif what == "verify":
         bad = _pick(rng, ["--n-random 1000000000", "--n-random -1", "--n-random 0",
-                          "--seed -1", "--input-shape 0 0 0", "--n-random 100000"])
+                          "--seed -1", "--input-shape 0 0 0", "--n-random 5000"])
         argv = ["verify", model] + bad.split(" ")
-        if bad == "--n-random 100000":
-            expect = "any"  # large but a clear budget refusal or a (slow) run are both fine
+        if bad == "--n-random 5000":
+            expect = "any"  # large: a clear refusal or a (streamed) run are both fine
         desc = f"verify {bad}"
     else:
         argv, expect = _pick(rng, [(["verify", model, "--n-random", "1"], "any"),

@@ -504,3 +504,33 @@ def test_opset_newer_than_onnx_knows_is_refused():
     model.opset_import[0].version = 99
     with pytest.raises(ModelFormatError, match=r"opset 99 of the default ONNX domain"):
         refbbp.load(model)
+
+
+def test_pads_cropping_a_whole_axis_are_refused():
+    """Negative Pad pads that crop more than an axis holds (found by the fuzz campaign,
+    e.g. -2**62) used to end in an IndexError inside the builder; onnxruntime refuses
+    them."""
+    model = make_model([make_node("Pad", ["x", "p"], ["z"], name="pad")], {"x": (4, 4)},
+                       ["z"], {"p": np.array([0, 0, -2, 0, 0, -3])})
+    with pytest.raises(ModelFormatError, match=r"at node 'pad'.*crop axis 2 \(length 4\) "
+                                               r"by 5 elements"):
+        refbbp.load(model)
+
+
+def test_corrupt_op_type_is_refused_as_unknown():
+    """An op type or domain that is not valid text (bit flips in a model file) used to
+    raise a TypeError from onnx.defs.get_schema."""
+    data = make_model([make_node("Relu", ["x"], ["z"], name="r")], {"x": (4,)},
+                      ["z"]).SerializeToString()
+    assert data.count(b"Relu") == 1
+    model = onnx.load_from_string(data.replace(b"Relu", b"\xffelu"))
+    with pytest.raises(refbbp.UnsupportedOpError, match=r"at node 'r'"):
+        refbbp.load(model)
+
+
+def test_zero_batch_dimension_is_refused():
+    """A data input declared with a zero (batch) dimension used to load as a batch of
+    one; onnxruntime refuses to feed it (found by the fuzz campaign)."""
+    model = make_model([make_node("Relu", ["x"], ["z"])], {"x": (4,)}, ["z"], batch=0)
+    with pytest.raises(ModelFormatError, match=r"zero dimension in its shape \[0, 4\]"):
+        refbbp.load(model)
