@@ -639,6 +639,8 @@ def elements_bound(node, ins):
                     return None
                 given = [given[0], target]
             return _broadcast_size(given)
+        if op in _WINDOWED and shapes[0] is not None and len(shapes[0]) >= 3:
+            return _windowed_bound(op, attrs, shapes)
         if op == "Tile" and const(1) is not None:
             reps = _ints(const(1))
             if len(reps) != len(shapes[0]) or any(r < 0 for r in reps):
@@ -689,6 +691,38 @@ def elements_bound(node, ins):
     except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError):
         return None
     return None
+
+
+_WINDOWED = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"}
+
+
+def _windowed_bound(op, attrs, shapes):
+    """A bound on a convolution's or pooling's output elements from explicit pads (a
+    huge pad makes a huge output: its tables would be built before any budget check).
+    Along an axis of length n with pads b, e: at most n + b + e + 1 outputs (strides,
+    kernels and dilations are at least 1; +1 for ceil_mode); a transposed convolution
+    gives at most stride * n + (kernel - 1) * dilation + 1 + output_padding."""
+    x = shapes[0]
+    n_sp = len(x) - 2
+    pads = [int(p) for p in attrs.get("pads") or [0] * (2 * n_sp)]
+    if len(pads) != 2 * n_sp or any(p < 0 for p in pads):
+        return None
+    w = shapes[1] if len(shapes) > 1 else None
+    if op == "ConvTranspose":
+        if w is None or len(w) != len(x):
+            return None
+        strides = [int(v) for v in attrs.get("strides") or [1] * n_sp]
+        dil = [int(v) for v in attrs.get("dilations") or [1] * n_sp]
+        extra = [int(v) for v in attrs.get("output_padding") or [0] * n_sp]
+        if not len(strides) == len(dil) == len(extra) == n_sp:
+            return None
+        channels = w[1] * int(attrs.get("group", 1))
+        spatial = [s * n + (k - 1) * d + 1 + e
+                   for s, n, k, d, e in zip(strides, x[2:], w[2:], dil, extra)]
+    else:
+        channels = w[0] if op == "Conv" and w is not None else x[1]
+        spatial = [n + pads[a] + pads[n_sp + a] + 1 for a, n in enumerate(x[2:])]
+    return x[0] * channels * math.prod(spatial)
 
 
 def _broadcast_size(shapes):

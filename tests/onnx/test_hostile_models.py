@@ -534,3 +534,17 @@ def test_zero_batch_dimension_is_refused():
     model = make_model([make_node("Relu", ["x"], ["z"])], {"x": (4,)}, ["z"], batch=0)
     with pytest.raises(ModelFormatError, match=r"zero dimension in its shape \[0, 4\]"):
         refbbp.load(model)
+
+
+@pytest.mark.parametrize("op", ["Conv", "MaxPool"])
+def test_huge_conv_pads_are_refused_before_the_tables_are_built(op):
+    """A Conv with pads of 10**9 (found by the fuzz campaign) built its window tables,
+    14.9 GiB, before any budget check: now its output size is bounded from the pads
+    first (checked in a child process under an address-space limit)."""
+    inits = {"W": np.ones((2, 1, 3, 3))} if op == "Conv" else {}
+    attrs = {} if op == "Conv" else {"kernel_shape": [3, 3]}
+    model = make_model([make_node(op, ["x"] + list(inits), ["z"], name="c",
+                                  pads=[10**9] * 4, **attrs)], {"x": (1, 4, 4)}, ["z"],
+                       inits)
+    out = _load_under_address_limit(model)
+    assert "'c'" in out
