@@ -194,7 +194,6 @@ class BatchPlan:
 def _rule(plan, node, ins, axes):
     op = node.op_type
     n = plan.size
-    var_axes = [a for a in axes if a is not None]
     a = axes[0]
     if op in _SAME_SHAPE:
         if a is None:
@@ -287,7 +286,7 @@ def _broadcast(node, ins, axes, n):
         raise MixedBatch(node, "combines tensors whose batch axes do not line up")
     (b,) = out
     new = []
-    for i, (v, a) in enumerate(zip(ins, axes)):
+    for i, v in enumerate(ins):
         if v is None or isinstance(v, Var):
             new.append(v)
             continue
