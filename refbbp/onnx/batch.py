@@ -274,8 +274,8 @@ def _const_along(node, c, axis, n, what):
         return c
     if c.shape[axis] == n and _identical_along(c, axis):
         return np.take(c, [0], axis=axis)
-    raise MixedBatch(node, f"{what} of shape {c.shape} varies along the batch axis: each "
-                           f"element of the batch gets a different function")
+    raise MixedBatch(node, f"has {what} of shape {c.shape}, which varies along the batch "
+                           f"axis: each element of the batch gets a different function")
 
 
 def _broadcast(node, ins, axes, n):
