@@ -10,13 +10,14 @@ the converter registered for its op and opset (``registry.py``).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 
 from ..errors import InputShapeError, ModelFormatError, UnsupportedOpError
 from ..network.graph import Network, live_nodes
-from . import activations, conv, elementwise, gemm, index, pool, registry, validate
+from . import activations, batch, conv, elementwise, gemm, index, pool, registry, validate
 from .builder import STORAGES, Builder, Var
 
 __all__ = ["CONVERTER_MODULES", "ImportNotice", "load", "strip_final_softmax",
@@ -79,18 +80,45 @@ def _dims(value_info):
             for d in t.shape.dim]
 
 
-def _input_shape(vi, input_shape):
-    """(onnx_shape with batch 1, per-input shape, has batch axis)."""
+def _input_shape(vi, input_shape, batch_axis):
+    """How the data input is read, from its declared shape, ``input_shape`` and
+    ``batch_axis`` (``"auto"``, 0 or None).
+
+    Returns
+    -------
+    onnx_shape : tuple of int
+        The input's shape in the graph refbbp converts (batch dimension 1).
+    sample_shape : tuple of int
+        The shape of one input.
+    batch : bool
+        Whether the leading dimension is a batch axis.
+    size : int or None
+        The declared batch size when it is fixed and larger than 1: the graph is then
+        specialised to batch 1, which :class:`~refbbp.onnx.batch.BatchPlan` checks.
+    """
     dims = _dims(vi)
     if dims is not None:
         validate.check_input_dims(vi, dims)
     if input_shape is not None:
         given = input_shape
         if dims is None:
-            return given, given, False
+            if batch_axis == 0:
+                return (1,) + given, given, True, None
+            return given, given, False, None
         if len(given) == len(dims) - 1:
+            if batch_axis is None:
+                raise InputShapeError(
+                    f"input_shape={given} has one dimension fewer than the model's input "
+                    f"{vi.name!r} of shape {dims} (the shape of one input without the batch "
+                    f"dimension), but batch_axis=None says the input has no batch axis: "
+                    f"give its full shape")
             onnx_shape, batch = (1,) + given, True
         elif len(given) == len(dims):
+            if batch_axis == 0:
+                raise InputShapeError(
+                    f"input_shape={given} has as many dimensions as the model's input "
+                    f"{vi.name!r} of shape {dims}, but batch_axis=0: give the shape of one "
+                    f"input, without the batch dimension")
             onnx_shape, batch = given, False
         else:
             raise InputShapeError(
@@ -101,11 +129,21 @@ def _input_shape(vi, input_shape):
                 raise InputShapeError(
                     f"input_shape={given} disagrees with the model's input {vi.name!r} "
                     f"of shape {dims} at axis {axis}")
-        return onnx_shape, given, batch
+        size = dims[0] if batch and isinstance(dims[0], int) and dims[0] > 1 else None
+        return onnx_shape, given, batch, size
     if dims is None or not dims:
         raise InputShapeError(f"the model does not declare the shape of input {vi.name!r}: "
                               f"pass input_shape= (without the batch dimension)")
-    batch = len(dims) >= 2 and (not isinstance(dims[0], int) or dims[0] in (0, 1))
+    if batch_axis is None:
+        batch = False
+    elif batch_axis == 0:
+        if len(dims) < 2:
+            raise InputShapeError(
+                f"batch_axis=0, but the model's input {vi.name!r} has shape {dims}: a batch "
+                f"axis needs an input of rank 2 or more (each input is the rest)")
+        batch = True
+    else:
+        batch = len(dims) >= 2
     rest = dims[1:] if batch else dims
     if any(isinstance(d, int) and d == 0 for d in rest):
         raise ModelFormatError(f"graph input {vi.name!r} has shape {dims} with a zero "
@@ -114,8 +152,10 @@ def _input_shape(vi, input_shape):
     if bad:
         raise InputShapeError(
             f"input {vi.name!r} has shape {dims} with symbolic dimensions: pass "
-            f"input_shape= (the shape of one input, without the batch dimension)")
-    return ((1,) + tuple(rest) if batch else tuple(rest)), tuple(rest), batch
+            f"input_shape= (the shape of one input" +
+            (", without the batch dimension)" if batch else ", all of it: batch_axis=None)"))
+    size = dims[0] if batch and isinstance(dims[0], int) and dims[0] > 1 else None
+    return ((1,) + tuple(rest) if batch else tuple(rest)), tuple(rest), batch, size
 
 
 def strip_final_softmax(output, produced_by, nodes):
@@ -138,7 +178,8 @@ def strip_final_softmax(output, produced_by, nodes):
     return output, dropped
 
 
-def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, storage="auto"):
+def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, storage="auto",
+         batch_axis="auto"):
     """Load an ONNX model into a network of local affine maps.
 
     Parameters
@@ -151,6 +192,14 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
         input has symbolic dimensions other than the leading batch dimension.
     output : str, optional
         Name of the graph output to explain; default the first.
+    batch_axis : {"auto", 0, None}, optional
+        Whether the input's leading dimension is a batch axis. ``"auto"`` (default):
+        a symbolic leading dimension, or a fixed one of 1, is; a fixed one of ``N > 1``
+        is when every op keeps the ``N`` elements apart (and treats them alike), and
+        then the graph is specialised to batch 1 and each element explained as its own
+        input; otherwise the whole tensor is one input. Either way an ``ImportNotice``
+        says what was decided and why. ``0`` forces a batch axis, ``None`` forces none
+        (the whole tensor is one input). An input of rank 1 has no batch axis.
     max_bytes : int or float, optional
         Memory budget (default 4 GiB; finite, at least 1) for all layer matrices
         together plus the per-node vectors of one explanation. A layer that would
@@ -207,7 +256,8 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
             f"expected exactly one data input (graph inputs that are not initializers), "
             f"found {len(data_inputs)}: {[vi.name for vi in data_inputs]}")
     vin = data_inputs[0]
-    onnx_shape, sample_shape, batch_axis = _input_shape(vin, input_shape)
+    batch_axis = batch.check_batch_axis(batch_axis)
+    onnx_shape, sample_shape, batched, size = _input_shape(vin, input_shape, batch_axis)
 
     if output is None:
         output = outputs[0]
@@ -233,12 +283,61 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
             needed.add(produced_by[name])
             stack.extend(i for i in nodes[produced_by[name]].input if i)
     todo = [n for i, n in enumerate(nodes) if i in needed]
+    walk = dict(todo=todo, consts=consts, vin=vin, opsets=opsets, output=output,
+                max_bytes=max_bytes, storage=storage)
+
+    if size is None:
+        b, result = _walk(onnx_shape, None, **walk)
+    else:
+        dims = tuple(_dims(vin))
+        plan = batch.BatchPlan(size, vin.name, forced=batch_axis == 0 or input_shape is not None)
+        try:
+            b, result = _walk(onnx_shape, plan, **walk)
+        except batch.MixedBatch as mixed:
+            notice = (f"the leading dimension {size} of input {vin.name!r} (shape "
+                      f"{list(dims)}) is not a batch axis: {mixed}; the whole tensor is "
+                      f"explained as one input (pass batch_axis=0 to treat it as a batch)")
+            batched, onnx_shape, sample_shape = False, dims, dims
+            b, result = _walk(onnx_shape, None, **walk)
+        else:
+            if plan.mixed is not None:
+                notice = (f"batch_axis=0: the leading dimension {size} of input {vin.name!r} "
+                          f"is taken as a batch axis, but {plan.mixed}: each element is "
+                          f"explained as the graph behaves on a batch of one")
+            else:
+                notice = (f"the leading dimension {size} of input {vin.name!r} (shape "
+                          f"{list(dims)}) is a batch axis: every op keeps its elements "
+                          f"apart; each element is explained as its own input of shape "
+                          f"{tuple(sample_shape)}")
+        notices.append(notice)
+        warnings.warn(notice, ImportNotice, stacklevel=2)
+
+    if result.size == 0:
+        raise ModelFormatError(f"output {output!r} has shape {result.shape}: no elements to "
+                               f"explain (a tensor on its way has a zero dimension)")
+    # onnx.checker's full check last: refbbp's own checks (every node's schema above,
+    # each converter's attributes and shapes) name the node, op and what was expected,
+    # so they have their turn first; nothing the checker refuses is ever returned
+    validate.check_model(proto, source)
+    out = b.finish(result, output)
+    kept_nodes, out = _prune(b.nodes, out)
+    return Network(kept_nodes, out, sample_shape, input_name=vin.name,
+                   output_name=output, graph_output=out_name, batch_axis=batched,
+                   notices=notices, source=source)
+
+
+def _walk(onnx_shape, plan, *, todo, consts, vin, opsets, output, max_bytes, storage):
+    """Convert the nodes ``todo`` with the data input of shape ``onnx_shape``.
+
+    ``plan`` (a :class:`~refbbp.onnx.batch.BatchPlan`, or None) specialises a fixed
+    batch dimension to 1 as it goes; it raises ``MixedBatch`` if an op mixes the
+    elements. Returns the builder and the output's view.
+    """
     uses = {}
     for n in todo:
         for i in n.input:
             uses[i] = uses.get(i, 0) + 1
     uses[output] = uses.get(output, 0) + 1
-
     b = Builder(onnx_shape, vin.name, max_bytes, storage)
     values = dict(consts)
     values[vin.name] = Var.of_node(0, onnx_shape)
@@ -246,14 +345,20 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
         node = registry.OnnxNode(proto_node, _opset(opsets, proto_node))
         ins = [values[i] if i else None for i in proto_node.input]
         _check_output_size(b, node, ins)
+        out_axes = expect = None
         if all(not isinstance(v, Var) for v in ins):
             outs = _evaluate_constant(node, ins)
-        elif node.op_type == "Shape":
-            outs = [_shape_of(node, ins[0])]
-        elif node.op_type == "Size":
-            outs = [np.array(ins[0].size, np.int64)]
+        elif node.op_type in ("Shape", "Size"):
+            full = (plan.full_shape(proto_node.input[0], ins[0]) if plan is not None
+                    else ins[0].shape)
+            outs = [_shape_of(node, full) if node.op_type == "Shape"
+                    else np.array(math.prod(full), np.int64)]
         else:
+            if plan is not None:
+                node, ins, out_axes, expect = plan.specialise(node, ins)
             outs = registry.lookup(node)(b, node, ins)
+            if plan is not None:
+                plan.record(node, outs, out_axes, expect)
         for name, val in zip(proto_node.output, outs):
             if not name:
                 continue
@@ -266,22 +371,12 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
             values[name] = val
             if isinstance(val, Var) and uses.get(name, 0) != 1:
                 b.seal(val)
-
     result = values[output]
     if not isinstance(result, Var):
         raise ModelFormatError(f"output {output!r} does not depend on the input {vin.name!r}")
-    if result.size == 0:
-        raise ModelFormatError(f"output {output!r} has shape {result.shape}: no elements to "
-                               f"explain (a tensor on its way has a zero dimension)")
-    # onnx.checker's full check last: refbbp's own checks (every node's schema above,
-    # each converter's attributes and shapes) name the node, op and what was expected,
-    # so they have their turn first; nothing the checker refuses is ever returned
-    validate.check_model(proto, source)
-    out = b.finish(result, output)
-    kept_nodes, out = _prune(b.nodes, out)
-    return Network(kept_nodes, out, sample_shape, input_name=vin.name,
-                   output_name=output, graph_output=out_name, batch_axis=batch_axis,
-                   notices=notices, source=source)
+    if plan is not None:
+        plan.check_output(output, todo[-1] if todo else None)
+    return b, result
 
 
 def _opset(opsets, proto_node):
@@ -329,8 +424,8 @@ def _evaluate_constant(node, ins):
                                  f"could not evaluate it on constant inputs: {exc}") from None
 
 
-def _shape_of(node, var):
-    shape = np.array(var.shape, np.int64)
+def _shape_of(node, shape):
+    shape = np.array(shape, np.int64)
     attrs = node.attrs
     start, end = attrs.get("start", 0), attrs.get("end", None)
     return shape[start:end]

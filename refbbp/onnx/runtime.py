@@ -55,9 +55,12 @@ class RuntimeSession:
         One input, without batch axis.
     batch_axis : bool
         Whether the graph input has a batch axis.
+    fixed_batch : int or None
+        A fixed batch dimension ``N > 1`` of a batch axis: inputs are run ``N`` at a
+        time (the last group padded with repeats of its last input).
     one_at_a_time : bool
-        True when the graph input has a fixed batch dimension or no batch axis: every
-        input is then run on its own.
+        True when the graph input has a fixed batch dimension of 1 or no batch axis:
+        every input is then run on its own.
     max_batch : int
     n_outputs : int
         Number of logits per input.
@@ -99,7 +102,12 @@ class RuntimeSession:
         self.batch_axis = bool(net.batch_axis)
         vin = next(i for i in self.session.get_inputs() if i.name == net.input_name)
         lead = vin.shape[0] if vin.shape else None
-        self.one_at_a_time = (not self.batch_axis) or isinstance(lead, int)
+        # a fixed batch size N > 1 (a batch axis: refbbp.load found every op keeps the
+        # elements apart) is fed N inputs at a time, the last group padded by repeats
+        self.fixed_batch = (int(lead) if self.batch_axis and isinstance(lead, int) and lead > 1
+                            else None)
+        self.one_at_a_time = self.fixed_batch is None and (
+            (not self.batch_axis) or isinstance(lead, int))
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = int(max_batch)
@@ -123,7 +131,14 @@ class RuntimeSession:
         ndarray of float64, shape (n, n_outputs)
         """
         x32 = np.ascontiguousarray(x, dtype=np.float32).reshape((-1,) + self.input_shape)
-        if self.one_at_a_time:
+        if self.fixed_batch is not None:
+            k = self.fixed_batch
+            out = []
+            for a in range(0, len(x32), k):
+                part = x32[a:a + k]
+                feed = np.concatenate([part, np.repeat(part[-1:], k - len(part), axis=0)])
+                out.append(self._run(feed).reshape(k, -1)[:len(part)])
+        elif self.one_at_a_time:
             out = [self._run(xi[None] if self.batch_axis else xi).reshape(1, -1)
                    for xi in x32]
         else:

@@ -3,11 +3,17 @@ constants (broadcasting, either side), residual Add/Sub/Sum of input-dependent t
 and BatchNormalization, with the canonical-form folding of SPEC section 1 checked
 through the nodes the network ends up with."""
 
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import refbbp
-from tests.helpers import check_against_ort, make_model, make_node
+from refbbp.onnx.loader import ImportNotice
+from tests.helpers import as_f32, check_against_ort, make_model, make_node
+from tests.strategies import seeds
 
 IN_SHAPE = (3, 4, 5)
 
@@ -215,3 +221,34 @@ def test_div_by_constant_with_zeros_is_refused(rng):
     with pytest.raises(refbbp.UnsupportedOpError,
                        match="division by a constant that contains zeros"):
         refbbp.load(model)
+
+
+@st.composite
+def _broadcast_shapes(draw):
+    """An input shape and a constant shape that broadcast: the constant may have more
+    dimensions than the input and may broadcast the input to a larger output."""
+    out = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    def part():
+        cut = draw(st.integers(0, len(out) - 1))
+        return tuple(1 if draw(st.booleans()) else d for d in out[cut:])
+    return part(), part()
+
+
+# Cost: one onnxruntime run per example on tensors of <= 256 elements (~ 15 ms).
+@settings(max_examples=40, deadline=None)
+@given(shapes=_broadcast_shapes(), op=st.sampled_from(["Mul", "Div"]),
+       left=st.booleans(), seed=seeds)
+def test_mul_div_by_any_broadcast_constant(shapes, op, left, seed):
+    """Mul/Div by a constant of any broadcastable shape, also one with more dimensions
+    than the input or one that broadcasts the input to a larger output."""
+    x_shape, c_shape = shapes
+    g = np.random.default_rng(seed)
+    c = g.uniform(0.5, 2.0, c_shape) * g.choice([-1.0, 1.0], c_shape)
+    inputs = ["C", "x"] if left and op == "Mul" else ["x", "C"]
+    model = make_model([make_node(op, inputs, ["y"]), make_node("Relu", ["y"], ["z"])],
+                       {"x": x_shape}, ["z"], {"C": c}, batch=None)
+    x = as_f32(g.standard_normal(x_shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImportNotice)
+        net = check_against_ort(model, x, batch_axis=None)
+    assert refbbp.bbp(net, x).completeness().ok()

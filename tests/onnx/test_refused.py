@@ -251,7 +251,7 @@ def test_batch_dimension(rng, batch):
 
 def test_no_batch_dimension(rng):
     model = _relu_gemm(X, rng, batch=None, n=20)  # Flatten: (3, 20)
-    net = refbbp.load(model)
+    net = refbbp.load(model, batch_axis=None)  # "auto": a batch of 3 (test_batch_semantics)
     assert not net.batch_axis and net.input_shape == X
     x = as_f32(rng.standard_normal(X))
     np.testing.assert_allclose(net.forward(x), run_ort(model, x).ravel(), rtol=1e-4, atol=1e-5)
