@@ -393,14 +393,17 @@ class Builder:
         return self.affine([(var, diagonal(np.ones(n)))], 0.0, var.shape, activation.name,
                            name, activation=activation)
 
-    def max_pool(self, var, window, shape, name):
-        """A max node: ``h[p] = max over window[p]`` of ``var``'s elements (``-1``: padding)."""
+    def max_pool(self, var, window, shape, name, op="MaxPool"):
+        """A max node: ``h[p] = max over window[p]`` of ``var``'s elements (``-1``: padding).
+
+        When ``var`` views several nodes or holds constants, a gather node copies it
+        first (the constants become its bias), so that the max node reads one node."""
         srcs = var.sources()
         if len(srcs) != 1 or np.any(var.src < 0):
             var = self.identity(var, name + "/gather")
         window = np.asarray(window, np.int64)
         node_window = np.where(window >= 0, var.idx[np.maximum(window, 0)], -1)
-        node = Node(name, "max", "MaxPool", shape, [int(var.src[0])], window=node_window)
+        node = Node(name, "max", op, shape, [int(var.src[0])], window=node_window)
         return Var.of_node(self._add(node, False, False), shape)
 
     def identity(self, var, name, op="Gather"):
