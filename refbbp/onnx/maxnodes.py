@@ -60,6 +60,7 @@ def max_node(b, node, cands, window, shape, negate=False):
                                f"empty axis is reduced); expected at least one candidate "
                                f"per output element")
     if negate:
+        cands, window = b.candidates(cands, window)
         cands = b.affine([(cands, diagonal(-np.ones(cands.size)))], 0.0, cands.shape, "Neg",
                          f"{node.name}/negate")
     out = b.max_pool(cands, window, shape, node.name, node.op_type)
