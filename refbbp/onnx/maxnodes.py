@@ -44,7 +44,7 @@ def max_node(b, node, cands, window, shape, negate=False):
         The candidates, a view on any nodes and constants.
     window : ndarray of int, shape (n_out, K)
         Elements of ``cands`` that are the candidates of each output element, the one a
-        tie goes to first; ``K >= 1``.
+        tie goes to first. An empty window (no output, or ``K = 0``) is refused.
     shape : tuple of int
         Output shape (``prod(shape) == n_out``).
     negate : bool
@@ -55,10 +55,10 @@ def max_node(b, node, cands, window, shape, negate=False):
     Var
     """
     window = np.asarray(window, np.int64)
-    if window.ndim != 2 or window.shape[1] == 0:
-        raise node.unsupported(f"an output of shape {tuple(shape)} with no candidates (an "
-                               f"empty axis is reduced); expected at least one candidate "
-                               f"per output element")
+    if window.size == 0:
+        raise node.unsupported(f"an empty tensor: output of shape {tuple(shape)}, "
+                               f"{window.shape[1]} candidates per output element; expected "
+                               f"at least one output element and one candidate for each")
     if negate:
         cands, window = b.candidates(cands, window)
         cands = b.affine([(cands, diagonal(-np.ones(cands.size)))], 0.0, cands.shape, "Neg",

@@ -369,3 +369,21 @@ def test_max_of_tensors_is_reduce_max_of_their_stack(rng, op):
     b = check_against_ort(stacked, x)
     assert_same_network(a, b)
     assert_allclose(refbbp.bbp(a, x).beta, refbbp.bbp(b, x).beta, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op,axis", [("ReduceMax", 1), ("ReduceMax", 2), ("ReduceMin", 1),
+                                     ("ReduceMin", 2), ("Max", None)])
+def test_max_node_over_an_empty_tensor_is_refused(op, axis):
+    """Regression: a reduction of an empty slice (no output element, or none to take the
+    maximum of) escaped as a raw ValueError from the builder ("no output element has a
+    candidate") or made a max node with empty windows; it is an UnsupportedOpError
+    naming the node."""
+    slice_ = make_node("Slice", ["x", "s", "e", "ax"], ["r"])
+    inits = {"s": [0], "e": [0], "ax": [2]}
+    if op == "Max":
+        nodes = [slice_, make_node("Relu", ["r"], ["q"]), make_node("Max", ["r", "q"], ["y"])]
+    else:
+        nodes = [slice_, make_node(op, ["r"], ["y"], axes=[axis], keepdims=0)]
+    model = make_model(nodes, {"x": (3, 4)}, ["y"], inits, 13)
+    with pytest.raises(refbbp.UnsupportedOpError, match=f"'{op}_y': an empty tensor"):
+        refbbp.load(model)
