@@ -393,15 +393,56 @@ class Builder:
         return self.affine([(var, diagonal(np.ones(n)))], 0.0, var.shape, activation.name,
                            name, activation=activation)
 
-    def max_pool(self, var, window, shape, name):
-        """A max node: ``h[p] = max over window[p]`` of ``var``'s elements (``-1``: padding)."""
-        srcs = var.sources()
-        if len(srcs) != 1 or np.any(var.src < 0):
-            var = self.identity(var, name + "/gather")
+    def max_pool(self, var, window, shape, name, op="MaxPool"):
+        """A max node: ``h[p] = max over window[p]`` of ``var``'s elements (``-1``: padding).
+
+        When the candidates come from several nodes or include constants, a gather node
+        copies them first (:meth:`candidates`; constants become its bias), so that the
+        max node reads one node."""
         window = np.asarray(window, np.int64)
+        srcs = np.unique(var.src[window[window >= 0]])
+        if srcs.size == 0:
+            raise ValueError(f"max node {name!r}: no output element has a candidate")
+        if srcs.size > 1 or srcs[0] < 0:
+            var, window = self.candidates(var, window)
+            var = self.identity(var, name + "/gather")
+            srcs = var.src[:1]
         node_window = np.where(window >= 0, var.idx[np.maximum(window, 0)], -1)
-        node = Node(name, "max", "MaxPool", shape, [int(var.src[0])], window=node_window)
+        node = Node(name, "max", op, shape, [int(srcs[0])], window=node_window)
         return Var.of_node(self._add(node, False, False), shape)
+
+    @staticmethod
+    def candidates(var, window):
+        """The candidates of a max node in one canonical order, however the view was
+        written (``Max(a, b)`` or ``ReduceMax`` over a stack of ``a`` and ``b``).
+
+        Parameters
+        ----------
+        var : Var
+        window : ndarray of int64, shape (n_out, K)
+            Elements of ``var`` (``-1``: padding).
+
+        Returns
+        -------
+        (Var, ndarray)
+            A flat view holding each distinct candidate once -- constants first, by
+            value, then node elements by node and element -- and ``window`` remapped
+            onto it (padding stays ``-1``). Tie order is the window's, not the view's.
+        """
+        window = np.asarray(window, np.int64)
+        used = np.unique(window[window >= 0])
+        src, idx, const = var.src[used], var.idx[used], var.const[used]
+        is_node = src >= 0
+        keys = np.stack([is_node.astype(np.float64), src.astype(np.float64),
+                         idx.astype(np.float64), np.where(is_node, 0.0, const)], axis=1)
+        distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+        pos = np.full(var.size, -1, np.int64)
+        pos[used] = inverse.ravel()
+        if len(distinct) == var.size and np.array_equal(pos, np.arange(var.size)):
+            return var, window      # already canonical: keep its shape
+        view = Var((len(distinct),), distinct[:, 1].astype(np.int64),
+                   distinct[:, 2].astype(np.int64), distinct[:, 3])
+        return view, np.where(window >= 0, pos[np.maximum(window, 0)], -1)
 
     def identity(self, var, name, op="Gather"):
         """A node that copies ``var`` (a selection matrix, constants as bias)."""

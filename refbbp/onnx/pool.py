@@ -17,7 +17,7 @@ from .conv import grid_strides
 from .registry import converter
 from .windows import geometry, padding, window_attrs, windows
 
-__all__ = ["reduction_matrix"]
+__all__ = ["reduce_axes", "reduced_shape", "reduction_matrix"]
 
 
 POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
@@ -139,9 +139,16 @@ def _reduce(b, node, x, axes, keepdims, mean):
     if not isinstance(x, Var):
         raise node.unsupported("expected an input-dependent tensor")
     mat = reduction_matrix(x.shape, axes, mean)
-    out_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
-        tuple(d for i, d in enumerate(x.shape) if i not in axes)
-    return b.affine([(x, mat)], 0.0, out_shape, node.op_type, node.name)
+    return b.affine([(x, mat)], 0.0, reduced_shape(x.shape, axes, keepdims), node.op_type,
+                    node.name)
+
+
+def reduced_shape(shape, axes, keepdims):
+    """The shape of a reduction of a tensor of ``shape`` over ``axes`` (in ``[0, rank)``):
+    the reduced axes kept with size 1 (``keepdims``) or removed."""
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
 @converter("GlobalAveragePool", first=1)
@@ -150,7 +157,7 @@ def convert_global_average_pool(b, node, ins):
     return [_reduce(b, node, x, list(range(2, len(x.shape))), True, mean=True)]
 
 
-def _reduce_axes(node, ins, axes_from_input):
+def reduce_axes(node, ins, axes_from_input):
     """The reduced axes, in ``[0, rank)``, sorted, or ``None`` for a no-op
     (``noop_with_empty_axes`` with no axes). Axes must lie in ``[-rank, rank - 1]`` and
     be distinct, as ONNX requires."""
@@ -184,7 +191,7 @@ def _reduce_axes(node, ins, axes_from_input):
 
 
 def _convert_reduce(b, node, ins, mean, axes_from_input):
-    axes = _reduce_axes(node, ins, axes_from_input)
+    axes = reduce_axes(node, ins, axes_from_input)
     if axes is None:  # noop_with_empty_axes
         return [ins[0]]
     return [_reduce(b, node, ins[0], axes, node.flag_attr("keepdims", 1), mean)]

@@ -60,7 +60,7 @@ NOT_PIECEWISE_LINEAR = {
 # Ops that are (continuous) piecewise linear, or linear with a constant operand, but
 # have no converter: refused as merely unsupported, and the error says so.
 PIECEWISE_LINEAR_UNSUPPORTED = {
-    "Abs", "HardSigmoid", "Max", "Min", "ReduceMax", "ReduceMin", "ReduceL1", "TopK",
+    "Abs", "HardSigmoid", "ReduceL1", "TopK",
     "MaxUnpool", "MaxRoiPool", "CumSum", "Resize", "Upsample", "GridSample",
 }
 

@@ -69,7 +69,7 @@ LOOKUP_ERRORS = [
     ("LayerNormalization", 17, "", refbbp.NotPiecewiseLinearError, "divides by statistics"),
     # Piecewise linear, but no converter: merely unsupported.
     ("Abs", 17, "", refbbp.UnsupportedOpError, "Abs keeps a network piecewise linear"),
-    ("ReduceMax", 18, "", refbbp.UnsupportedOpError, "ReduceMax keeps a network piecewise"),
+    ("TopK", 18, "", refbbp.UnsupportedOpError, "TopK keeps a network piecewise"),
     # Definitions older than the registered ones.
     ("Relu", 5, "", refbbp.UnsupportedOpError,
      r"this definition \(since opset 1\) is not converted; converted definitions: since "
