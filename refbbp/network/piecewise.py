@@ -3,7 +3,8 @@
 An activation is given per element ``p`` by breakpoints ``eta_1 < ... < eta_{K-1}`` and
 one ``(c_k, d_k)`` per piece, ``psi(z) = c_k z + d_k`` on the piece ``(eta_k, eta_{k+1}]``.
 Pieces are left-open and right-closed, so at a breakpoint the left piece applies
-(ReLU at 0 has slope 0).
+(ReLU at 0 has slope 0). Pieces may jump (``d`` differs across a breakpoint: Shrink,
+ThresholdedRelu); the value at the breakpoint is then the left piece's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class PiecewiseLinear:
     Attributes
     ----------
     name : str
-        The ONNX op it came from ("Relu", "LeakyRelu", "PRelu", "Clip").
+        The ONNX op it came from ("Relu", "LeakyRelu", "PRelu", "Clip", "Abs",
+        "HardSigmoid", "Shrink", "ThresholdedRelu", "Max", "Min").
     breaks : ndarray, shape (size, K-1)
         Increasing breakpoints of each element (finite).
     slopes, offsets : ndarray, shape (size, K)
@@ -42,23 +44,47 @@ class PiecewiseLinear:
                 f"{self.slopes.shape}, offsets {self.offsets.shape} are inconsistent; "
                 f"expected (size, K-1), (size, K), (size, K)"
             )
+        if not np.all(np.isfinite(self.breaks)):
+            raise ValueError(f"activation {self.name}: breakpoints must be finite")
         if k > 1 and not np.all(np.diff(self.breaks, axis=1) >= 0):
             raise ValueError(f"activation {self.name}: breakpoints must not decrease")
 
     @classmethod
     def uniform(cls, name, size, breaks, slopes, offsets):
-        """One activation shared by all ``size`` elements (slopes may be per element).
+        """An activation over ``size`` elements from arrays that are each the same for
+        every element (1-D) or given per element (2-D, one row per element).
 
-        What is the same for every element is stored once: the arrays are read-only
+        What is the same for every element is stored once: those arrays are read-only
         broadcast views (a ReLU over a million elements takes a few bytes, not 40 MB).
-        """
-        def shared(a, k):
-            a = np.array(a, np.float64)          # an owned copy, however small
-            a.flags.writeable = False
-            return np.broadcast_to(a, (size, k))
 
-        return cls(name, shared(breaks, len(breaks)), shared(slopes, len(breaks) + 1),
-                   shared(offsets, len(breaks) + 1))
+        Parameters
+        ----------
+        name : str
+        size : int
+        breaks : array_like, shape (K-1,) or (size, K-1)
+        slopes, offsets : array_like, shape (K,) or (size, K)
+
+        Raises
+        ------
+        ValueError
+            If an array is neither shared nor per element, or the arrays disagree on K.
+        """
+        def stored(what, a, k):
+            a = np.array(a, np.float64)          # an owned copy, however small
+            if a.ndim == 2 and a.shape[0] == size and (k is None or a.shape[1] == k):
+                return a
+            if a.ndim != 1 or (k is not None and a.shape[0] != k):
+                raise ValueError(
+                    f"activation {name}: {what} has shape {a.shape}; expected "
+                    f"({'K' if k is None else k},) for every element or ({size}, "
+                    f"{'K' if k is None else k}) per element")
+            a.flags.writeable = False
+            return np.broadcast_to(a, (size, a.shape[0]))
+
+        slopes = stored("slopes", slopes, None)
+        k = slopes.shape[1]
+        return cls(name, stored("breaks", breaks, k - 1), slopes,
+                   stored("offsets", offsets, k))
 
     @property
     def size(self):

@@ -1,4 +1,17 @@
-"""Converters for piecewise-linear activations: Relu, LeakyRelu, PRelu, Clip."""
+"""Converters for elementwise piecewise-linear activations (SPEC section 1): Relu,
+LeakyRelu, PRelu, Clip, Abs, HardSigmoid, Shrink, ThresholdedRelu, and Max/Min of one
+input-dependent tensor with constants.
+
+Each is an activation given by breakpoints, slopes and offsets, shared by every element
+or per element (:func:`_activation`); the builder attaches it to the affine node that
+produces the tensor, or puts it on a diagonal node of its own. HardSigmoid is a Clip of
+an elementwise affine map, which folds like an Add/Mul written out.
+
+Pieces are left-open and right-closed, so at a breakpoint the left piece applies. Where
+onnxruntime takes the right piece's value at a jump (Shrink at ``x = -lambd``: 0, not
+``x + bias``), the breakpoint is the next float64 below it: the pieces are then
+``x < t`` and ``x >= t`` exactly, for every float64 ``x``.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +19,50 @@ import numpy as np
 
 from ..network.piecewise import PiecewiseLinear
 from .builder import Var
+from .elementwise import broadcast
+from .maxnodes import max_min_of_tensors
 from .registry import converter
 
 FLOAT_LIMIT = 3.4e38  # ONNX's default Clip bounds are float32's lowest and max
 
 
+def _activation(b, node, x, breaks, slopes, offsets, name=None):
+    """``psi(x)`` elementwise, ``psi`` given by its pieces (SPEC section 1).
+
+    Parameters
+    ----------
+    b : Builder
+    node : OnnxNode
+    x : Var
+        The input-dependent tensor (anything else is refused).
+    breaks : array_like, shape (K-1,) or (x.size, K-1)
+        Breakpoints, the same for every element (1-D) or per element in ``x``'s
+        C order (2-D).
+    slopes, offsets : array_like, shape (K,) or (x.size, K)
+        ``c_k`` and ``d_k`` of each piece, likewise.
+    name : str, optional
+        The activation's name; default the node's op.
+
+    Returns
+    -------
+    Var
+        A view of the node carrying the activation (the one producing ``x`` when the
+        canonical form allows, else a new diagonal node).
+    """
+    x = _variable(node, x)
+    act = PiecewiseLinear.uniform(name or node.op_type, x.size, breaks, slopes, offsets)
+    return b.activate(x, act, node.name)
+
+
 @converter("Relu", first=6)
 def convert_relu(b, node, ins):
-    x = _variable(node, ins[0])
-    act = PiecewiseLinear.uniform("Relu", x.size, [0.0], [0.0, 1.0], [0.0, 0.0])
-    return [b.activate(x, act, node.name)]
+    return [_activation(b, node, ins[0], [0.0], [0.0, 1.0], [0.0, 0.0])]
 
 
 @converter("LeakyRelu", first=6, attrs=("alpha",))
 def convert_leaky_relu(b, node, ins):
-    x = _variable(node, ins[0])
     a = node.float_attr("alpha", 0.01)
-    act = PiecewiseLinear.uniform("LeakyRelu", x.size, [0.0], [a, 1.0], [0.0, 0.0])
-    return [b.activate(x, act, node.name)]
+    return [_activation(b, node, ins[0], [0.0], [a, 1.0], [0.0, 0.0])]
 
 
 @converter("PRelu", first=7)
@@ -38,8 +77,43 @@ def convert_prelu(b, node, ins):
         raise node.unsupported(f"slope of shape {np.shape(slope)} does not broadcast to "
                                f"the input shape {x.shape}") from None
     slopes = np.stack([s, np.ones_like(s)], axis=1)
-    act = PiecewiseLinear("PRelu", np.zeros((x.size, 1)), slopes, np.zeros((x.size, 2)))
-    return [b.activate(x, act, node.name)]
+    return [_activation(b, node, x, [0.0], slopes, [0.0, 0.0])]
+
+
+@converter("Abs", first=6)
+def convert_abs(b, node, ins):
+    # At 0 the left piece: c = -1 (SPEC section 1).
+    return [_activation(b, node, ins[0], [0.0], [-1.0, 1.0], [0.0, 0.0])]
+
+
+@converter("ThresholdedRelu", first=10, attrs=("alpha",))
+def convert_thresholded_relu(b, node, ins):
+    # onnxruntime: x > alpha ? x : 0, so x = alpha is on the left piece (0).
+    a = node.float_attr("alpha", 1.0)
+    return [_activation(b, node, ins[0], [a], [0.0, 1.0], [0.0, 0.0])]
+
+
+@converter("Shrink", first=9, attrs=("bias", "lambd"))
+def convert_shrink(b, node, ins):
+    # onnxruntime: x < -lambd ? x + bias : (x > lambd ? x - bias : 0). The first piece
+    # is open on the right: its breakpoint is the float64 below -lambd.
+    bias = node.float_attr("bias", 0.0)
+    lambd = node.float_attr("lambd", 0.5)
+    below = float(np.nextafter(-lambd, -np.inf))
+    if lambd >= 0:
+        breaks, slopes, offsets = [below, lambd], [1.0, 0.0, 1.0], [bias, 0.0, -bias]
+    else:  # every x >= -lambd > lambd takes x - bias: no zero piece
+        breaks, slopes, offsets = [below], [1.0, 1.0], [bias, -bias]
+    return [_activation(b, node, ins[0], breaks, slopes, offsets)]
+
+
+@converter("HardSigmoid", first=6, attrs=("alpha", "beta"))
+def convert_hard_sigmoid(b, node, ins):
+    # max(0, min(1, alpha x + beta)): the affine map folds like Mul/Add written out,
+    # then a Clip(0, 1).
+    alpha, beta = node.float_attr("alpha", 0.2), node.float_attr("beta", 0.5)
+    y = b.elementwise(_variable(node, ins[0]), alpha, beta, node.op_type, node.name)
+    return [_clip(b, node, y, 0.0, 1.0, "HardSigmoid")]
 
 
 @converter("Clip", first=6, last=6, attrs=("min", "max"))
@@ -62,7 +136,7 @@ def convert_clip_inputs(b, node, ins):
     return [_clip(b, node, ins[0], *bounds)]
 
 
-def _clip(b, node, x, lo, hi):
+def _clip(b, node, x, lo, hi, name="Clip"):
     """Clip as pieces ``c=0,d=lo | c=1,d=0 | c=0,d=hi`` over its finite bounds."""
     x = _variable(node, x)
     lo = -np.inf if lo <= -FLOAT_LIMIT else float(lo)
@@ -79,8 +153,66 @@ def _clip(b, node, x, lo, hi):
             breaks, slopes, offsets = breaks + [hi], slopes + [0.0], offsets + [hi]
     if not breaks and slopes == [1.0]:
         return x
-    act = PiecewiseLinear.uniform("Clip", x.size, breaks, slopes, offsets)
-    return b.activate(x, act, node.name)
+    return _activation(b, node, x, breaks, slopes, offsets, name)
+
+
+@converter("Max", first=6)
+def convert_max(b, node, ins):
+    return [_max_min(b, node, ins)]
+
+
+@converter("Min", first=6)
+def convert_min(b, node, ins):
+    return [_max_min(b, node, ins)]
+
+
+def _max_min(b, node, ins):
+    """Max/Min of one input-dependent tensor and constants: an activation with one
+    breakpoint per element, the constants' max (min) ``C`` broadcast to the output.
+
+    Max: ``c=0,d=C | c=1,d=0``; Min: ``c=1,d=0 | c=0,d=C``; at ``x = C`` the left piece
+    (both give ``C``). An element whose ``C`` cannot win (-inf for Max, +inf for Min)
+    is the identity. Several input-dependent operands make a max node
+    (:func:`refbbp.onnx.maxnodes.max_min_of_tensors`).
+    """
+    variables = [v for v in ins if isinstance(v, Var)]
+    if len(variables) != 1:         # a max node over every operand (SPEC section 1)
+        return max_min_of_tensors(b, node, ins)[0]
+    x = variables[0]
+    consts = [np.asarray(v, np.float64) for v in ins if not isinstance(v, Var)]
+    shapes = [x.shape] + [c.shape for c in consts]
+    try:
+        shape = np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise node.malformed(f"input shapes {shapes} do not broadcast") from None
+    if node.opset < 8 and any(s != shape for s in shapes):
+        raise node.malformed(f"input shapes {shapes} differ; {node.op_type} before opset 8 "
+                             f"does not broadcast")
+    x = broadcast(x, shape)
+    if not consts:
+        return x
+    is_max = node.op_type == "Max"
+    c = (np.maximum if is_max else np.minimum).reduce(
+        [np.broadcast_to(v, shape) for v in consts]).ravel()
+    if np.isnan(c).any():
+        raise node.unsupported("a constant operand contains NaN")
+    wins_always = np.inf if is_max else -np.inf
+    if np.any(c == wins_always):
+        raise node.unsupported(f"a constant operand is {wins_always} at some element, so "
+                               f"the output is {wins_always} there; expected finite values")
+    if c.size and np.all(c == c[0]):              # one breakpoint for every element
+        c = c[:1]
+    never = ~np.isfinite(c)                       # -inf for Max, +inf for Min
+    if never.all():
+        return x
+    breaks = np.where(never, 0.0, c)[:, None]
+    const, ones = np.where(never, 0.0, c), np.ones(c.size)
+    flat = np.where(never, 1.0, 0.0)              # the constant's piece (identity if never)
+    slopes = np.stack([flat, ones] if is_max else [ones, flat], axis=1)
+    offsets = np.stack([const, 0 * ones] if is_max else [0 * ones, const], axis=1)
+    if c.size == 1:
+        breaks, slopes, offsets = breaks[0], slopes[0], offsets[0]
+    return _activation(b, node, x, breaks, slopes, offsets)
 
 
 def _variable(node, x):

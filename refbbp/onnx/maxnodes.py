@@ -111,18 +111,6 @@ def max_min_of_tensors(b, node, ins):
     return [max_node(b, node, cands, window, shape, negate=node.op_type == "Min")]
 
 
-@converter("Max", first=6)
-@converter("Min", first=6)
-def convert_max_min(b, node, ins):
-    n_var = sum(isinstance(v, Var) for v in ins)
-    if n_var >= 2:
-        return max_min_of_tensors(b, node, ins)
-    if len(ins) == 1:
-        return [ins[0]]
-    raise node.unsupported("Max/Min with constant operands: handled by the activation "
-                           "converter")
-
-
 def reduction_window(shape, axes):
     """The candidates of a reduction over ``axes`` of a tensor of ``shape``.
 

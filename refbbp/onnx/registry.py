@@ -51,8 +51,7 @@ NOT_PIECEWISE_LINEAR = {
         "LpNormalization", "LRN", "InstanceNormalization", "LayerNormalization",
         "GroupNormalization", "MeanVarianceNormalization",
     ], _STATISTICS),
-    **dict.fromkeys(["Sign", "Floor", "Ceil", "Round", "Mod", "ThresholdedRelu", "Shrink"],
-                    _DISCONTINUOUS),
+    **dict.fromkeys(["Sign", "Floor", "Ceil", "Round", "Mod"], _DISCONTINUOUS),
     **dict.fromkeys(["Hardmax", "ArgMax", "ArgMin", "Greater", "GreaterOrEqual", "Less",
                      "LessOrEqual", "Equal", "NonZero"], _DISCRETE),
 }
@@ -60,8 +59,8 @@ NOT_PIECEWISE_LINEAR = {
 # Ops that are (continuous) piecewise linear, or linear with a constant operand, but
 # have no converter: refused as merely unsupported, and the error says so.
 PIECEWISE_LINEAR_UNSUPPORTED = {
-    "Abs", "HardSigmoid", "ReduceL1", "TopK",
-    "MaxUnpool", "MaxRoiPool", "CumSum", "Resize", "Upsample", "GridSample",
+    "ReduceL1", "TopK", "MaxUnpool", "MaxRoiPool", "CumSum", "Resize", "Upsample",
+    "GridSample",
 }
 
 

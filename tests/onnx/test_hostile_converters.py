@@ -235,24 +235,24 @@ def test_gemm_c_must_broadcast():
 def test_attribute_the_converter_does_not_read_is_refused():
     """An attribute the op has but the converter ignores must not be dropped silently:
     the registry refuses it before the converter runs (here a converter registered for
-    HardSigmoid-6 reading only ``alpha``)."""
+    TopK-11 reading only ``axis``)."""
     calls = []
 
-    @registry.converter("HardSigmoid", first=6, last=6, attrs=("alpha",))
-    def convert_hard_sigmoid(b, node, ins):
+    @registry.converter("TopK", first=11, last=11, attrs=("axis",))
+    def convert_top_k(b, node, ins):
         calls.append(node)
         return ins
 
     try:
-        node = registry.OnnxNode(helper.make_node("HardSigmoid", ["x"], ["y"], name="hs",
-                                                  alpha=0.5, beta=0.1), 17)
-        with pytest.raises(UNSUP, match=r"at node 'hs': attribute 'beta' is not supported"):
-            convert_hard_sigmoid(None, node, [None])
+        node = registry.OnnxNode(helper.make_node("TopK", ["x", "k"], ["y", "i"], name="tk",
+                                                  axis=0, largest=0), 17)
+        with pytest.raises(UNSUP, match=r"at node 'tk': attribute 'largest' is not supported"):
+            convert_top_k(None, node, [None, None])
         assert calls == []
-        node = registry.OnnxNode(helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.5), 17)
-        assert convert_hard_sigmoid(None, node, [None]) == [None] and len(calls) == 1
+        node = registry.OnnxNode(helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=0), 17)
+        assert convert_top_k(None, node, [None, None]) == [None, None] and len(calls) == 1
     finally:
-        del registry._REGISTRY[("", "HardSigmoid", 6)]
+        del registry._REGISTRY[("", "TopK", 11)]
 
 
 def test_every_registered_converter_checks_the_schema():

@@ -92,9 +92,10 @@ REFUSED = [
                                         domain="com.example")],
                              opset={"": 17, "com.example": 3}, out_shape=["N", *X]),
      UNSUP, "FancyRelu", "fr", 3, "domain 'com.example'.*no converter for this op"),
-    # Abs is piecewise linear, but refbbp has no converter for it.
-    ("abs", _model([make_node("Abs", ["x"], ["z"], name="ab")]),
-     UNSUP, "Abs", "ab", 17, "Abs keeps a network piecewise linear, but refbbp has no "),
+    # TopK is piecewise linear, but refbbp has no converter for it.
+    ("topk", _model([make_node("TopK", ["x", "k"], ["z", "i"], name="tk")],
+                    {"k": np.array([2])}),
+     UNSUP, "TopK", "tk", 17, "TopK keeps a network piecewise linear, but refbbp has no "),
     # MaxPool's Indices output read by another node.
     ("maxpool-indices-used", _model([
         make_node("MaxPool", ["x"], ["y", "idx"], name="mp", kernel_shape=[2, 2]),

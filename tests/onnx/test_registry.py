@@ -68,7 +68,7 @@ LOOKUP_ERRORS = [
     # Normalisation by input statistics.
     ("LayerNormalization", 17, "", refbbp.NotPiecewiseLinearError, "divides by statistics"),
     # Piecewise linear, but no converter: merely unsupported.
-    ("Abs", 17, "", refbbp.UnsupportedOpError, "Abs keeps a network piecewise linear"),
+    ("GridSample", 17, "", refbbp.UnsupportedOpError, "GridSample keeps a network piecewise"),
     ("TopK", 18, "", refbbp.UnsupportedOpError, "TopK keeps a network piecewise"),
     # Definitions older than the registered ones.
     ("Relu", 5, "", refbbp.UnsupportedOpError,
