@@ -61,7 +61,7 @@ NOT_PIECEWISE_LINEAR = {
 # have no converter: refused as merely unsupported, and the error says so.
 PIECEWISE_LINEAR_UNSUPPORTED = {
     "Abs", "HardSigmoid", "Max", "Min", "ReduceMax", "ReduceMin", "ReduceL1", "TopK",
-    "MaxUnpool", "MaxRoiPool", "Einsum", "CumSum", "Resize", "Upsample", "GridSample",
+    "MaxUnpool", "MaxRoiPool", "Einsum", "CumSum", "GridSample",
 }
 
 
