@@ -523,3 +523,11 @@ def convert_resize(b, node, ins):
 def convert_upsample(b, node, ins):
     """Upsample (deprecated since opset 10): Resize-10 with scales >= 1."""
     return _convert(b, node, ins)
+
+
+@converter("Upsample", first=10, attrs=("mode",))
+def convert_upsample_deprecated(b, node, ins):
+    """Upsample at opset 10 and later: deprecated (onnx.checker and onnxruntime refuse
+    it), so refused, naming its replacement."""
+    raise node.unsupported("Upsample is deprecated since opset 10 (onnxruntime refuses it); "
+                           "export Resize instead")
