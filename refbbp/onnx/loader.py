@@ -18,14 +18,14 @@ import numpy as np
 from ..errors import InputShapeError, ModelFormatError, UnsupportedOpError
 from ..network.graph import Network, live_nodes
 from . import (activations, batch, conv, elementwise, gemm, index, maxnodes, pool, registry,
-               validate)
+               resize, validate)
 from .builder import STORAGES, Builder, Var
 
 __all__ = ["CONVERTER_MODULES", "ImportNotice", "load", "strip_final_softmax",
            "topological_order"]
 
 #: The converter modules, imported above for their registrations (in this order).
-CONVERTER_MODULES = (activations, conv, elementwise, gemm, index, maxnodes, pool)
+CONVERTER_MODULES = (activations, conv, elementwise, gemm, index, maxnodes, pool, resize)
 
 DEFAULT_MAX_BYTES = 4 << 30
 
