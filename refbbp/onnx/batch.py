@@ -262,6 +262,8 @@ def _rule(plan, node, ins, axes):
         return _matmul(node, ins, axes, n)
     if op == "Einsum":
         return _einsum(node, ins, axes, n)
+    if op in ("Resize", "Upsample"):
+        return _resize(node, ins, a, n)
     raise MixedBatch(node, "is an op for which refbbp does not decide whether it keeps "
                            "the elements of a batch apart")
 
@@ -452,6 +454,41 @@ def _pad(node, ins, a):
         if pads[j] != 0 or pads[j + len(ax)] != 0:
             raise MixedBatch(node, f"pads the batch axis {a}")
     return node, ins, [a], None
+
+
+def _resize(node, ins, a, n):
+    """Resize/Upsample keep the elements of a batch apart when the batch axis is neither
+    resized (scale 1, or size ``n``, which becomes 1 at batch 1) nor cropped (an roi of
+    [0, 1] along it)."""
+    rank = len(ins[0].shape)
+    ins = list(ins) + [None] * (4 - len(ins))
+    axes = list(range(rank))
+    if node.op_type == "Resize" and node.opset >= 18 and node.has_attr("axes"):
+        axes = [int(x) % rank for x in node.ints_attr("axes")]
+    if a not in axes:
+        return node, ins[:len(node.proto.input)], [a], None
+    k = axes.index(a)
+    if node.op_type == "Upsample" and node.opset < 9:
+        scales, sizes = node.attrs.get("scales"), None
+    elif node.op_type == "Upsample" or node.opset < 11:
+        scales, sizes = ins[1], None
+    else:
+        scales, sizes = ins[2], ins[3]
+    if scales is not None and np.size(scales) > 0:
+        if float(np.asarray(scales, np.float64).ravel()[k]) != 1.0:
+            raise MixedBatch(node, f"resizes the batch axis {a}")
+    elif sizes is not None and np.size(sizes) > 0:
+        sizes = _ints(sizes)
+        if sizes[k] != n:
+            raise MixedBatch(node, f"resizes the batch axis {a} to {sizes[k]}")
+        sizes[k] = 1
+        ins[3] = np.array(sizes, np.int64)
+    if node.op_type == "Resize" and node.opset >= 11 and \
+            node.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+        roi = np.asarray(ins[1], np.float64).ravel()
+        if roi.size != 2 * len(axes) or roi[k] != 0.0 or roi[k + len(axes)] != 1.0:
+            raise MixedBatch(node, f"crops the batch axis {a} (roi {roi.tolist()})")
+    return node, ins[:len(node.proto.input)], [a], None
 
 
 def _expand(node, ins, a, n):

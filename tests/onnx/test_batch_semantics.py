@@ -224,3 +224,26 @@ def test_random_models_with_a_fixed_batch(example, n):
     except Exception:
         assume(False)
     _check_batch(fixed, xs, runtime=lambda m, x, _: run_ort(m, x, logits_name(m)))
+
+
+@pytest.mark.parametrize("how", ["scales", "sizes", "resize-batch"])
+def test_resize_keeps_a_batch_apart_unless_it_resizes_the_batch_axis(rng, how):
+    """Resize had no batch rule (merged from another branch), so a fixed batch in front
+    of it made the whole tensor one input. It keeps the elements apart when its scale
+    (or size) along the batch axis leaves it unchanged; a resized batch axis mixes."""
+    n = 2
+    x = rng.standard_normal((n, 1, 3, 3))
+    if how == "sizes":
+        inits = {"roi": np.zeros(0), "s": np.zeros(0), "z": np.array([n, 1, 6, 6])}
+        ins = ["x", "roi", "s", "z"]
+    else:
+        scales = [2.0 if how == "resize-batch" else 1.0, 1.0, 2.0, 2.0]
+        inits, ins = {"roi": np.zeros(0), "s": np.array(scales)}, ["x", "roi", "s"]
+    model = make_model([make_node("Resize", ins, ["y"], mode="nearest")], {"x": (1, 3, 3)},
+                       ["y"], inits, batch=n)
+    net, notices = _load(model)
+    if how == "resize-batch":
+        assert "is not a batch axis" in notices[0] and "resizes the batch axis" in notices[0]
+    else:
+        assert "is a batch axis" in notices[0], notices
+        _check_batch(model, x)

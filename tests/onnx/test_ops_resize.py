@@ -304,7 +304,7 @@ def test_resize_is_no_longer_refused_as_unsupported():
     assert {"Resize", "Upsample"} <= set(registry.supported_ops())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        refbbp.load(resize_model((2, 3), scales=[1, 2], mode="linear"))
+        refbbp.load(resize_model((2, 3), scales=[1, 2], mode="linear"), batch_axis=None)
 
 
 def test_deprecated_upsample_is_refused():
