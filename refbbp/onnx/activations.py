@@ -21,6 +21,7 @@ from ..network.piecewise import PiecewiseLinear
 from .builder import Var
 from .elementwise import broadcast
 from .maxnodes import max_min_of_tensors
+from .pool import reduce_axes, reduce_node
 from .registry import converter
 
 FLOAT_LIMIT = 3.4e38  # ONNX's default Clip bounds are float32's lowest and max
@@ -84,6 +85,27 @@ def convert_prelu(b, node, ins):
 def convert_abs(b, node, ins):
     # At 0 the left piece: c = -1 (SPEC section 1).
     return [_activation(b, node, ins[0], [0.0], [-1.0, 1.0], [0.0, 0.0])]
+
+
+@converter("ReduceL1", first=1, last=13, attrs=("axes", "keepdims"))
+def convert_reduce_l1_axes_attribute(b, node, ins):
+    return [_reduce_l1(b, node, ins, axes_from_input=False)]
+
+
+@converter("ReduceL1", first=18, attrs=("keepdims", "noop_with_empty_axes"))
+def convert_reduce_l1(b, node, ins):
+    return [_reduce_l1(b, node, ins, axes_from_input=True)]
+
+
+def _reduce_l1(b, node, ins, axes_from_input):
+    """ReduceL1 is the sum of ``|x|`` over the axes: Abs (at 0 the left piece, SPEC
+    section 1) on the node producing ``x`` or a diagonal node, then a sum node."""
+    axes = reduce_axes(node, ins, axes_from_input)
+    if axes is None:
+        raise node.unsupported("noop_with_empty_axes=1 with no axes (what the identity "
+                               "of an L1 norm means is not defined by ONNX)")
+    a = _activation(b, node, ins[0], [0.0], [-1.0, 1.0], [0.0, 0.0], name="Abs")
+    return reduce_node(b, node, a, axes, node.flag_attr("keepdims", 1), mean=False)
 
 
 @converter("ThresholdedRelu", first=10, attrs=("alpha",))

@@ -135,7 +135,8 @@ def reduction_matrix(shape, axes, mean):
     return sp.csr_array((data, (rows, np.arange(n_in))), shape=(int(np.prod(kept)), n_in))
 
 
-def _reduce(b, node, x, axes, keepdims, mean):
+def reduce_node(b, node, x, axes, keepdims, mean):
+    """The affine node of a sum (``mean``: an average) of ``x`` over ``axes``."""
     if not isinstance(x, Var):
         raise node.unsupported("expected an input-dependent tensor")
     mat = reduction_matrix(x.shape, axes, mean)
@@ -154,7 +155,7 @@ def reduced_shape(shape, axes, keepdims):
 @converter("GlobalAveragePool", first=1)
 def convert_global_average_pool(b, node, ins):
     x = _global_input(node, ins[0])
-    return [_reduce(b, node, x, list(range(2, len(x.shape))), True, mean=True)]
+    return [reduce_node(b, node, x, list(range(2, len(x.shape))), True, mean=True)]
 
 
 def reduce_axes(node, ins, axes_from_input):
@@ -190,30 +191,30 @@ def reduce_axes(node, ins, axes_from_input):
     return norm
 
 
-def _convert_reduce(b, node, ins, mean, axes_from_input):
+def _convertreduce_node(b, node, ins, mean, axes_from_input):
     axes = reduce_axes(node, ins, axes_from_input)
     if axes is None:  # noop_with_empty_axes
         return [ins[0]]
-    return [_reduce(b, node, ins[0], axes, node.flag_attr("keepdims", 1), mean)]
+    return [reduce_node(b, node, ins[0], axes, node.flag_attr("keepdims", 1), mean)]
 
 
 # An axes input appears with ReduceMean-18 and ReduceSum-13; before, axes is an
 # attribute and the schema (checked by the registry) allows one input only.
 @converter("ReduceMean", first=1, last=13, attrs=("axes", "keepdims"))
 def convert_reduce_mean_axes_attribute(b, node, ins):
-    return _convert_reduce(b, node, ins, mean=True, axes_from_input=False)
+    return _convertreduce_node(b, node, ins, mean=True, axes_from_input=False)
 
 
 @converter("ReduceMean", first=18, attrs=("keepdims", "noop_with_empty_axes"))
 def convert_reduce_mean(b, node, ins):
-    return _convert_reduce(b, node, ins, mean=True, axes_from_input=True)
+    return _convertreduce_node(b, node, ins, mean=True, axes_from_input=True)
 
 
 @converter("ReduceSum", first=1, last=11, attrs=("axes", "keepdims"))
 def convert_reduce_sum_axes_attribute(b, node, ins):
-    return _convert_reduce(b, node, ins, mean=False, axes_from_input=False)
+    return _convertreduce_node(b, node, ins, mean=False, axes_from_input=False)
 
 
 @converter("ReduceSum", first=13, attrs=("keepdims", "noop_with_empty_axes"))
 def convert_reduce_sum(b, node, ins):
-    return _convert_reduce(b, node, ins, mean=False, axes_from_input=True)
+    return _convertreduce_node(b, node, ins, mean=False, axes_from_input=True)

@@ -59,7 +59,7 @@ NOT_PIECEWISE_LINEAR = {
 # Ops that are (continuous) piecewise linear, or linear with a constant operand, but
 # have no converter: refused as merely unsupported, and the error says so.
 PIECEWISE_LINEAR_UNSUPPORTED = {
-    "ReduceL1", "TopK", "MaxUnpool", "MaxRoiPool", "CumSum", "GridSample",
+    "TopK", "MaxUnpool", "MaxRoiPool", "CumSum", "GridSample",
 }
 
 

@@ -610,3 +610,29 @@ def test_max_min_tie_with_the_constant_takes_the_left_piece(op, slopes):
         x = np.array([0.5, -1.0, 1.0])
         np.testing.assert_array_equal(net.forward(x), run_ort(model, x).ravel())
         assert [net.linearize(x, target=i).w[i] for i in range(3)] == slopes
+
+
+@pytest.mark.parametrize("opset, axes, keepdims", [
+    (13, [1], 1), (13, [1, 2], 0), (11, [2], 0), (18, [-1], 1), (18, [1, 2], 1)])
+def test_reduce_l1_is_abs_then_sum(opset, axes, keepdims):
+    """ReduceL1 used to be refused as piecewise linear but unsupported: it is the sum of
+    |x| (an Abs activation, then a sum node), against onnxruntime with inputs at 0
+    included, and BBp is complete on a model using it."""
+    rng = np.random.default_rng(opset)
+    attrs, inits, ins = {"keepdims": keepdims}, {}, ["x"]
+    if opset < 18:
+        attrs["axes"] = axes
+    else:
+        inits, ins = {"ax": np.array(axes, np.int64)}, ["x", "ax"]
+    sample = (3, 4)                                    # reduced axes are 1-based (batch 0)
+    width = int(np.prod([d for i, d in enumerate(sample, 1) if i not in
+                         {a % 3 for a in axes}]))
+    nodes = [make_node("ReduceL1", ins, ["r"], name="l1", **attrs),
+             make_node("Flatten", ["r"], ["f"]),
+             make_node("Gemm", ["f", "W"], ["y"], transB=1)]
+    inits = dict(inits, W=rng.standard_normal((5, width)))
+    model = make_model(nodes, {"x": sample}, ["y"], inits, opset)
+    x = rng.standard_normal((2,) + sample)
+    x[0, 0, :2] = 0.0                                  # |x| at its breakpoint
+    net = check_against_ort(model, x)
+    assert refbbp.bbp(net, as_f32(x)).completeness().ok()
