@@ -1,6 +1,6 @@
 """Converters for elementwise piecewise-linear activations (SPEC section 1): Relu,
-LeakyRelu, PRelu, Clip, Abs, HardSigmoid, Shrink, ThresholdedRelu, and Max/Min of one
-input-dependent tensor with constants.
+LeakyRelu, PRelu, Clip, Abs, HardSigmoid, Shrink, ThresholdedRelu, Sign, and Max/Min of
+one input-dependent tensor with constants.
 
 Each is an activation given by breakpoints, slopes and offsets, shared by every element
 or per element (:func:`_activation`); the builder attaches it to the affine node that
@@ -113,6 +113,14 @@ def convert_thresholded_relu(b, node, ins):
     # onnxruntime: x > alpha ? x : 0, so x = alpha is on the left piece (0).
     a = node.float_attr("alpha", 1.0)
     return [_activation(b, node, ins[0], [a], [0.0, 1.0], [0.0, 0.0])]
+
+
+@converter("Sign", first=9)
+def convert_sign(b, node, ins):
+    # Three constant pieces, -1 | 0 | 1: sign(0) = 0 is the middle piece (-tiny, 0], its
+    # left breakpoint the float64 below 0 (as for Shrink), so x < 0 gives -1 exactly.
+    tiny = np.nextafter(0.0, -1.0)
+    return [_activation(b, node, ins[0], [tiny, 0.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 1.0])]
 
 
 @converter("Shrink", first=9, attrs=("bias", "lambd"))

@@ -38,7 +38,8 @@ _REGISTRY: dict[tuple[str, str, int], object] = {}
 # must be constant varies.
 _SMOOTH = "is a smooth non-linear function of its input: it has no linear pieces"
 _STATISTICS = "divides by statistics of its input (a non-linear function of it)"
-_DISCONTINUOUS = "is discontinuous in its input (piecewise constant, or linear with jumps)"
+_DISCONTINUOUS = ("is discontinuous in its input with infinitely many pieces (a step at "
+                  "every integer)")
 _DISCRETE = "has a discrete output (boolean, integer or one-hot)"
 NOT_PIECEWISE_LINEAR = {
     **dict.fromkeys([
@@ -51,7 +52,7 @@ NOT_PIECEWISE_LINEAR = {
         "LpNormalization", "LRN", "InstanceNormalization", "LayerNormalization",
         "GroupNormalization", "MeanVarianceNormalization",
     ], _STATISTICS),
-    **dict.fromkeys(["Sign", "Floor", "Ceil", "Round", "Mod"], _DISCONTINUOUS),
+    **dict.fromkeys(["Floor", "Ceil", "Round", "Mod"], _DISCONTINUOUS),
     **dict.fromkeys(["Hardmax", "ArgMax", "ArgMin", "Greater", "GreaterOrEqual", "Less",
                      "LessOrEqual", "Equal", "NonZero"], _DISCRETE),
 }

@@ -636,3 +636,20 @@ def test_reduce_l1_is_abs_then_sum(opset, axes, keepdims):
     x[0, 0, :2] = 0.0                                  # |x| at its breakpoint
     net = check_against_ort(model, x)
     assert refbbp.bbp(net, as_f32(x)).completeness().ok()
+
+
+def test_sign_is_an_activation_of_three_constant_pieces():
+    """Sign used to be refused as discontinuous; it has three pieces (-1, 0, 1, SPEC
+    section 1: pieces may jump), so a binarised network is piecewise linear: w = 0
+    behind it and b^x carries its output. Against onnxruntime at 0, at +-tiny and
+    elsewhere; BBp complete."""
+    rng = np.random.default_rng(9)
+    nodes = [make_node("Gemm", ["x", "W1"], ["h"], transB=1),
+             make_node("Sign", ["h"], ["s"]), make_node("Gemm", ["s", "W2"], ["y"], transB=1)]
+    inits = {"W1": np.eye(4), "W2": rng.standard_normal((3, 4))}
+    model = make_model(nodes, {"x": (4,)}, ["y"], inits)
+    x = np.array([[0.0, -1e-40, 1e-40, 2.0], [-3.0, 0.5, 0.0, -0.0]])
+    net = check_against_ort(model, x)
+    att = refbbp.bbp(net, as_f32(x))
+    assert att.completeness().ok()
+    assert np.all(att.w == 0)                          # constant pieces: no gradient

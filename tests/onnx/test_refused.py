@@ -53,8 +53,8 @@ REFUSED = [
                                       make_node("MatMul", ["s", "W"], ["z"])], {"W": _w(60, 4)}),
      NPL, "Softmax", "sm", 17, "dropped only at the very end"),
     # Sign is piecewise constant: discontinuous.
-    ("sign", _model([make_node("Sign", ["x"], ["z"], name="sg")]),
-     NPL, "Sign", "sg", 17, "Sign is discontinuous"),
+    ("floor", _model([make_node("Floor", ["x"], ["z"], name="fl")]),
+     NPL, "Floor", "fl", 17, "Floor is discontinuous"),
     # A comparison has a boolean output.
     ("greater", _model([make_node("Greater", ["x", "c"], ["g"], name="gt"),
                         make_node("Where", ["g", "x", "c"], ["z"])], {"c": np.zeros(1)}),
