@@ -21,7 +21,7 @@ from ..network.piecewise import PiecewiseLinear
 from .builder import Var
 from .elementwise import broadcast
 from .maxnodes import max_min_of_tensors
-from .pool import reduce_axes, reduce_node
+from .pool import POOL_ATTRS, reduce_axes, reduce_node, sum_pool
 from .registry import converter
 
 FLOAT_LIMIT = 3.4e38  # ONNX's default Clip bounds are float32's lowest and max
@@ -106,6 +106,18 @@ def _reduce_l1(b, node, ins, axes_from_input):
                                "of an L1 norm means is not defined by ONNX)")
     a = _activation(b, node, ins[0], [0.0], [-1.0, 1.0], [0.0, 0.0], name="Abs")
     return reduce_node(b, node, a, axes, node.flag_attr("keepdims", 1), mean=False)
+
+
+@converter("LpPool", first=11, attrs=POOL_ATTRS + ("p",))
+def convert_lp_pool(b, node, ins):
+    """LpPool with p = 1 is the window sums of ``|x|`` (Abs, then a window matrix of
+    ones); any other p is a p-norm, not piecewise linear."""
+    p = node.int_attr("p", 2)
+    if p != 1:
+        raise node.not_piecewise_linear(f"p = {p}: the window's {p}-norm is not piecewise "
+                                        f"linear (only p = 1, a sum of absolute values, is)")
+    a = _activation(b, node, ins[0], [0.0], [-1.0, 1.0], [0.0, 0.0], name="Abs")
+    return [sum_pool(b, node, a)]
 
 
 @converter("ThresholdedRelu", first=10, attrs=("alpha",))

@@ -17,7 +17,7 @@ from .conv import grid_strides
 from .registry import converter
 from .windows import geometry, padding, window_attrs, windows
 
-__all__ = ["reduce_axes", "reduced_shape", "reduction_matrix"]
+__all__ = ["reduce_axes", "reduce_node", "reduced_shape", "reduction_matrix", "sum_pool"]
 
 
 POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
@@ -119,6 +119,19 @@ def convert_average_pool(b, node, ins):
                       grid_strides(channels, spatial), 0, x.size,
                       row_scale=np.tile(1.0 / divisor, channels))
     return [b.window(x, wm, 0.0, x.shape[:2] + geom.out, "AveragePool", node.name)]
+
+
+def sum_pool(b, node, x):
+    """The window sums of ``x`` (no divisor; padding adds nothing) under the node's
+    pooling attributes: a window matrix with a depthwise all-ones kernel. LpPool with
+    p = 1 is this of ``|x|``."""
+    spatial, kernel, strides, dilations, geom = _pool_setup(node, x)
+    channels = x.size // int(np.prod(spatial))
+    tables = [window_table(o, k, st, d, pb, s) for o, k, st, d, pb, s
+              in zip(geom.out, kernel, strides, dilations, geom.pads_begin, spatial)]
+    wm = WindowMatrix(np.ones((channels, 1) + tuple(kernel)), channels, tables, spatial,
+                      grid_strides(channels, spatial), 0, x.size)
+    return b.window(x, wm, 0.0, x.shape[:2] + geom.out, node.op_type, node.name)
 
 
 def reduction_matrix(shape, axes, mean):

@@ -653,3 +653,25 @@ def test_sign_is_an_activation_of_three_constant_pieces():
     att = refbbp.bbp(net, as_f32(x))
     assert att.completeness().ok()
     assert np.all(att.w == 0)                          # constant pieces: no gradient
+
+
+@pytest.mark.parametrize("opset, attrs", [
+    (11, {"kernel_shape": [2, 2]}),
+    (11, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    (18, {"kernel_shape": [2, 3], "dilations": [1, 2], "ceil_mode": 1, "strides": [2, 1]}),
+    (18, {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER"})])
+def test_lp_pool_p1_is_abs_then_window_sums(opset, attrs):
+    """LpPool with p = 1 used to have no converter: the window sums of |x| (padding adds
+    nothing), against onnxruntime, BBp complete; p = 2 is refused as not piecewise
+    linear."""
+    rng = np.random.default_rng(18)
+    model = make_model([make_node("LpPool", ["x"], ["y"], name="lp", p=1, **attrs)],
+                       {"x": (2, 5, 6)}, ["y"], opset=opset)
+    x = rng.standard_normal((2, 2, 5, 6))
+    x[0, 0, 0, :3] = 0.0
+    net = check_against_ort(model, x)
+    assert refbbp.bbp(net, as_f32(x)).completeness().ok()
+    two = make_model([make_node("LpPool", ["x"], ["y"], name="lp", p=2, **attrs)],
+                     {"x": (2, 5, 6)}, ["y"], opset=opset)
+    with pytest.raises(refbbp.NotPiecewiseLinearError, match="p = 2"):
+        refbbp.load(two)
