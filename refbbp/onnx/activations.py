@@ -108,7 +108,7 @@ def _reduce_l1(b, node, ins, axes_from_input):
     return reduce_node(b, node, a, axes, node.flag_attr("keepdims", 1), mean=False)
 
 
-@converter("LpPool", first=11, attrs=POOL_ATTRS + ("p",))
+@converter("LpPool", first=2, attrs=POOL_ATTRS + ("p",))
 def convert_lp_pool(b, node, ins):
     """LpPool with p = 1 is the window sums of ``|x|`` (Abs, then a window matrix of
     ones); any other p is a p-norm, not piecewise linear."""
