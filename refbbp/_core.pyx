@@ -82,6 +82,7 @@ cdef extern from "_vector.h":
     int REFBBP_VECTOR
     int REFBBP_TILE
     double refbbp_exp_nonpos(double x) noexcept nogil
+    double refbbp_exp_nonpos_far(double x) noexcept nogil
     void refbbp_window_tile(
         int64_t n4, const double* wt, int64_t nw4, int64_t cg, int64_t k_prod,
         int64_t mgp, int64_t n_sp, const int64_t* off, const int64_t* kid, int64_t col0,
@@ -136,13 +137,15 @@ cdef enum:
 VECTOR_PASS = REFBBP_VECTOR != 0
 
 
-def exp_nonpos(const float64_t[::1] x):
-    """The vectorised pass's exponential (``_vector.h``), for ``x <= 0`` (for tests)."""
+def exp_nonpos(const float64_t[::1] x, bint far=False):
+    """The vectorised pass's exponential (``_vector.h``), for ``x <= 0`` (for tests);
+    ``far``: by its general path alone (the pass takes a shorter one, of the same bits,
+    for x in [-600, 0])."""
     out = np.empty(x.shape[0])
     cdef float64_t[::1] o = out
     cdef Py_ssize_t i
     for i in range(x.shape[0]):
-        o[i] = refbbp_exp_nonpos(x[i])
+        o[i] = refbbp_exp_nonpos_far(x[i]) if far else refbbp_exp_nonpos(x[i])
     return out
 
 

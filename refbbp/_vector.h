@@ -127,8 +127,53 @@ static inline rv_d rv_exp_nonpos(rv_d x)
     return (y * (rv_d)((n1 + 1023) << 52)) * (rv_d)((n2 + 1023) << 52);
 }
 
-/* Scalar form of the same function (same operations, same bits), for tests. */
+/* exp(x) for -600 <= x <= 0, the same bits as rv_exp_nonpos: the same operations up
+ * to 2^n, which here goes into the table's exponent (T[j] 2^n is exact, and so is the
+ * scaling of T q and of the sum, every value staying normal: with x >= -600, n >= -866
+ * and |q| >= 2^-77 unless q = 0). Other lanes give garbage. */
+static inline rv_d rv_exp_near(rv_d x)
+{
+    const rv_d magic = rv_set1(6755399441055744.0);          /* 1.5 * 2^52 */
+    const rv_d inv = rv_set1(92.33248261689366);             /* 64 / ln 2 */
+    const rv_d ln2_64_hi = rv_set1(6.93147180369123816490e-01 / 64);
+    const rv_d ln2_64_lo = rv_set1(1.90821492927058770002e-10 / 64);
+    rv_d t, nd, r, q, tab;
+    rv_i k, j;
+    t = x * inv + magic;
+    nd = t - magic;
+    r = (x - nd * ln2_64_hi) - nd * ln2_64_lo;
+    q = rv_set1(1.0 / 120.0);
+    q = q * r + rv_set1(1.0 / 24.0);
+    q = q * r + rv_set1(1.0 / 6.0);
+    q = q * r + rv_set1(0.5);
+    q = q * r + rv_set1(1.0);
+    q = q * r;
+    k = (rv_i)t - (rv_i)magic;
+    j = k & 63;
+    tab = (rv_d){rv_exp2_64[j[0]], rv_exp2_64[j[1]], rv_exp2_64[j[2]], rv_exp2_64[j[3]]};
+    tab = (rv_d)((rv_i)tab + (rv_i)((rv_u)(k - j) << 46));  /* T[j] 2^n, k - j = 64 n */
+    return tab + tab * q;
+}
+
+/* rv_exp_nonpos on the lanes of mask on (the others: garbage the caller masks), by
+ * rv_exp_near when every such lane is in [-600, 0] (the same bits). */
+static inline rv_d rv_exp_on(rv_d x, rv_i on)
+{
+    rv_i far = on & ~((x >= rv_set1(-600.0)) & (x <= rv_set1(0.0)));
+    if ((far[0] | far[1]) | (far[2] | far[3]))
+        return rv_exp_nonpos(x);
+    return rv_exp_near(x);
+}
+
+/* Scalar form of the pass's function (same operations, same bits), for tests. */
 static double refbbp_exp_nonpos(double x)
+{
+    rv_d v = rv_exp_on(rv_set1(x), (rv_i){-1, -1, -1, -1});
+    return v[0];
+}
+
+/* The same by the general path alone, for tests. */
+static double refbbp_exp_nonpos_far(double x)
 {
     rv_d v = rv_exp_nonpos(rv_set1(x));
     return v[0];
@@ -291,10 +336,10 @@ REFBBP_CLONES static void refbbp_window_tile(
             else if (temperature == 0.0)
                 e = rv_and(top, rv_set1(1.0));
             else if (temperature == 1.0)
-                e = rv_select(top, rv_set1(1.0), rv_exp_nonpos(s - mx[i]));
+                e = rv_select(top, rv_set1(1.0), rv_exp_on(s - mx[i], on));
             else
                 e = rv_select(top, rv_set1(1.0),
-                              rv_exp_nonpos((s - mx[i]) / rv_set1(temperature)));
+                              rv_exp_on((s - mx[i]) / rv_set1(temperature), on));
             e = rv_and(on, e);
             tot[i] += e;
             rv_store(eb + 4 * i, e);
@@ -322,6 +367,7 @@ REFBBP_CLONES static void refbbp_window_tile(
 /* Without vector extensions the kernel never calls these (VECTOR_PASS is False). */
 #define REFBBP_VECTOR 0
 #define refbbp_exp_nonpos(x) (0.0)
+#define refbbp_exp_nonpos_far(x) (0.0)
 #define refbbp_window_tile(...) ((void)0)
 #endif
 
