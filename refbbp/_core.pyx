@@ -1001,7 +1001,9 @@ cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
     if (vec_f.shape[0] < threads or vec_i.shape[0] < threads or vec_f.shape[1] < nf
             or vec_i.shape[1] < ni or s.mgp < 1):
         return STATUS_SHAPE       # (cols, where, scratch: a row each, checked by the caller)
-    for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
+    # dynamic: the blocks' work varies with their live rows; a block sums the same
+    # numbers in the same order whichever thread runs it
+    for kb in prange(n_blocks, schedule='dynamic', chunksize=1, num_threads=threads):
         tid = refbbp_omp_thread_num()
         fbuf = &vec_f[tid, 0]
         ibuf = &vec_i[tid, 0]
