@@ -780,7 +780,9 @@ cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
     Input:
       rows              -- the node's row sources (inputs stacked), n_rows x n_cols
       entry_start[n_rows + 1]
-                        -- node-wide index of each row's first entry (for ext)
+                        -- node-wide index of each row's first entry (for ext);
+                           checked against the rows in O(n_rows), except where the
+                           vectorised pass is taken (it does not read it)
       u[n_cols]         -- the node's (stacked) input values
       slope[n_rows]     -- activation slopes c (1 without activation)
       bias_x[n_rows]    -- the node's local bias b^x = c * b + d
@@ -861,7 +863,8 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
     cdef int bad = 0
     cdef int threads
     cdef int grad = g.shape[0] > 0
-    cdef int direct
+    cdef int direct, vector, a
+    cdef int64_t most
     cdef double gy, b
     cdef const float64_t* ext_ptr = NULL
     cdef float64_t* ag
@@ -876,11 +879,26 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
             or where.shape[0] != n_blocks or used_g.shape[0] != n_blocks
             or used_b.shape[0] != n_blocks):
         return STATUS_SHAPE
-    if not _check_entry_start(srcs, n_src, n_rows, entry_start):
-        return STATUS_SHAPE
-    for r in range(n_rows):
-        if entry_start[r + 1] - entry_start[r] > longest:
-            longest = entry_start[r + 1] - entry_start[r]
+    # The vectorised pass (one window input with a transposed kernel, a built-in rule)
+    # never reads entry_start: its longest row, cg times the product of the per-axis
+    # maximum counts, comes from the window's tables (O(output extent), not O(n_rows)).
+    vector = (n_src == 1 and srcs[0].kind == SRC_WINDOW and REFBBP_VECTOR != 0
+              and srcs[0].kernel_t != NULL and srcs[0].row_scale == NULL
+              and RULE_SIGN <= rule <= RULE_DEVIATION)
+    if vector:
+        longest = srcs[0].cg
+        for a in range(WINDOW_AXES):
+            most = 0
+            for r in range(srcs[0].odim[a]):
+                if srcs[0].scount[a][r] > most:
+                    most = srcs[0].scount[a][r]
+            longest *= most
+    else:
+        if not _check_entry_start(srcs, n_src, n_rows, entry_start):
+            return STATUS_SHAPE
+        for r in range(n_rows):
+            if entry_start[r + 1] - entry_start[r] > longest:
+                longest = entry_start[r + 1] - entry_start[r]
     if (cols.shape[1] < longest or w.shape[1] < longest or scratch.shape[1] < longest
             or where.shape[1] < longest or (longest > 0 and n_cols == 0)):
         return STATUS_SHAPE
@@ -899,8 +917,7 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
     # One window input and a built-in rule: generate and use each row in one loop, or
     # (with a transposed kernel) take the vectorised pass.
     direct = n_src == 1 and srcs[0].kind == SRC_WINDOW and rule <= RULE_DEVIATION
-    if (direct and REFBBP_VECTOR != 0 and srcs[0].kernel_t != NULL
-            and srcs[0].row_scale == NULL):
+    if vector:
         return STATUS_VECTOR
     for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
         lo = kb * n_rows // n_blocks
