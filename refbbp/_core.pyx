@@ -82,13 +82,14 @@ cdef extern from "_vector.h":
     int REFBBP_VECTOR
     int REFBBP_TILE
     double refbbp_exp_nonpos(double x) noexcept nogil
+    double refbbp_exp_nonpos_far(double x) noexcept nogil
     void refbbp_window_tile(
-        int64_t n4, const double* wt, int64_t cg, int64_t k_prod, int64_t mgp,
-        int64_t n_sp, const int64_t* off, const int64_t* kid, int64_t col0,
-        int64_t stride_c, const double* u, const int64_t* lane_m, const double* lc,
-        const double* lb, const double* lgy, const double* lsc, int deviation,
-        double temperature, int64_t* list_col, int64_t* list_w, double* list_u,
-        double* wbuf, double* ebuf, double* acc_g, double* acc_b, int64_t* lnz,
+        int64_t n4, const double* wt, int64_t nw4, int64_t cg, int64_t k_prod,
+        int64_t mgp, int64_t n_sp, const int64_t* off, const int64_t* kid, int64_t col0,
+        int64_t stride_c, const double* u, const double* gyf, const int64_t* lane_m,
+        int contig, const double* lc, const double* lb, const double* lsc,
+        int deviation, double temperature, int64_t* list_col, int64_t* list_w,
+        double* list_u, double* ebuf, double* acc_g, double* acc_b, int64_t* lnz,
         double* lratio) noexcept nogil
 
 # ---------------------------------------------------------------- typedefs, codes
@@ -136,13 +137,15 @@ cdef enum:
 VECTOR_PASS = REFBBP_VECTOR != 0
 
 
-def exp_nonpos(const float64_t[::1] x):
-    """The vectorised pass's exponential (``_vector.h``), for ``x <= 0`` (for tests)."""
+def exp_nonpos(const float64_t[::1] x, bint far=False):
+    """The vectorised pass's exponential (``_vector.h``), for ``x <= 0`` (for tests);
+    ``far``: by its general path alone (the pass takes a shorter one, of the same bits,
+    for x in [-600, 0])."""
     out = np.empty(x.shape[0])
     cdef float64_t[::1] o = out
     cdef Py_ssize_t i
     for i in range(x.shape[0]):
-        o[i] = refbbp_exp_nonpos(x[i])
+        o[i] = refbbp_exp_nonpos_far(x[i]) if far else refbbp_exp_nonpos(x[i])
     return out
 
 
@@ -404,7 +407,7 @@ cdef class NodeRows:
         cdef const Source* s = &self.src[0]
         if not self.vector():
             return 0, 0
-        return (2 * s.cg * s.k_prod * REFBBP_TILE + 6 * REFBBP_TILE,
+        return (s.cg * s.k_prod * REFBBP_TILE + 6 * REFBBP_TILE,
                 2 * REFBBP_TILE + 2 * s.k_prod)
 
     cdef bint vector(self) noexcept nogil:
@@ -777,7 +780,9 @@ cpdef int rows_reverse_memview(NodeRows rows, const int64_t[::1] entry_start,
     Input:
       rows              -- the node's row sources (inputs stacked), n_rows x n_cols
       entry_start[n_rows + 1]
-                        -- node-wide index of each row's first entry (for ext)
+                        -- node-wide index of each row's first entry (for ext);
+                           checked against the rows in O(n_rows), except where the
+                           vectorised pass is taken (it does not read it)
       u[n_cols]         -- the node's (stacked) input values
       slope[n_rows]     -- activation slopes c (1 without activation)
       bias_x[n_rows]    -- the node's local bias b^x = c * b + d
@@ -858,7 +863,8 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
     cdef int bad = 0
     cdef int threads
     cdef int grad = g.shape[0] > 0
-    cdef int direct
+    cdef int direct, vector, a
+    cdef int64_t most
     cdef double gy, b
     cdef const float64_t* ext_ptr = NULL
     cdef float64_t* ag
@@ -873,11 +879,26 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
             or where.shape[0] != n_blocks or used_g.shape[0] != n_blocks
             or used_b.shape[0] != n_blocks):
         return STATUS_SHAPE
-    if not _check_entry_start(srcs, n_src, n_rows, entry_start):
-        return STATUS_SHAPE
-    for r in range(n_rows):
-        if entry_start[r + 1] - entry_start[r] > longest:
-            longest = entry_start[r + 1] - entry_start[r]
+    # The vectorised pass (one window input with a transposed kernel, a built-in rule)
+    # never reads entry_start: its longest row, cg times the product of the per-axis
+    # maximum counts, comes from the window's tables (O(output extent), not O(n_rows)).
+    vector = (n_src == 1 and srcs[0].kind == SRC_WINDOW and REFBBP_VECTOR != 0
+              and srcs[0].kernel_t != NULL and srcs[0].row_scale == NULL
+              and RULE_SIGN <= rule <= RULE_DEVIATION)
+    if vector:
+        longest = srcs[0].cg
+        for a in range(WINDOW_AXES):
+            most = 0
+            for r in range(srcs[0].odim[a]):
+                if srcs[0].scount[a][r] > most:
+                    most = srcs[0].scount[a][r]
+            longest *= most
+    else:
+        if not _check_entry_start(srcs, n_src, n_rows, entry_start):
+            return STATUS_SHAPE
+        for r in range(n_rows):
+            if entry_start[r + 1] - entry_start[r] > longest:
+                longest = entry_start[r + 1] - entry_start[r]
     if (cols.shape[1] < longest or w.shape[1] < longest or scratch.shape[1] < longest
             or where.shape[1] < longest or (longest > 0 and n_cols == 0)):
         return STATUS_SHAPE
@@ -896,8 +917,7 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
     # One window input and a built-in rule: generate and use each row in one loop, or
     # (with a transposed kernel) take the vectorised pass.
     direct = n_src == 1 and srcs[0].kind == SRC_WINDOW and rule <= RULE_DEVIATION
-    if (direct and REFBBP_VECTOR != 0 and srcs[0].kernel_t != NULL
-            and srcs[0].row_scale == NULL):
+    if vector:
         return STATUS_VECTOR
     for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
         lo = kb * n_rows // n_blocks
@@ -971,25 +991,24 @@ cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
     cdef int64_t n_groups = (n_rows // n_out) // s.m_per_group
     cdef int64_t n_tiles = (s.mgp + REFBBP_TILE - 1) // REFBBP_TILE
     cdef int64_t n_work = n_out * n_groups * n_tiles
-    cdef int64_t nf = 2 * s.cg * s.k_prod * REFBBP_TILE + 6 * REFBBP_TILE
+    cdef int64_t nf = s.cg * s.k_prod * REFBBP_TILE + 6 * REFBBP_TILE
     cdef int64_t ni = 2 * REFBBP_TILE + 2 * s.k_prod
     cdef int grad = g.shape[0] > 0
     cdef int deviation = rule == RULE_DEVIATION
     cdef int threads = n_threads if n_threads < n_blocks else <int>n_blocks
     cdef int bad = 0
     cdef Py_ssize_t kb, item, lo, hi
-    cdef int64_t o, last_o, gi, tile, m0, m1, width, n4, i, m, p, n_sp, col_c, tid
+    cdef int64_t o, last_o, gi, tile, m0, m1, width, n4, nw4, i, m, p, n_sp, col_c, tid
     cdef int any_g, any_b
     cdef double b, gy
     cdef float64_t* fbuf
     cdef int64_t* ibuf
     cdef float64_t* lc
     cdef float64_t* lb
-    cdef float64_t* lgy
+    cdef float64_t* gyf
     cdef float64_t* lsc
     cdef float64_t* lratio
     cdef float64_t* ebuf
-    cdef float64_t* wbuf
     cdef int64_t* lnz
     cdef int64_t* lane_m
     cdef int64_t* off
@@ -999,17 +1018,18 @@ cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
     if (vec_f.shape[0] < threads or vec_i.shape[0] < threads or vec_f.shape[1] < nf
             or vec_i.shape[1] < ni or s.mgp < 1):
         return STATUS_SHAPE       # (cols, where, scratch: a row each, checked by the caller)
-    for kb in prange(n_blocks, schedule='static', chunksize=1, num_threads=threads):
+    # dynamic: the blocks' work varies with their live rows; a block sums the same
+    # numbers in the same order whichever thread runs it
+    for kb in prange(n_blocks, schedule='dynamic', chunksize=1, num_threads=threads):
         tid = refbbp_omp_thread_num()
         fbuf = &vec_f[tid, 0]
         ibuf = &vec_i[tid, 0]
         lc = fbuf
         lb = fbuf + REFBBP_TILE
-        lgy = fbuf + 2 * REFBBP_TILE
+        gyf = fbuf + 2 * REFBBP_TILE
         lsc = fbuf + 3 * REFBBP_TILE
         lratio = fbuf + 4 * REFBBP_TILE
         ebuf = fbuf + 6 * REFBBP_TILE
-        wbuf = ebuf + s.cg * s.k_prod * REFBBP_TILE
         lnz = ibuf
         lane_m = ibuf + REFBBP_TILE
         off = lane_m + REFBBP_TILE
@@ -1031,6 +1051,9 @@ cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
             # (c != 0), packed into lanes; the rest at most spread beta (SPEC 3.6)
             m0 = tile * REFBBP_TILE
             m1 = m0 + REFBBP_TILE
+            if m1 > s.mgp:
+                m1 = s.mgp
+            nw4 = (m1 - m0) // 4
             if m1 > s.m_per_group:
                 m1 = s.m_per_group
             width = 0
@@ -1042,6 +1065,7 @@ cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
                 fallback[p] = 0.0
                 b = beta[p]
                 gy = slope[p] * g[p] if grad else 0.0
+                gyf[m - m0] = 0.0
                 if slope[p] == 0.0 or (b == 0.0 and gy == 0.0):
                     if b != 0.0 and n_sp > 0:     # no non-zero component: SPEC 3.6
                         _spread(_block_acc(&acc_b[kb, 0], &used_b[kb], n_cols),
@@ -1050,10 +1074,10 @@ cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
                     elif b != 0.0:                # no structural non-zero: the caller
                         fallback[p] = fabs(b)
                     continue
-                lane_m[width] = m
+                lane_m[width] = m - m0
                 lc[width] = slope[p]
                 lb[width] = b
-                lgy[width] = gy
+                gyf[m - m0] = gy
                 if rule == RULE_SIGN:
                     lsc[width] = -1.0 if bias_x[p] > 0.0 else (1.0 if bias_x[p] < 0.0
                                                                  else 0.0)
@@ -1066,30 +1090,31 @@ cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
                 if n_sp == 0:
                     for i in range(width):
                         if lb[i] != 0.0:          # no structural non-zero: the caller
-                            fallback[(gi * s.m_per_group + lane_m[i]) * n_out + o] = \
-                                fabs(lb[i])
+                            fallback[(gi * s.m_per_group + m0 + lane_m[i]) * n_out + o] \
+                                = fabs(lb[i])
                 continue
+            for i in range(m1 - m0, 4 * nw4):     # channels past the group's last
+                gyf[i] = 0.0
             n4 = (width + 3) // 4
             for i in range(width, 4 * n4):        # padding lanes send nothing
-                lane_m[i] = 0
+                lane_m[i] = i
                 lc[i] = 0.0
                 lb[i] = 0.0
-                lgy[i] = 0.0
                 lsc[i] = 0.0
             ag = _block_acc(&acc_g[kb, 0], &used_g[kb], n_cols) if any_g else NULL
             ab = _block_acc(&acc_b[kb, 0], &used_b[kb], n_cols) if any_b else NULL
-            refbbp_window_tile(n4, s.kernel_t + gi * s.cg * s.k_prod * s.mgp, s.cg,
-                               s.k_prod, s.mgp, n_sp, off, kid, col_c, s.stride_c, &u[0],
-                               lane_m, lc, lb, lgy, lsc, deviation, temperature,
-                               &cols[kb, 0], &where[kb, 0], &scratch[kb, 0], wbuf, ebuf,
-                               ag, ab, lnz, lratio)
+            refbbp_window_tile(n4, s.kernel_t + gi * s.cg * s.k_prod * s.mgp + m0, nw4,
+                               s.cg, s.k_prod, s.mgp, n_sp, off, kid, col_c, s.stride_c,
+                               &u[0], gyf, lane_m, width == m1 - m0, lc, lb, lsc,
+                               deviation, temperature, &cols[kb, 0], &where[kb, 0],
+                               &scratch[kb, 0], ebuf, ag, ab, lnz, lratio)
             if not any_b:
                 continue
             for i in range(width):
                 b = lb[i]
                 if b == 0.0:
                     continue
-                p = (gi * s.m_per_group + lane_m[i]) * n_out + o
+                p = (gi * s.m_per_group + m0 + lane_m[i]) * n_out + o
                 if lnz[i] == 0:                   # SPEC 3.6: uniform over the row
                     _spread(ab, b / (s.cg * n_sp), s.cg, n_sp, col_c, s.stride_c, off)
                     fallback[p] = fabs(b)

@@ -127,8 +127,53 @@ static inline rv_d rv_exp_nonpos(rv_d x)
     return (y * (rv_d)((n1 + 1023) << 52)) * (rv_d)((n2 + 1023) << 52);
 }
 
-/* Scalar form of the same function (same operations, same bits), for tests. */
+/* exp(x) for -600 <= x <= 0, the same bits as rv_exp_nonpos: the same operations up
+ * to 2^n, which here goes into the table's exponent (T[j] 2^n is exact, and so is the
+ * scaling of T q and of the sum, every value staying normal: with x >= -600, n >= -866
+ * and |q| >= 2^-77 unless q = 0). Other lanes give garbage. */
+static inline rv_d rv_exp_near(rv_d x)
+{
+    const rv_d magic = rv_set1(6755399441055744.0);          /* 1.5 * 2^52 */
+    const rv_d inv = rv_set1(92.33248261689366);             /* 64 / ln 2 */
+    const rv_d ln2_64_hi = rv_set1(6.93147180369123816490e-01 / 64);
+    const rv_d ln2_64_lo = rv_set1(1.90821492927058770002e-10 / 64);
+    rv_d t, nd, r, q, tab;
+    rv_i k, j;
+    t = x * inv + magic;
+    nd = t - magic;
+    r = (x - nd * ln2_64_hi) - nd * ln2_64_lo;
+    q = rv_set1(1.0 / 120.0);
+    q = q * r + rv_set1(1.0 / 24.0);
+    q = q * r + rv_set1(1.0 / 6.0);
+    q = q * r + rv_set1(0.5);
+    q = q * r + rv_set1(1.0);
+    q = q * r;
+    k = (rv_i)t - (rv_i)magic;
+    j = k & 63;
+    tab = (rv_d){rv_exp2_64[j[0]], rv_exp2_64[j[1]], rv_exp2_64[j[2]], rv_exp2_64[j[3]]};
+    tab = (rv_d)((rv_i)tab + (rv_i)((rv_u)(k - j) << 46));  /* T[j] 2^n, k - j = 64 n */
+    return tab + tab * q;
+}
+
+/* rv_exp_nonpos on the lanes of mask on (the others: garbage the caller masks), by
+ * rv_exp_near when every such lane is in [-600, 0] (the same bits). */
+static inline rv_d rv_exp_on(rv_d x, rv_i on)
+{
+    rv_i far = on & ~((x >= rv_set1(-600.0)) & (x <= rv_set1(0.0)));
+    if ((far[0] | far[1]) | (far[2] | far[3]))
+        return rv_exp_nonpos(x);
+    return rv_exp_near(x);
+}
+
+/* Scalar form of the pass's function (same operations, same bits), for tests. */
 static double refbbp_exp_nonpos(double x)
+{
+    rv_d v = rv_exp_on(rv_set1(x), (rv_i){-1, -1, -1, -1});
+    return v[0];
+}
+
+/* The same by the general path alone, for tests. */
+static double refbbp_exp_nonpos_far(double x)
 {
     rv_d v = rv_exp_nonpos(rv_set1(x));
     return v[0];
@@ -141,26 +186,37 @@ static inline rv_d rv_score(rv_d sc, rv_d k, int deviation)
     return deviation ? rv_abs(sc - k) : sc * k;
 }
 
-/* One scan of a tile's non-zero inputs (list_w, list_u; weights in wbuf): per row, the
- * count of its non-zero components into nz (if not NULL) and, if with_max, the
- * maximum of their scores into mx. */
-static inline void rv_scan(int64_t n_list, const int64_t *list_w, const double *list_u,
-                           const double *wbuf, int64_t n4, const rv_d *c, const rv_d *sc,
-                           int with_max, int deviation, rv_i *nz, rv_d *mx)
+/* One scan of a tile's non-zero inputs: per row, kappa = (c A[p, q]) u[q] of each
+ * non-zero input (into kbuf, list entry after list entry, four rows per vector), the
+ * count of its non-zero components into nz and, with the sign rule, the maximum of
+ * their scores into mx. Weights: wt[list_w[j] + lane_m[i]] (contig: lane_m[i] = i). */
+static inline void rv_kappa(int64_t n_list, const int64_t *list_w, const double *list_u,
+                            const double *wt, const int64_t *lane_m, int contig,
+                            int64_t n4, const rv_d *c, const rv_d *sc, int with_max,
+                            double *kbuf, rv_i *nz, rv_d *mx)
 {
     int64_t i, j;
     for (j = 0; j < n_list; j++) {
         rv_d vu = rv_set1(list_u[j]);
-        const double *w = wbuf + list_w[j];
+        const double *w = wt + list_w[j];
+        double *kb = kbuf + j * 4 * n4;
         for (i = 0; i < n4; i++) {
-            rv_d k = (c[i] * rv_load(w + 4 * i)) * vu;
-            rv_i on = k != rv_set1(0.0);
-            if (nz != NULL)
-                nz[i] -= on;
+            rv_d wv, k;
+            rv_i on;
+            if (contig) {
+                wv = rv_load(w + 4 * i);
+            } else {
+                const int64_t *lm = lane_m + 4 * i;
+                wv = (rv_d){w[lm[0]], w[lm[1]], w[lm[2]], w[lm[3]]};
+            }
+            k = (c[i] * wv) * vu;
+            on = k != rv_set1(0.0);
+            nz[i] -= on;
             if (with_max) {
-                rv_d s = rv_score(sc[i], k, deviation);
+                rv_d s = sc[i] * k;
                 mx[i] = rv_select(on & (s > mx[i]), s, mx[i]);
             }
+            rv_store(kb + 4 * i, k);
         }
     }
 }
@@ -170,19 +226,24 @@ static inline void rv_scan(int64_t n_list, const int64_t *list_w, const double *
  * offset off[t], kernel index kid[t]) and cg input channels.
  *
  *   wt       transposed kernel at (group, channel 0, kernel index 0, output channel
- *            0 of the group): the weight of output channel m at (channel cc, kernel
- *            index k) is wt[(cc * k_prod + k) * mgp + m]
- *   lane_m   the output channel of each row of the tile (the caller packs the rows
- *            that have something to send; padding rows have c = gy = beta = 0)
+ *            m0): the weight of output channel m0 + m at (channel cc, kernel index k)
+ *            is wt[(cc * k_prod + k) * mgp + m]
+ *   nw4      the tile's full width in vectors (output channels m0 .. m0 + 4 nw4 - 1,
+ *            zero-padded in wt past the group's last channel)
+ *   gyf      per output channel of the full width (4 nw4 values), c * g (0: no
+ *            gradient, or a row that sends nothing)
+ *   lane_m   the output channel of each row of the tile, less m0 (the caller packs
+ *            the rows that have something to send; padding rows have c = beta = 0)
+ *   contig   lane_m[i] = i for every lane (the tile's rows all send): the pass reads
+ *            the weights in place
  *   col0     column of channel 0 at offset 0; channel cc adds cc * stride_c
  *   u        the node's input values (read at the window's columns)
- *   lc, lb, lgy, lsc
- *            per row: slope c, beta, c * g (0: no gradient), and the rule's row value
- *            (sign rule: -sign(b^x); deviation rule: h)
+ *   lc, lb, lsc
+ *            per row: slope c, beta, and the rule's row value (sign rule:
+ *            -sign(b^x); deviation rule: h)
  *   list_col, list_w, list_u
  *            scratch of cg * n_sp entries (the window's non-zero inputs)
- *   wbuf     scratch of cg * n_sp * 4 * n4 values (the tile's weights, gathered)
- *   ebuf     scratch of cg * n_sp * 4 * n4 values (the softmax terms)
+ *   ebuf     scratch of cg * n_sp * 4 * n4 values (kappa, then the softmax terms)
  *   acc_g    gradient accumulator (NULL: no gradient in the tile)
  *   acc_b    BBp accumulator (NULL: no beta in the tile)
  * Output per row: lnz, its number of non-zero components; lratio, beta / (sum of its
@@ -191,18 +252,16 @@ static inline void rv_scan(int64_t n_list, const int64_t *list_w, const double *
  * component, SPEC 3.6).
  */
 REFBBP_CLONES static void refbbp_window_tile(
-    int64_t n4, const double *wt, int64_t cg, int64_t k_prod, int64_t mgp,
+    int64_t n4, const double *wt, int64_t nw4, int64_t cg, int64_t k_prod, int64_t mgp,
     int64_t n_sp, const int64_t *off, const int64_t *kid, int64_t col0, int64_t stride_c,
-    const double *u, const int64_t *lane_m, const double *lc, const double *lb,
-    const double *lgy, const double *lsc, int deviation, double temperature,
-    int64_t *list_col, int64_t *list_w, double *list_u, double *wbuf, double *ebuf,
-    double *acc_g, double *acc_b, int64_t *lnz, double *lratio)
+    const double *u, const double *gyf, const int64_t *lane_m, int contig,
+    const double *lc, const double *lb, const double *lsc, int deviation,
+    double temperature, int64_t *list_col, int64_t *list_w, double *list_u,
+    double *ebuf, double *acc_g, double *acc_b, int64_t *lnz, double *lratio)
 {
     rv_d c[RV_N], sc[RV_N], mx[RV_N], tot[RV_N], ratio[RV_N];
     rv_i nz[RV_N];
-    int64_t i, j, cc, t, n_list = 0, n_entry = 0, col;
-    const double *w;
-    double *wg;
+    int64_t i, j, cc, t, n_list = 0, col, wo;
     double uq;
     for (i = 0; i < n4; i++) {
         c[i] = rv_load(lc + 4 * i);
@@ -211,25 +270,30 @@ REFBBP_CLONES static void refbbp_window_tile(
         tot[i] = rv_set1(0.0);
         nz[i] = (rv_i){0, 0, 0, 0};
     }
-    /* The tile's weights, entry after entry; SPEC 2: g_u += (A^x)^T g_h, every
-     * structural entry; and the list of the non-zero inputs. */
+    /* SPEC 2: g_u += (A^x)^T g_h, every structural entry, over the tile's full width
+     * (four partial sums, then in one fixed order); and the list of the non-zero
+     * inputs. */
     for (cc = 0; cc < cg; cc++) {
-        for (t = 0; t < n_sp; t++, n_entry++) {
+        for (t = 0; t < n_sp; t++) {
             col = col0 + cc * stride_c + off[t];
-            w = wt + (cc * k_prod + kid[t]) * mgp;
-            wg = wbuf + n_entry * 4 * n4;
-            for (i = 0; i < 4 * n4; i++)
-                wg[i] = w[lane_m[i]];
+            wo = (cc * k_prod + kid[t]) * mgp;
             if (acc_g != NULL) {
-                rv_d s = rv_set1(0.0);
-                for (i = 0; i < n4; i++)
-                    s += rv_load(lgy + 4 * i) * rv_load(wg + 4 * i);
-                acc_g[col] += rv_sum(s);
+                const double *w = wt + wo;
+                rv_d s0 = rv_set1(0.0), s1 = s0, s2 = s0, s3 = s0;
+                for (i = 0; i + 4 <= nw4; i += 4) {
+                    s0 += rv_load(gyf + 4 * i) * rv_load(w + 4 * i);
+                    s1 += rv_load(gyf + 4 * i + 4) * rv_load(w + 4 * i + 4);
+                    s2 += rv_load(gyf + 4 * i + 8) * rv_load(w + 4 * i + 8);
+                    s3 += rv_load(gyf + 4 * i + 12) * rv_load(w + 4 * i + 12);
+                }
+                for (; i < nw4; i++)
+                    s0 += rv_load(gyf + 4 * i) * rv_load(w + 4 * i);
+                acc_g[col] += rv_sum((s0 + s1) + (s2 + s3));
             }
             uq = u[col];
             if (uq != 0.0) {
                 list_col[n_list] = col;
-                list_w[n_list] = n_entry * 4 * n4;
+                list_w[n_list] = wo;
                 list_u[n_list] = uq;
                 n_list++;
             }
@@ -237,25 +301,32 @@ REFBBP_CLONES static void refbbp_window_tile(
     }
     if (acc_b == NULL)
         return;
-    /* SPEC 3.2: kappa = (c A[p, q]) u[q], non-zero components only: their count n_p
-     * and (SPEC 3.3-3.4) their maximum score; the deviation rule's scores
+    /* SPEC 3.2: kappa = (c A[p, q]) u[q], non-zero components only (into ebuf): their
+     * count n_p and (SPEC 3.3-3.4) their maximum score; the deviation rule's scores
      * s = |h / n_p - kappa| need n_p first, so they take a second scan. */
-    rv_scan(n_list, list_w, list_u, wbuf, n4, c, sc, !deviation, 0, nz, mx);
+    rv_kappa(n_list, list_w, list_u, wt, lane_m, contig, n4, c, sc, !deviation, ebuf, nz,
+             mx);
     if (deviation) {
         for (i = 0; i < n4; i++) {
             rv_d n = {(double)nz[i][0], (double)nz[i][1], (double)nz[i][2],
                       (double)nz[i][3]};
             sc[i] = sc[i] / n;
         }
-        rv_scan(n_list, list_w, list_u, wbuf, n4, c, sc, 1, 1, NULL, mx);
+        for (j = 0; j < n_list; j++) {
+            const double *kb = ebuf + j * 4 * n4;
+            for (i = 0; i < n4; i++) {
+                rv_d k = rv_load(kb + 4 * i);
+                rv_d s = rv_abs(sc[i] - k);
+                mx[i] = rv_select((k != rv_set1(0.0)) & (s > mx[i]), s, mx[i]);
+            }
+        }
     }
-    /* SPEC 3.4: the softmax terms e = exp((s - max) / T) (1 at the maximum) and sums. */
+    /* SPEC 3.4: the softmax terms e = exp((s - max) / T) (1 at the maximum) and sums,
+     * each over kappa in place. */
     for (j = 0; j < n_list; j++) {
-        rv_d vu = rv_set1(list_u[j]);
         double *eb = ebuf + j * 4 * n4;
-        w = wbuf + list_w[j];
         for (i = 0; i < n4; i++) {
-            rv_d k = (c[i] * rv_load(w + 4 * i)) * vu;
+            rv_d k = rv_load(eb + 4 * i);
             rv_i on = k != rv_set1(0.0);
             rv_d s = rv_score(sc[i], k, deviation);
             rv_i top = s == mx[i];
@@ -265,10 +336,10 @@ REFBBP_CLONES static void refbbp_window_tile(
             else if (temperature == 0.0)
                 e = rv_and(top, rv_set1(1.0));
             else if (temperature == 1.0)
-                e = rv_select(top, rv_set1(1.0), rv_exp_nonpos(s - mx[i]));
+                e = rv_select(top, rv_set1(1.0), rv_exp_on(s - mx[i], on));
             else
                 e = rv_select(top, rv_set1(1.0),
-                              rv_exp_nonpos((s - mx[i]) / rv_set1(temperature)));
+                              rv_exp_on((s - mx[i]) / rv_set1(temperature), on));
             e = rv_and(on, e);
             tot[i] += e;
             rv_store(eb + 4 * i, e);
@@ -296,6 +367,7 @@ REFBBP_CLONES static void refbbp_window_tile(
 /* Without vector extensions the kernel never calls these (VECTOR_PASS is False). */
 #define REFBBP_VECTOR 0
 #define refbbp_exp_nonpos(x) (0.0)
+#define refbbp_exp_nonpos_far(x) (0.0)
 #define refbbp_window_tile(...) ((void)0)
 #endif
 

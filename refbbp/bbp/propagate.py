@@ -14,7 +14,7 @@ import math
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .. import _core
 from ..network.linearize import linearize, local_linear_model, target_vectors
@@ -138,7 +138,7 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
         # The forward pass's matrix products run on one BLAS thread: BLAS worker threads
         # keep spinning after a call (OpenBLAS: up to ~0.1 s) and would compete with the
         # kernel's threads that follow (STL-10 net: 40 ms of its 170).
-        with threadpool_limits(1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             trace = net.trace(x)
         v = target_vectors(trace.logits, target, net.n_outputs)
         timings["forward"] = time.perf_counter() - t0
@@ -319,6 +319,17 @@ def propagate_cython(net, trace, v, rule, temperature, n_threads, timings=None,
     if timings is not None:
         timings["nodes"] = dict(sorted(per_node.items()))
     return grads, node_beta, node_beta_in, fallback
+
+
+_BLAS = []
+
+
+def _blas_controller():
+    """threadpoolctl's view of the loaded thread pools, found once (a fresh
+    ``threadpool_limits`` scans the process's libraries on every call: ~1 ms)."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0]
 
 
 def _stacked_inputs(trace, node, b):

@@ -104,9 +104,16 @@ MIN_VECTOR_CHANNELS = 4
 #: ... and at least this many stored entries per accumulated value (clearing and
 #: adding up the accumulators, O(K * n_cols), stays small beside the O(nnz) row pass).
 MIN_ENTRIES_PER_VALUE = 4
+#: A node whose rows take the vectorised pass spends far less per entry: it keeps at
+#: least this many entries per accumulated value (1x1 and small convolutions of a
+#: ResNet took 40-64 blocks of accumulators the size of their input, whose clearing and
+#: reduction cost more than the pass) ...
+MIN_VECTOR_ENTRIES_PER_VALUE = 64
+#: ... but, where its rows allow, this many blocks (so that a few threads share it).
+MIN_VECTOR_BLOCKS = 4
 
 
-def n_blocks(n_rows, n_cols, nnz):
+def n_blocks(n_rows, n_cols, nnz, vector=False):
     """The number K of row blocks of a node (a kernel detail; SPEC-independent).
 
     Each block sums its rows' messages into its own accumulator of ``n_cols`` values,
@@ -115,12 +122,19 @@ def n_blocks(n_rows, n_cols, nnz):
     large enough to keep up to 64 threads busy on the big layers, and small enough that
     the accumulators (``2 * K * n_cols * 8`` bytes) stay within ``ACC_BYTES`` and cost little
     beside the row pass (``K * n_cols <= nnz / MIN_ENTRIES_PER_VALUE``): a max node
-    (4 entries per row) or a small layer gets K = 1.
+    (4 entries per row) or a small layer gets K = 1. ``vector``: the node's rows take
+    the vectorised pass (``NodeRows.vector_workspace()`` not ``(0, 0)``): then
+    ``K * n_cols <= nnz / MIN_VECTOR_ENTRIES_PER_VALUE`` too, unless that leaves
+    fewer than ``MIN_VECTOR_BLOCKS`` blocks (then up to that many, within the other
+    bounds).
     """
     cols = max(n_cols, 1)
     k = min(MAX_BLOCKS, n_rows // MIN_BLOCK_ROWS, ACC_BYTES // (2 * 8 * cols),
             nnz // (MIN_ENTRIES_PER_VALUE * cols))
+    if vector:
+        k = min(k, max(MIN_VECTOR_BLOCKS, nnz // (MIN_VECTOR_ENTRIES_PER_VALUE * cols)))
     return max(1, int(k))
+
 
 def index_dtype(nnz, n_cols, n_rows=0):
     """The index type of a structure: int32 if its entries, columns and rows all fit
@@ -417,7 +431,9 @@ def _build(node, sizes, where):
     np.cumsum(counts, out=entry_start[1:])
     structure = NodeStructure(
         rows, _frozen(entry_start), _frozen(offsets), int(counts.max(initial=0)),
-        n_blocks(n_rows, n_cols, int(entry_start[-1])), _frozen(np.flatnonzero(counts == 0)),
+        n_blocks(n_rows, n_cols, int(entry_start[-1]),
+                 rows is not None and rows.vector_workspace() != (0, 0)),
+        _frozen(np.flatnonzero(counts == 0)),
         window, parts)
     return structure, sources
 

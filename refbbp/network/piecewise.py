@@ -121,12 +121,18 @@ class PiecewiseLinear:
 
     def local(self, pieces):
         """Slopes ``c`` and offsets ``d`` of the given pieces, each shaped like ``pieces``."""
-        cols = np.arange(self.size)
-
         def pick(table):
             if table.strides[0] == 0:            # the same pieces for every element
-                return table[0][pieces]
-            return table[cols, pieces]
+                t = table[0]
+                # the same bits, without a gather: a table 0, 1, ... (ReLU's slopes)
+                # is the piece index; a constant table (ReLU's offsets) is a fill
+                if t.dtype == np.float64:
+                    if t.tobytes() == np.arange(t.size, dtype=np.float64).tobytes():
+                        return pieces.astype(np.float64)
+                    if t.tobytes() == np.full(t.size, t[0]).tobytes():
+                        return np.full(pieces.shape, t[0])
+                return t[pieces]
+            return table[np.arange(self.size), pieces]
 
         return pick(self.slopes), pick(self.offsets)
 

@@ -359,6 +359,23 @@ def test_vector_exp_is_within_an_ulp_of_exp():
     assert ulp.max() <= 1.0, (float(ulp.max()), float(x[np.argmax(ulp)]))
 
 
+def test_vector_exp_short_path_is_bitwise_the_general_one(rng):
+    """For x in [-600, 0] the pass's exponential takes a shorter path (2^n put into the
+    table's exponent): the same bits as its general path, at random points, at the
+    multiples of ln2 / 64 and halfway between them (and their neighbours), and down to
+    the smallest subnormal inputs."""
+    if not _core.VECTOR_PASS:
+        pytest.skip("kernel built without the vectorised pass")
+    k = rng.integers(-55400, 1, 200_000) * (np.log(2) / 64)
+    h = k + np.log(2) / 128
+    x = np.concatenate([-rng.uniform(0, 600, 300_000), -np.geomspace(5e-324, 600, 100_000),
+                        k, np.nextafter(k, 0), np.nextafter(k, -1), h, np.nextafter(h, 0),
+                        np.nextafter(h, -1), -np.arange(601.0), [-0.0, 0.0]])
+    x = x[(x >= -600) & (x <= 0)]
+    got = _core.exp_nonpos(x)
+    assert np.array_equal(got.view(np.uint64), _core.exp_nonpos(x, far=True).view(np.uint64))
+
+
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=WINDOW_IDS)
 def test_window_forward_matches_unrolled_csr(rng, case):
     """rows_forward_memview on a window source is to_csr() @ u + bias, and the same bits
