@@ -238,7 +238,7 @@ def load(model, input_shape=None, *, output=None, max_bytes=DEFAULT_MAX_BYTES, s
         input_shape, output, max_bytes, storage, STORAGES)
     proto, folder, source = validate.read_model(model, max_bytes)
     validate.resolve_external_data(proto, folder, max_bytes,
-                                   proto.ByteSize() if source else 0)
+                                   source["bytes"] if source else 0)
     graph = proto.graph
     validate.check_opsets(proto)
     opsets = {(o.domain or ""): o.version for o in proto.opset_import}

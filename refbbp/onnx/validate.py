@@ -148,7 +148,7 @@ def read_model(model, max_bytes):
     folder : str or None
         The folder external data is read from (``None`` for a proto in memory).
     source : dict or None
-        ``{"path", "sha256"}`` of a model file.
+        ``{"path", "sha256", "bytes"}`` of a model file.
     """
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
@@ -177,7 +177,8 @@ def read_model(model, max_bytes):
     if not proto.graph.node:
         raise ModelFormatError(f"{path!r} holds no graph nodes: is it an ONNX model?")
     folder = os.path.dirname(os.path.abspath(path))
-    return proto, folder, {"path": path, "sha256": hashlib.sha256(raw).hexdigest()}
+    return proto, folder, {"path": path, "sha256": hashlib.sha256(raw).hexdigest(),
+                           "bytes": size}
 
 
 # ------------------------------------------------------------------ external data
@@ -339,13 +340,52 @@ def check_model(proto, source):
     """
     check_declared_shapes(proto.graph.output, "output")
     try:
-        data = proto.SerializeToString()
+        data = _without_large_initializers(proto).SerializeToString()
         onnx.checker.check_model(data if len(data) <= _PROTOBUF_LIMIT else source["path"],
                                  full_check=True)
     except Exception as exc:  # ValidationError, InferenceError, ...
         where = repr(source["path"]) if source else "the ModelProto"
         raise ModelFormatError(f"the ONNX checker refuses {where}: {str(exc).strip()}") \
             from None
+
+
+#: Initializers above this many bytes reach onnx.checker as typed graph inputs.
+CHECKER_INLINE_BYTES = 1 << 16
+
+
+def _copy_fields(dst, src, skip):
+    """Copy the set fields of protobuf message ``src`` into ``dst``, but ``skip``."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if isinstance(value, (str, bytes, int, float, bool)):
+            setattr(dst, field.name, value)
+        elif hasattr(value, "extend"):                     # a repeated field
+            getattr(dst, field.name).extend(value)
+        else:                                              # a message
+            getattr(dst, field.name).CopyFrom(value)
+
+
+def _without_large_initializers(proto):
+    """A light copy of ``proto`` for onnx.checker: initializers over
+    ``CHECKER_INLINE_BYTES`` become graph inputs of the same type and shape, so that
+    neither a serialized copy of the weights nor the checker's own is held beside the
+    network (a VGG's 0.5 GB of weights were held three times). Shape inference reads
+    the values only of small constants (shapes, axes, pads), which stay; the large
+    ones were decoded and checked by :func:`decode_constants`."""
+    graph = proto.graph
+    light = onnx.ModelProto()
+    _copy_fields(light, proto, skip=("graph",))
+    _copy_fields(light.graph, graph, skip=("initializer",))
+    declared = {vi.name for vi in graph.input}
+    for t in graph.initializer:
+        # from the dims: ByteSize() serializes the tensor (a 0.4 GB copy for a VGG layer)
+        if math.prod(t.dims) * 8 <= CHECKER_INLINE_BYTES:
+            light.graph.initializer.append(t)
+        elif t.name not in declared:
+            light.graph.input.append(
+                helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
 
 
 # ------------------------------------------------------------------ graph structure
