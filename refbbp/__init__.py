@@ -21,7 +21,8 @@ from .bbp import (Attribution, Completeness, Layer, RowLayout, bbp, deviation_sc
                   sign_scores, weights_rule)
 from .errors import (InputShapeError, MemoryBudgetError, ModelFormatError,
                      NotPiecewiseLinearError, RefbbpError, UnsupportedOpError)
-from .network import LocalLinearModel, Network, Node, PiecewiseLinear, Trace, linearize
+from .network import (IntegratedGradients, LocalLinearModel, Network, Node, PiecewiseLinear,
+                      Region, Segment, Trace, integrated_gradients, linearize, region)
 from .onnx import ImportNotice, load, supported_ops
 
 # SPEC sections 4-6. ``saliency``, ``evaluate`` and ``bias_study`` are exported as
@@ -33,11 +34,12 @@ from .io import data
 from .studies import BiasReport, bias_importance, bias_study, zero_bias_network
 
 __all__ = [
-    "__version__", "Attribution", "BiasReport", "Completeness", "Decomposition", "Evaluation",
-    "ImportNotice", "InputShapeError", "Layer", "LayerAttribution", "LocalLinearModel",
-    "MemoryBudgetError", "ModelFormatError", "Network", "Node", "NotPiecewiseLinearError",
-    "PiecewiseLinear", "RefbbpError", "RowLayout", "Trace", "UnsupportedOpError", "bbp",
+    "__version__", "Attribution", "BiasReport", "Completeness", "Decomposition",
+    "Evaluation", "ImportNotice", "InputShapeError", "IntegratedGradients", "Layer",
+    "LayerAttribution", "LocalLinearModel", "MemoryBudgetError", "ModelFormatError",
+    "Network", "Node", "NotPiecewiseLinearError", "PiecewiseLinear", "RefbbpError",
+    "Region", "RowLayout", "Segment", "Trace", "UnsupportedOpError", "bbp",
     "bias_importance", "bias_study", "data", "decompose", "deviation_scores", "evaluate",
-    "linearize", "load", "saliency", "sign_scores", "supported_ops", "weights_rule",
-    "zero_bias_network",
+    "integrated_gradients", "linearize", "load", "region", "saliency", "sign_scores",
+    "supported_ops", "weights_rule", "zero_bias_network",
 ]

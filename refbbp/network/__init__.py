@@ -5,13 +5,17 @@
 * ``trace.py`` -- :class:`Trace`, what a forward pass computed.
 * ``linearize.py`` -- :func:`linearize`, the local linear model ``f(x) = w . x + b^x``.
 * ``graph.py`` -- :class:`Network`, the DAG and its float64 forward pass.
+* ``region.py`` -- :func:`region` and exact :func:`integrated_gradients` (SPEC section 7).
 """
 
 from .graph import Network, live_nodes
 from .linearize import LocalLinearModel, linearize, target_vectors
 from .nodes import Node
 from .piecewise import PiecewiseLinear
+from .region import (Boundary, IntegratedGradients, Region, Segment, integrated_gradients,
+                     region)
 from .trace import Trace
 
-__all__ = ["LocalLinearModel", "Network", "Node", "PiecewiseLinear", "Trace", "linearize",
-           "live_nodes", "target_vectors"]
+__all__ = ["Boundary", "IntegratedGradients", "LocalLinearModel", "Network", "Node",
+           "PiecewiseLinear", "Region", "Segment", "Trace", "integrated_gradients",
+           "linearize", "live_nodes", "region", "target_vectors"]
