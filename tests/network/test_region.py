@@ -159,7 +159,30 @@ def test_segment_cnn_builder():
         for _ in range(10):
             seg = r.segment(rng.normal(size=x.shape))
             kinds |= {b.kind for b in (seg.lo, seg.hi) if b is not None}
-    assert "breakpoint" in kinds
+    assert kinds == {"breakpoint", "max candidate"}
+
+
+def test_segment_max_candidate_boundary():
+    """Along a direction whose segment ends at a max node, the max selects another
+    candidate just past it."""
+    from tests.models import build_cnn
+
+    rng = np.random.default_rng(7)
+    model, xs = build_cnn(rng)
+    net = load(model)
+    r = refbbp.region(net, xs[0])
+    found = 0
+    for _ in range(50):
+        d = rng.normal(size=xs[0].shape)
+        seg = r.segment(d)
+        if seg.hi is None or seg.hi.kind != "max candidate":
+            continue
+        found += 1
+        b = seg.hi
+        assert net.nodes[b.node].kind == "max" and b.value in net.nodes[b.node].window[b.element]
+        past = net.trace(xs[0] + 1.001 * seg.t_hi * d)
+        assert past.selected[b.node][0, b.element] != r.trace.selected[b.node][0, b.element]
+    assert found
 
 
 # ------------------------------------------------------------------ 3. exact IG
@@ -201,11 +224,12 @@ def test_ig_cnn_maxpool(example, seed):
     check_ig(load(model), x, np.random.default_rng(seed))
 
 
-def test_ig_many_regions():
-    from tests.models import build_mlp
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet"])
+def test_ig_many_regions(name):
+    from tests.models import BUILDERS
 
     rng = np.random.default_rng(3)
-    model, xs = build_mlp(rng)
+    model, xs = BUILDERS[name](rng)
     net = load(model)
     ig = check_ig(net, 3 * xs[0], rng)
     assert ig.n_pieces >= 2
