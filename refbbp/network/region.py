@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputShapeError
 from ..tolerance import relative_error
-from .linearize import linearize
+from .linearize import linearize, reverse
 
 __all__ = ["Boundary", "IntegratedGradients", "Region", "Segment", "integrated_gradients",
            "region"]
@@ -109,33 +109,14 @@ class Region:
             ``t_lo <= 0 <= t_hi`` (``-inf`` / ``inf`` when unbounded) and the binding
             constraint on each side.
         """
-        net, trace = self.network, self.trace
+        net = self.network
         d = np.asarray(direction, np.float64)
         if d.shape != net.input_shape:
             raise InputShapeError(f"segment: direction of shape {d.shape}, expected "
                                   f"{net.input_shape}")
         if not np.all(np.isfinite(d)):
             raise InputShapeError("segment: direction contains NaN or infinite values")
-        dpre, dval = net.frozen_values(trace, d.reshape(1, -1), bias=False)
-        best = [np.inf, None]      # t_hi and its boundary
-        worst = [-np.inf, None]    # t_lo and its boundary
-
-        def update(k, t_up, t_down, kind, values):
-            # t_up: crossing t >= 0 of each constraint (inf if none), t_down: t <= 0
-            if t_up.size and np.min(t_up) < best[0]:
-                e = int(np.argmin(t_up))
-                best[:] = [float(t_up.flat[e]), (k, e, kind, values(e, True))]
-            if t_down.size and np.max(t_down) > worst[0]:
-                e = int(np.argmax(t_down))
-                worst[:] = [float(t_down.flat[e]), (k, e, kind, values(e, False))]
-
-        for k in range(1, len(net.nodes)):
-            node = net.nodes[k]
-            if node.kind == "max":
-                _max_crossings(k, node, trace, dval, update)
-            elif trace.pieces[k] is not None:
-                _activation_crossings(k, node, trace, dpre, update)
-        return Segment(worst[0], best[0], _boundary(worst[1]), _boundary(best[1]))
+        return _segment(net, self.trace, d)
 
     def contains(self, x2):
         """Whether ``x2`` lies in ``R(x)``: the same activation pieces and the same max
@@ -149,6 +130,30 @@ class Region:
 
     def __repr__(self):
         return f"<Region of {self.network!r} at an input of shape {self.x.shape}>"
+
+
+def _segment(net, trace, d):
+    """:meth:`Region.segment` of the region of ``trace`` (one input) along ``d``."""
+    dpre, dval = net.frozen_values(trace, d.reshape(1, -1), bias=False)
+    best = [np.inf, None]      # t_hi and its boundary
+    worst = [-np.inf, None]    # t_lo and its boundary
+
+    def update(k, t_up, t_down, kind, values):
+        # t_up: crossing t >= 0 of each constraint (inf if none), t_down: t <= 0
+        if t_up.size and np.min(t_up) < best[0]:
+            e = int(np.argmin(t_up))
+            best[:] = [float(t_up.flat[e]), (k, e, kind, values(e, True))]
+        if t_down.size and np.max(t_down) > worst[0]:
+            e = int(np.argmax(t_down))
+            worst[:] = [float(t_down.flat[e]), (k, e, kind, values(e, False))]
+
+    for k in range(1, len(net.nodes)):
+        node = net.nodes[k]
+        if node.kind == "max":
+            _max_crossings(k, node, trace, dval, update)
+        elif trace.pieces[k] is not None:
+            _activation_crossings(k, node, trace, dpre, update)
+    return Segment(worst[0], best[0], _boundary(worst[1]), _boundary(best[1]))
 
 
 def _boundary(b):
@@ -330,18 +335,21 @@ def _next_piece(net, x0, d, t, v, tol):
     (within ``tol``) at ``t`` (``t`` lies on a boundary and the path leaves the region),
     a probe further along is taken, and moved back to halfway between ``t`` and where its
     region starts until that region reaches back to ``t``."""
+    def gradient(trace):
+        return reverse(net, trace, v[None])[0][0]
+
     s = t
     for _ in range(200):
-        r = Region(net, x0 + s * d, v)
-        seg = r.segment(d)
+        trace = net.trace((x0 + s * d)[None])
+        seg = _segment(net, trace, d)
         lo, hi = s + seg.t_lo, min(1.0, s + seg.t_hi)
         if lo <= t + tol and hi > t + tol:
-            return (1.0 if hi >= 1.0 - tol else hi), r.linear.grads[0][0]
+            return (1.0 if hi >= 1.0 - tol else hi), gradient(trace)
         if hi <= t + tol:          # the region at s ends at t: look further along
             s = t + (1.0 - t) / 2 if s == t else (t + s) / 2
         else:                      # the region at s starts after t: look closer to t
             s = (t + lo) / 2
         if s - t <= tol:
-            r = Region(net, x0 + min(1.0, t + tol) * d, v)
-            return min(1.0, t + tol), r.linear.grads[0][0]
+            end = min(1.0, t + tol)
+            return end, gradient(net.trace((x0 + end * d)[None]))
     raise RuntimeError(f"integrated_gradients: no linear region found after t = {t!r}")
