@@ -90,24 +90,17 @@ static const double rv_exp2_64[64] = {
     0x1.fa7c1819e90d8p+0
 };
 
-/* exp(x) for x <= 0 (inputs above 0 are taken as 0, below -746 as -746; a NaN lane
- * gives garbage the caller masks). x = (64 n + j) ln2 / 64 + r with |r| <= ln2 / 128
+/* The part both exponentials share, for x = (64 n + j) ln2 / 64 + r with |r| <= ln2 / 128
  * (Cody-Waite: ln2 / 64 split in two, the high part with trailing zeros so that
- * k * LN2_64_HI is exact), exp(x) = 2^n * T[j] * exp(r), T[j] = 2^(j/64) from the table
- * and exp(r) - 1 = q by its Taylor polynomial of degree 5 (truncation below 4e-17), put
- * together as T + T q so that the table's rounding dominates; 2^n is applied as
- * 2^(n1) 2^(n2), each a normal number, so that results in the subnormal range are
- * rounded once. exp(0) is exactly 1. */
-static inline rv_d rv_exp_nonpos(rv_d x)
+ * k * LN2_64_HI is exact): k = 64 n + j (in *k) and exp(r) - 1 = q, returned, by its
+ * Taylor polynomial of degree 5 (truncation below 4e-17). */
+static inline rv_d rv_exp_reduce(rv_d x, rv_i *k)
 {
     const rv_d magic = rv_set1(6755399441055744.0);          /* 1.5 * 2^52 */
     const rv_d inv = rv_set1(92.33248261689366);             /* 64 / ln 2 */
     const rv_d ln2_64_hi = rv_set1(6.93147180369123816490e-01 / 64);
     const rv_d ln2_64_lo = rv_set1(1.90821492927058770002e-10 / 64);
-    rv_d t, nd, r, q, tab, y;
-    rv_i k, j, n, n1, n2;
-    x = rv_select(x < rv_set1(-746.0), rv_set1(-746.0), x);
-    x = rv_select(x > rv_set1(0.0), rv_set1(0.0), x);
+    rv_d t, nd, r, q;
     t = x * inv + magic;                     /* k = round(64 x / ln2) in the low bits */
     nd = t - magic;
     r = (x - nd * ln2_64_hi) - nd * ln2_64_lo;
@@ -116,11 +109,31 @@ static inline rv_d rv_exp_nonpos(rv_d x)
     q = q * r + rv_set1(1.0 / 6.0);
     q = q * r + rv_set1(0.5);
     q = q * r + rv_set1(1.0);
-    q = q * r;
-    k = (rv_i)t - (rv_i)magic;               /* -68,900 < k <= 0 */
+    *k = (rv_i)t - (rv_i)magic;
+    return q * r;
+}
+
+/* T[j] = 2^(j/64) for each lane's j in [0, 64). */
+static inline rv_d rv_exp2_table(rv_i j)
+{
+    return (rv_d){rv_exp2_64[j[0]], rv_exp2_64[j[1]], rv_exp2_64[j[2]], rv_exp2_64[j[3]]};
+}
+
+/* exp(x) for x <= 0 (inputs above 0 are taken as 0, below -746 as -746; a NaN lane
+ * gives garbage the caller masks): exp(x) = 2^n * T[j] * exp(r) (rv_exp_reduce), put
+ * together as T + T q so that the table's rounding dominates; 2^n is applied as
+ * 2^(n1) 2^(n2), each a normal number, so that results in the subnormal range are
+ * rounded once. exp(0) is exactly 1. */
+static inline rv_d rv_exp_nonpos(rv_d x)
+{
+    rv_d q, tab, y;
+    rv_i k, j, n, n1, n2;
+    x = rv_select(x < rv_set1(-746.0), rv_set1(-746.0), x);
+    x = rv_select(x > rv_set1(0.0), rv_set1(0.0), x);
+    q = rv_exp_reduce(x, &k);                /* -68,900 < k <= 0 */
     j = k & 63;
     n = -(rv_i)((rv_u)(j - k) >> 6);         /* k = 64 n + j */
-    tab = (rv_d){rv_exp2_64[j[0]], rv_exp2_64[j[1]], rv_exp2_64[j[2]], rv_exp2_64[j[3]]};
+    tab = rv_exp2_table(j);
     y = tab + tab * q;
     n1 = -(rv_i)((rv_u)(-n) >> 1);
     n2 = n - n1;
@@ -133,24 +146,11 @@ static inline rv_d rv_exp_nonpos(rv_d x)
  * and |q| >= 2^-77 unless q = 0). Other lanes give garbage. */
 static inline rv_d rv_exp_near(rv_d x)
 {
-    const rv_d magic = rv_set1(6755399441055744.0);          /* 1.5 * 2^52 */
-    const rv_d inv = rv_set1(92.33248261689366);             /* 64 / ln 2 */
-    const rv_d ln2_64_hi = rv_set1(6.93147180369123816490e-01 / 64);
-    const rv_d ln2_64_lo = rv_set1(1.90821492927058770002e-10 / 64);
-    rv_d t, nd, r, q, tab;
+    rv_d q, tab;
     rv_i k, j;
-    t = x * inv + magic;
-    nd = t - magic;
-    r = (x - nd * ln2_64_hi) - nd * ln2_64_lo;
-    q = rv_set1(1.0 / 120.0);
-    q = q * r + rv_set1(1.0 / 24.0);
-    q = q * r + rv_set1(1.0 / 6.0);
-    q = q * r + rv_set1(0.5);
-    q = q * r + rv_set1(1.0);
-    q = q * r;
-    k = (rv_i)t - (rv_i)magic;
+    q = rv_exp_reduce(x, &k);
     j = k & 63;
-    tab = (rv_d){rv_exp2_64[j[0]], rv_exp2_64[j[1]], rv_exp2_64[j[2]], rv_exp2_64[j[3]]};
+    tab = rv_exp2_table(j);
     tab = (rv_d)((rv_i)tab + (rv_i)((rv_u)(k - j) << 46));  /* T[j] 2^n, k - j = 64 n */
     return tab + tab * q;
 }
