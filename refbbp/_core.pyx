@@ -683,6 +683,16 @@ cdef inline int _row(Py_ssize_t p, Py_ssize_t n, const int64_t* cols, float64_t*
     return _send(p, nz, scratch, where, w, b, rule, temperature, bias_x, h, acc, fallback)
 
 
+cdef inline void _spread(float64_t* acc, double e, int64_t cg, int64_t n_sp,
+                         int64_t col_c, int64_t stride_c, const int64_t* off) noexcept nogil:
+    """SPEC 3.6 for a window row with no non-zero component: ``e`` (its beta over its
+    ``cg * n_sp`` structural non-zeros) to each of them."""
+    cdef int64_t cc, t
+    for cc in range(cg):
+        for t in range(n_sp):
+            acc[col_c + cc * stride_c + off[t]] += e
+
+
 cdef int64_t _window_spots(const Source* s, Py_ssize_t p, int64_t* off,
                            int64_t* kid) noexcept nogil:
     """Row ``p``'s kernel positions, in _emit's order: column offset ``off[t]`` (from
@@ -753,11 +763,8 @@ cdef inline int _window_row(const Source* s, Py_ssize_t p, const float64_t* u, d
     if b == 0.0:
         return 0
     if nz == 0:                       # SPEC 3.6: uniform over the unscaled row
-        e = b / n
-        for cc in range(s.cg):
-            col_c = s.col_offset + s.base + (g * s.cg + cc) * s.stride_c
-            for t in range(n_sp):
-                acc[col_c + off[t]] += e
+        _spread(acc, b / n, s.cg, n_sp, s.col_offset + s.base + g * s.cg * s.stride_c,
+                s.stride_c, off)
         fallback[p] = fabs(b)
         return 0
     return _send(p, nz, scratch, where, NULL, b, rule, temperature, bias_x, h, acc, fallback)
@@ -954,16 +961,6 @@ cdef int _rows_reverse(const Source* srcs, int n_src, int64_t n_rows, int64_t n_
                 for j in range(n):
                     ag[cols[kb, j]] += gy * w[kb, j]
     return STATUS_NONFINITE if bad else STATUS_OK
-
-
-cdef inline void _spread(float64_t* acc, double e, int64_t cg, int64_t n_sp,
-                         int64_t col_c, int64_t stride_c, const int64_t* off) noexcept nogil:
-    """SPEC 3.6 for a window row with no non-zero component: ``e`` (its beta over its
-    ``cg * n_sp`` structural non-zeros) to each of them."""
-    cdef int64_t cc, t
-    for cc in range(cg):
-        for t in range(n_sp):
-            acc[col_c + cc * stride_c + off[t]] += e
 
 
 cdef int _window_reverse(const Source* s, int64_t n_rows, int64_t n_cols,
