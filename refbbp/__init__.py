@@ -31,6 +31,8 @@ from . import evaluate
 from .evaluate import Evaluation
 from .explain import Decomposition, LayerAttribution, decompose, saliency
 from .io import data
+from . import runs
+from .runs import run
 from .studies import BiasReport, bias_importance, bias_study, zero_bias_network
 
 __all__ = [
@@ -40,6 +42,6 @@ __all__ = [
     "Network", "Node", "NotPiecewiseLinearError", "PiecewiseLinear", "RefbbpError",
     "Region", "RowLayout", "Segment", "Trace", "UnsupportedOpError", "bbp",
     "bias_importance", "bias_study", "data", "decompose", "deviation_scores", "evaluate",
-    "integrated_gradients", "linearize", "load", "region", "saliency", "sign_scores",
-    "supported_ops", "weights_rule", "zero_bias_network",
+    "integrated_gradients", "linearize", "load", "region", "run", "runs", "saliency",
+    "sign_scores", "supported_ops", "weights_rule", "zero_bias_network",
 ]

@@ -10,7 +10,7 @@ import time
 __all__ = ["progress"]
 
 
-def progress(items, total=None, desc="", enabled=None, stream=None):
+def progress(items, total=None, desc="", enabled=None, stream=None, count=None):
     """Iterate over ``items`` while drawing ``desc [#####     ] k/n  eta``.
 
     Parameters
@@ -20,6 +20,9 @@ def progress(items, total=None, desc="", enabled=None, stream=None):
         Defaults to ``len(items)``.
     enabled : bool, optional
         Default: when ``stream`` is a terminal and ``REFBBP_NO_PROGRESS`` is unset.
+    count : callable, optional
+        ``count(item)``: how much of ``total`` an item is (default 1; e.g. the inputs of
+        a chunk, so that the bar counts inputs done).
     """
     stream = sys.stderr if stream is None else stream
     if total is None:
@@ -36,7 +39,8 @@ def progress(items, total=None, desc="", enabled=None, stream=None):
     width = 30
     last = 0.0
     k = 0
-    for k, item in enumerate(items, 1):
+    for item in items:
+        k += 1 if count is None else count(item)
         yield item
         now = time.perf_counter()
         if now - last < 0.1 and k != total:
@@ -44,7 +48,7 @@ def progress(items, total=None, desc="", enabled=None, stream=None):
         last = now
         if total:
             done = int(width * k / total)
-            eta = (now - start) / k * (total - k)
+            eta = (now - start) / max(k, 1) * (total - k)
             stream.write(f"\r{desc} [{'#' * done}{' ' * (width - done)}] {k}/{total} "
                          f"eta {eta:5.1f}s")
         else:

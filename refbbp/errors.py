@@ -14,6 +14,7 @@ __all__ = [
     "MemoryBudgetError",
     "InputShapeError",
     "InputFileError",
+    "RunError",
 ]
 
 
@@ -33,6 +34,12 @@ class InputFileError(RefbbpError, ValueError):
     """A file of inputs, data or oracle fields cannot be read safely: not a regular file,
     too large, not in the expected format (truncated, corrupt, wrong kind of file), or
     declaring arrays larger than the budget."""
+
+
+class RunError(RefbbpError, ValueError):
+    """A run folder (``refbbp.run``, ``--out-dir``) cannot be used: not a run folder, a
+    run of another model, task or options than the one resumed, or a finished run
+    whose shards are missing or altered."""
 
 
 class MemoryBudgetError(RefbbpError, MemoryError):

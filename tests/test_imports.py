@@ -44,6 +44,7 @@ STAGES = [
     ("evaluate", ["refbbp.evaluate"]),
     ("studies", ["refbbp.studies"]),
     ("io", ["refbbp.io"]),
+    ("runs", ["refbbp.runs"]),
     ("cli", ["refbbp.cli", "refbbp.__main__", "refbbp"]),
 ]
 

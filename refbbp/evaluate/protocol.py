@@ -20,7 +20,8 @@ from .removal import derangement, first_flips, removal_order
 from .results import SCANS, Evaluation
 from .scoring import OnnxScorer, scorer_for
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "finish_evaluation", "group_maps", "random_draws",
+           "removal_metrics"]
 
 # the scans of SCANS, in its order: name, whether the noise source's map orders the
 # removal, direction
@@ -90,48 +91,120 @@ def evaluate(model, x, methods=DEFAULT_METHODS, *, labels=None, net=None, scorer
     names = [name for name, _, _ in resolve(methods)]
     predicted = np.argmax(score(x), axis=1)
 
+    maps = group_maps(net, x, methods, predicted, group, np.random.default_rng(seed),
+                      progress)
+    perm_maps = {m: v[perm] for m, v in maps.items()}
+    metrics = {m: {f"{w}_{s}": np.zeros(n, dt) for s in SCANS for w, dt in _FIELDS}
+               for m in names}
     groups = range(0, n, group)
+    for a in _progress_bar(groups, total=len(groups), desc="pixel removal",
+                           enabled=progress):
+        b = min(a + group, n)
+        part = removal_metrics(score, x[a:b], predicted[a:b], names,
+                               {m: v[a:b] for m, v in maps.items()},
+                               {m: v[a:b] for m, v in perm_maps.items()},
+                               baseline=baseline, chunk=chunk, max_batch=max_batch)
+        for m in names:
+            for k, v in part[m].items():
+                metrics[m][k][a:b] = v
+    return finish_evaluation(names, metrics, predicted, labels, perm, model_name=model_name,
+                             baseline=baseline, seed=seed, chunk=chunk,
+                             custom_scorer=not isinstance(score, OnnxScorer),
+                             maps=maps if keep_maps else None)
+
+
+def group_maps(net, x, methods, predicted, group, rng, progress=None):
+    """Saliency maps of every method for images ``x``, ``group`` images at a time.
+
+    The ``"random"`` maps are drawn from the one generator ``rng`` group after group, so
+    they do not depend on ``group``; a caller that starts at image ``a`` of a larger set
+    advances ``rng`` by what the images before it drew (:func:`random_draws`).
+
+    Returns
+    -------
+    dict of str to ndarray, shape (n, *map)
+    """
+    names = [name for name, _, _ in resolve(methods)]
+    groups = range(0, len(x), group)
     maps = {m: [] for m in names}
-    rng = np.random.default_rng(seed)  # one stream: the "random" maps do not depend on group
     for a in _progress_bar(groups, total=len(groups), desc="saliency maps",
                            enabled=progress):
         part = saliency_maps(net, x[a:a + group], methods, predicted[a:a + group],
                              batch_size=group, rng=rng)
         for m in names:
             maps[m].append(part[m])
-    maps = {m: np.concatenate(v) for m, v in maps.items()}
+    return {m: np.concatenate(v) for m, v in maps.items()}
 
+
+def random_draws(net, methods):
+    """Values :func:`group_maps` draws from its generator per image: one per map pixel
+    for each ``"random"`` method. With groups starting at multiples of ``group``, the
+    generator of a part starting at image ``a`` is ``default_rng(seed)`` advanced by
+    ``a * random_draws(...)`` (``bit_generator.advance``)."""
+    from ..explain.saliency import map_shape
+
+    names = [name for name, _, _ in resolve(methods)]
+    return names.count("random") * int(np.prod(map_shape(net.input_shape)))
+
+
+def removal_metrics(score, x, predicted, names, maps, partner_maps, *, baseline=0.0,
+                    chunk=32, max_batch=4096):
+    """The four removal scans (:data:`~.results.SCANS`) of images ``x`` for every method.
+
+    Parameters
+    ----------
+    score : callable
+    x : ndarray, shape (n, *input_shape)
+    predicted : ndarray of int, shape (n,)
+    names : list of str
+    maps, partner_maps : dict of str to ndarray, shape (n, *map)
+        Each image's own maps and its noise source's (the ``_xi`` scans).
+
+    Returns
+    -------
+    dict of str to dict of str to ndarray, shape (n,)
+        ``metrics[method]["e_minus"]``, ... (``e``, ``removed``, ``flipped``, ``scored``
+        of every scan).
+    """
+    n = len(x)
+    orders, scan_image, keys = [], [], []
+    for m in names:
+        for i in range(n):
+            for s, noise, direction in _SCAN_SPECS:
+                orders.append(removal_order((partner_maps if noise else maps)[m][i],
+                                            direction))
+                scan_image.append(i)
+                keys.append((m, s, i))
     metrics = {m: {f"{w}_{s}": np.zeros(n, dt) for s in SCANS for w, dt in _FIELDS}
                for m in names}
-    for a in _progress_bar(groups, total=len(groups), desc="pixel removal",
-                           enabled=progress):
-        orders, scan_image, keys = [], [], []
-        for m in names:
-            for i in range(a, min(a + group, n)):
-                for s, noise, direction in _SCAN_SPECS:
-                    orders.append(removal_order(maps[m][perm[i] if noise else i], direction))
-                    scan_image.append(i)
-                    keys.append((m, s, i))
-        res = first_flips(score, x, predicted, np.stack(orders), np.asarray(scan_image),
-                          baseline=baseline, chunk=chunk, max_batch=max_batch)
-        for j, (m, s, i) in enumerate(keys):
-            for w, _ in _FIELDS:
-                metrics[m][f"{w}_{s}"][i] = res[w][j]
+    if not keys:
+        return metrics
+    res = first_flips(score, x, predicted, np.stack(orders), np.asarray(scan_image),
+                      baseline=baseline, chunk=chunk, max_batch=max_batch)
+    for j, (m, s, i) in enumerate(keys):
+        for w, _ in _FIELDS:
+            metrics[m][f"{w}_{s}"][i] = res[w][j]
+    return metrics
 
+
+def finish_evaluation(names, metrics, predicted, labels, perm, *, model_name, baseline, seed,
+                      chunk, custom_scorer, maps=None):
+    """The :class:`~.results.Evaluation` of the scans' ``metrics`` (adds the derived
+    ``e_delta``, ``de_*`` metrics and the configuration)."""
     for d in metrics.values():
         d["e_delta"] = d["e_minus"] - d["e_plus"]
         d["e_delta_xi"] = d["e_minus_xi"] - d["e_plus_xi"]
         for k in ("minus", "plus", "delta"):
             d[f"de_{k}"] = d[f"e_{k}"] - d[f"e_{k}_xi"]
-    config = {"model": model_name, "n_images": n, "baseline": _baseline_repr(baseline),
-              "seed": seed, "chunk": chunk,
-              "scorer": "onnxruntime" if isinstance(score, OnnxScorer) else "custom",
+    config = {"model": model_name, "n_images": len(predicted),
+              "baseline": _baseline_repr(baseline), "seed": seed, "chunk": chunk,
+              "scorer": "custom" if custom_scorer else "onnxruntime",
               "forward_passes": int(sum(metrics[m][f"scored_{s}"].sum()
                                         for m in names for s in SCANS)),
               "tie_break": "pixel index, ascending (stable sort)",
               "never_flipped": "e with every pixel removed; flipped_* = False"}
     return Evaluation(methods=names, metrics=metrics, predicted=predicted, labels=labels,
-                      noise_source=perm, config=config, maps=maps if keep_maps else None)
+                      noise_source=perm, config=config, maps=maps)
 
 
 def _baseline_repr(b):

@@ -45,7 +45,7 @@ from ..errors import InputFileError
 from .files import read_npz
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "beta_key", "compare", "oracle_path", "read_oracle",
-           "write_oracle"]
+           "save_oracle", "write_oracle"]
 
 FORMAT = "refbbp-oracle"
 FORMAT_VERSION = 2
@@ -135,6 +135,14 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
     out = oracle_path(path)            # a bad name is refused before the work
     fields = oracle_fields(net, x, target, rules, temperatures, layers, progress, betas,
                            linear)
+    save_oracle(out, net, fields, model_path, target, rules, temperatures)
+    return fields
+
+
+def save_oracle(path, net, fields, model_path=None, target=None, rules=("sign", "deviation"),
+                temperatures=(1.0,)):
+    """Write computed ``fields`` (:func:`oracle_fields`) and their ``meta`` to ``path``
+    (an ``.npz`` name, :func:`oracle_path`)."""
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "refbbp_version": __version__,
         "spec": "SPEC.md sections 2 (local linear model) and 3 (BBp)",
@@ -145,8 +153,7 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
         "rules": list(rules), "temperatures": [float(t) for t in temperatures],
         "fields": sorted(fields),
     }
-    np.savez_compressed(out, meta=np.array(json.dumps(meta)), **fields)
-    return fields
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **fields)
 
 
 def _v2_name(key):

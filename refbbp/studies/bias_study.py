@@ -30,7 +30,8 @@ from .._progress import progress as _progress_bar
 from .._checks import check_labels
 from ..network.graph import Network
 
-__all__ = ["BiasReport", "bias_importance", "zero_bias_network"]
+__all__ = ["BiasReport", "bias_importance", "bias_rows", "report_from_rows",
+           "zero_bias_network"]
 
 
 def zero_bias_network(net, keep=()):
@@ -164,6 +165,37 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
                          f"got one input of shape {np.shape(x)}")
     x = xb.reshape((-1,) + tuple(net.input_shape))
     y = check_labels(y, len(x), net.n_outputs)
+    rows = bias_rows(net, x, zero_bias=zero_bias, scales=scales, shifts=shifts,
+                     batch_size=batch_size, progress=progress)
+    return report_from_rows(rows, y, scales=scales, shifts=shifts)
+
+
+def _variant_key(kind, v, model):
+    """Row key of the predictions on ``x * v`` (kind "scale") or ``x + v`` ("shift")."""
+    return f"{kind}/{float(v)!r}/{model}"
+
+
+def bias_rows(net, x, *, zero_bias=True, scales=(), shifts=(), batch_size=256,
+              progress=None):
+    """The per-input rows :func:`bias_importance` reduces: predicted classes of every
+    variant, and ``|b^x|``, ``|W^x x|`` of the predicted class.
+
+    Parameters
+    ----------
+    net : Network
+    x : ndarray, shape (n, *input_shape)
+    zero_bias, scales, shifts, batch_size, progress
+        As for :func:`bias_importance`.
+
+    Returns
+    -------
+    dict of str to ndarray, shape (n,)
+        ``"full"``, ``"only_wx"``, ``"only_b"``, ``"zero_bias"`` (if computed),
+        ``"abs_bias"``, ``"abs_wx"``, and ``"scale/<a>/full"``, ``"scale/<a>/zero_bias"``,
+        ``"shift/<c>/..."`` likewise. Rows of different inputs are independent, so the
+        rows of a set are those of its parts, concatenated (up to the last bits of the
+        batched float64 passes).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     preds = {"full": [], "only_wx": [], "only_b": []}
@@ -181,29 +213,41 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
         rows = np.arange(len(k))
         b_abs.append(np.abs(bias[rows, k]))
         wx_abs.append(np.abs(wx[rows, k]))
-    preds = {k: np.concatenate(v) for k, v in preds.items()}
+    out = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in preds.items()}
+    out["abs_bias"] = np.concatenate(b_abs) if b_abs else np.zeros(0)
+    out["abs_wx"] = np.concatenate(wx_abs) if wx_abs else np.zeros(0)
     zero = None
     if zero_bias:
         zero = zero_bias_network(net)
-        preds["zero_bias"] = _predict(zero, x, batch_size, "zero-bias model", progress)
+        out["zero_bias"] = _predict(zero, x, batch_size, "zero-bias model", progress)
+    for kind, values, op in (("scale", scales, np.multiply), ("shift", shifts, np.add)):
+        for v in values:
+            xs = op(x, float(v))
+            out[_variant_key(kind, v, "full")] = _predict(net, xs, batch_size,
+                                                          f"{kind} {v:g}", progress)
+            if zero is not None:
+                out[_variant_key(kind, v, "zero_bias")] = _predict(
+                    zero, xs, batch_size, f"{kind} {v:g} (zero bias)", progress)
+    return out
+
+
+def report_from_rows(rows, y, *, scales=(), shifts=()):
+    """The :class:`BiasReport` of the rows of :func:`bias_rows` and the labels ``y``."""
+    y = np.asarray(y)
+    preds = {k: rows[k] for k in ("full", "only_wx", "only_b", "zero_bias") if k in rows}
     accuracy = {k: float(np.mean(v == y)) for k, v in preds.items()}
     agreement = {k: float(np.mean(v == preds["full"])) for k, v in preds.items()}
-    b_abs, wx_abs = np.concatenate(b_abs), np.concatenate(wx_abs)
+    b_abs, wx_abs = rows["abs_bias"], rows["abs_wx"]
     total = b_abs + wx_abs
     share = np.divide(b_abs, total, out=np.zeros_like(total), where=total > 0)
     bias_abs = {"median_abs_bias": float(np.median(b_abs)),
                 "median_abs_wx": float(np.median(wx_abs)),
                 "median_bias_share": float(np.median(share))}
     scaled, shifted = {}, {}
-    for kind, values, op in (("scale", scales, np.multiply), ("shift", shifts, np.add)):
+    for kind, values in (("scale", scales), ("shift", shifts)):
         for v in values:
-            xs = op(x, float(v))
-            res = {"full": float(np.mean(_predict(net, xs, batch_size, f"{kind} {v:g}",
-                                                  progress) == y))}
-            if zero is not None:
-                res["zero_bias"] = float(np.mean(_predict(zero, xs, batch_size,
-                                                          f"{kind} {v:g} (zero bias)",
-                                                          progress) == y))
+            res = {model: float(np.mean(rows[_variant_key(kind, v, model)] == y))
+                   for model in ("full", "zero_bias") if _variant_key(kind, v, model) in rows}
             (scaled if kind == "scale" else shifted)[float(v)] = res
-    return BiasReport(n=len(x), accuracy=accuracy, agreement=agreement, scaled=scaled,
+    return BiasReport(n=len(y), accuracy=accuracy, agreement=agreement, scaled=scaled,
                       shifted=shifted, bias_abs=bias_abs, predictions=preds)

@@ -1,0 +1,137 @@
+"""Where a run's chunks are computed.
+
+* :class:`InProcess` (the default): this process, the kernel with its own threads; no
+  dependency.
+* :class:`DaskExecutor`: a local Dask cluster of ``workers`` processes
+  (``LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)``), or an
+  existing cluster at ``scheduler``. The model file's bytes are sent to every worker
+  once (``Client.scatter(broadcast=True)``); each worker loads the network from them
+  once and keeps it for every chunk it computes. Each chunk's kernel runs with
+  ``threads`` OpenMP/BLAS threads (default 1 per worker process, so that workers do not
+  compete for cores; results do not depend on it). A chunk whose worker dies is
+  recomputed on another one (Dask reschedules it; up to ``retries`` more attempts on an
+  error); results come back to this process, which writes the shards, so workers need
+  no shared file system.
+
+An executor is a context manager: ``with executor.session(shared) as run: for result in
+run(fn, jobs): ...`` calls ``fn(shared, job)`` for every job and yields the results as
+they complete (any order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+__all__ = ["DaskExecutor", "InProcess", "dask_missing_message", "make_executor"]
+
+#: What ``--workers`` / ``--scheduler`` say when Dask is not installed.
+DASK_INSTALL = 'pip install "refbbp[dask]"'
+
+
+def dask_missing_message():
+    return f"Dask executors need dask[distributed]: {DASK_INSTALL}"
+
+
+class InProcess:
+    """Every chunk in this process, one after the other.
+
+    Parameters
+    ----------
+    threads : int, optional
+        Kernel (OpenMP) and BLAS threads per chunk (default: the kernel's default).
+    """
+
+    name = "in-process"
+
+    def __init__(self, threads=None):
+        self.threads = threads
+
+    @contextlib.contextmanager
+    def session(self, shared):
+        def run(fn, jobs):
+            for job in jobs:
+                yield fn(shared, job)
+        yield run
+
+
+class DaskExecutor:
+    """Chunks on Dask workers: a new local cluster of ``workers`` processes, or the cluster
+    at ``scheduler`` (module docstring).
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes of a local cluster (``LocalCluster``).
+    scheduler : str, optional
+        Address of an existing scheduler (``tcp://host:8786``).
+    threads : int
+        Kernel threads per chunk (default 1).
+    retries : int
+        Extra attempts of a chunk whose computation raised (default 2).
+    in_flight : int, optional
+        Chunks submitted ahead of those done (default 2 per worker thread); bounds the
+        inputs held in memory.
+
+    Raises
+    ------
+    ImportError
+        Dask is not installed (the message says how to install it).
+    """
+
+    name = "dask"
+
+    def __init__(self, workers=None, scheduler=None, threads=1, retries=2, in_flight=None):
+        if (workers is None) == (scheduler is None):
+            raise ValueError("DaskExecutor needs workers=N (a local cluster) or "
+                             "scheduler=ADDRESS, not both")
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ImportError(dask_missing_message()) from None
+        self.workers, self.scheduler = workers, scheduler
+        self.threads, self.retries, self.in_flight = threads, retries, in_flight
+
+    @contextlib.contextmanager
+    def session(self, shared):
+        from distributed import Client, LocalCluster, as_completed
+
+        with contextlib.ExitStack() as stack:
+            if self.scheduler is None:
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=self.workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None))
+                client = stack.enter_context(Client(cluster))
+            else:
+                client = stack.enter_context(Client(self.scheduler))
+            ahead = self.in_flight or 2 * max(1, sum(client.nthreads().values()))
+            data = client.scatter(shared, broadcast=True)
+
+            def run(fn, jobs):
+                jobs = iter(jobs)
+                pending = as_completed()
+
+                def submit():
+                    for job in jobs:
+                        pending.add(client.submit(fn, data, job, pure=False,
+                                                  retries=self.retries))
+                        return True
+                    return False
+
+                for _ in range(ahead):
+                    if not submit():
+                        break
+                for fut in pending:
+                    result = fut.result()
+                    fut.release()
+                    submit()
+                    yield result
+
+            yield run
+
+
+def make_executor(workers=None, scheduler=None, threads=None):
+    """The executor of the CLI's ``--workers``, ``--scheduler`` and ``--threads``."""
+    if workers is None and scheduler is None:
+        return InProcess(threads)
+    return DaskExecutor(workers=workers, scheduler=scheduler,
+                        threads=1 if threads is None else threads)
