@@ -21,7 +21,6 @@ import numpy as np
 from ._checks import check_count, check_labels
 from ._progress import progress
 from ._tables import text_table
-from .bbp import bbp
 from .bbp.propagate import check_temperature
 from .bbp.rules import RULE_NAMES
 from .errors import NotPiecewiseLinearError, RefbbpError
@@ -32,6 +31,7 @@ from .io.files import read_npz, regular_file
 from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
+from .runs.tasks import explain_inputs as _explain_inputs
 from .studies.bias_study import bias_importance
 from .tolerance import FORWARD_ATOL, FORWARD_RTOL, TOLERANCE, as_text
 
@@ -89,22 +89,6 @@ def _load(path, input_shape=None):
 
 
 # --------------------------------------------------------------------------- explain
-def _explain_inputs(net, x, target, rules, temperature, progress_desc="explain"):
-    """BBp of every input for every rule, with the completeness errors of each."""
-    results = {r: [] for r in rules}
-    errors = []
-    lin = net.linearize(x, target)
-    for i in progress(range(len(x)), desc=progress_desc):
-        row = {}
-        for rule in rules:
-            # lin.target[i] is the vector v explained for input i, whatever the spec.
-            att = bbp(net, x[i], target=lin.target[i], rule=rule, temperature=temperature)
-            results[rule].append(att)
-            row[rule] = att.completeness().worst
-        errors.append(row)
-    return lin, results, errors
-
-
 def _completeness_rows(names, lin, results, errors, rules):
     rows, ok = [], True
     for i, name in enumerate(names):
@@ -122,6 +106,8 @@ def _completeness_rows(names, lin, results, errors, rules):
 
 
 def cmd_explain(args, demo=False):
+    if getattr(args, "out_dir", None) and not demo:
+        return cmd_run(args)
     if demo:
         model = str(data.model_path())
         x, labels = data.load_samples()
@@ -188,6 +174,8 @@ def cmd_explain(args, demo=False):
 
 # ---------------------------------------------------------------------------- verify
 def cmd_verify(args):
+    if getattr(args, "out_dir", None):
+        return cmd_run(args)
 
     report = {"model": args.model}
     try:
@@ -257,6 +245,8 @@ class _Chained:
 
 # ----------------------------------------------------------------- oracle / compare
 def cmd_oracle(args):
+    if getattr(args, "out_dir", None):
+        return cmd_run(args)
 
     net = _load(args.model, args.input_shape)
     x, _ = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
@@ -315,6 +305,8 @@ def _labelled_data(path, net, n=None, need_labels=True):
 
 
 def cmd_evaluate(args):
+    if getattr(args, "out_dir", None):
+        return cmd_run(args)
     from .evaluate import boxplot, evaluate
 
     net = _load(args.model)
@@ -354,6 +346,8 @@ def cmd_evaluate(args):
 
 
 def cmd_bias_report(args):
+    if getattr(args, "out_dir", None):
+        return cmd_run(args)
 
     net = _load(args.model)
     x, y = _labelled_data(args.data, net, args.n, need_labels=True)
@@ -374,6 +368,110 @@ def cmd_bias_report(args):
         rows, header = rep.robustness_table()
         print(text_table(rows, header))
     return 0
+
+
+# ------------------------------------------------------------------- dataset runs
+def _run_task(args):
+    """The runner's task, options and input source of a command's arguments."""
+    rule = getattr(args, "rule", "both")
+    if args.command == "explain":
+        return "explain", dict(target=args.target, rule=rule,
+                               temperature=args.temperature), args.inputs
+    if args.command == "oracle":
+        return "oracle", dict(target=args.target, rule=rule, temperatures=args.temperatures,
+                              layers=args.layers), args.inputs
+    if args.command == "verify":
+        if not args.inputs:
+            raise ValueError("verify --out-dir runs over a data set: give --inputs SOURCE")
+        return "verify", dict(rule="both"), [args.inputs]
+    if args.command == "evaluate":
+        return "evaluate", dict(methods=args.methods, baseline=args.baseline,
+                                seed=args.seed, chunk=args.chunk), [args.data]
+    return "bias-report", dict(scales=args.scales, shifts=args.shifts,
+                               batch_size=args.batch_size), [args.data]
+
+
+def cmd_run(args):
+    """A command over a data set with the sharded runner (``--out-dir``)."""
+    from .runs import run
+    from .runs.executors import make_executor
+
+    task, options, inputs = _run_task(args)
+    if len(inputs) != 1:
+        raise ValueError(f"--out-dir runs over one input source (a folder of images, a .npy, "
+                         f"an .npz or a Zarr array), got {len(inputs)}")
+    executor = make_executor(args.workers, args.scheduler, args.threads)
+    image = {k: getattr(args, k) for k in ("size", "mean", "std", "layout") if hasattr(args, k)}
+    regular_file(args.model, "model", max_bytes=MAX_MODEL_BYTES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run(task, args.model, inputs[0], args.out_dir, executor=executor,
+                chunk_size=args.chunk_size, resume=args.resume, progress=None,
+                input_shape=getattr(args, "input_shape", None), n=getattr(args, "n", None),
+                image_options=image, **options)
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+    if task == "oracle":
+        from .io.oracle import oracle_path, save_oracle
+
+        fields = {k: v for k, v in r.rows().items() if k != "index"}
+        net = _load(args.model, getattr(args, "input_shape", None))
+        save_oracle(oracle_path(args.output), net, fields, args.model, args.target,
+                    options["rule"] if options["rule"] != "both" else list(RULE_NAMES),
+                    args.temperatures)
+        r.written.append(oracle_path(args.output))
+    failed = r.failed
+    summary = r.summary
+    if getattr(args, "json", False):
+        print(json.dumps({"run": args.out_dir, "task": task, "summary": summary,
+                          "failed": {str(k): v for k, v in failed.items()},
+                          "written": r.written}, indent=2))
+    else:
+        print(f"run: {args.out_dir}  ({task}, {r.n} inputs, chunks of {args.chunk_size}, "
+              f"{executor.name}; {r.n - len(failed)} done, {len(failed)} failed)")
+        rows = [[k, json.dumps(v)] for k, v in summary.items() if k not in ("images",)]
+        print(text_table(rows, ["summary", "value"]))
+        for i, f in sorted(failed.items())[:20]:
+            print(f"failed: input {i} ({f['input']}): {f['error']}")
+        if len(failed) > 20:
+            print(f"... and {len(failed) - 20} more failed inputs (see manifest.json)")
+        for p in r.written:
+            print(f"wrote {p}")
+    return 0 if summary.get("ok", True) and not failed else 1
+
+
+def cmd_check_run(args):
+    from .runs import check_run
+
+    problems = check_run(args.run_dir)
+    if args.json:
+        print(json.dumps({"run": args.run_dir, "ok": not problems, "problems": problems},
+                         indent=2))
+    else:
+        for p in problems:
+            print(f"{args.run_dir}: {p}")
+        print(f"{args.run_dir}: " + ("OK: complete, every shard present and intact"
+                                    if not problems else f"FAILED: {len(problems)} problem(s)"))
+    return 0 if not problems else 1
+
+
+def _add_run_options(p):
+    g = p.add_argument_group("data-set runs (sharded, resumable; see README, Datasets and "
+                             "Dask)")
+    g.add_argument("--out-dir", default=None,
+                   help="run over a data set (a folder of images, .npy, .npz or Zarr) and "
+                        "write shards and a manifest to this folder")
+    g.add_argument("--chunk-size", type=_count, default=64, help="inputs per shard (64)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out-dir where it stopped")
+    g.add_argument("--workers", type=_count, default=None,
+                   help="compute on a local Dask cluster of N worker processes "
+                        "(pip install \"refbbp[dask]\")")
+    g.add_argument("--scheduler", default=None,
+                   help="compute on the Dask cluster at this address (tcp://host:8786)")
+    g.add_argument("--threads", type=_count, default=None,
+                   help="kernel threads per chunk (default: all in-process, 1 per Dask "
+                        "worker)")
 
 
 # ------------------------------------------------------------------------------ main
@@ -424,6 +522,7 @@ def build_parser():
     p.add_argument("--figure-rows", type=_count, default=8,
                    help="inputs shown in the figure")
     _add_input_options(p)
+    _add_run_options(p)
     common(p)
     p.set_defaults(func=cmd_explain)
 
@@ -436,6 +535,7 @@ def build_parser():
     p.add_argument("--seed", type=lambda s: _count(s, 0), default=0)
     p.add_argument("--input-shape", type=_count, nargs="+", default=None)
     p.add_argument("--json", action="store_true")
+    _add_run_options(p)
     common(p)
     p.set_defaults(func=cmd_verify)
 
@@ -450,6 +550,7 @@ def build_parser():
     p.add_argument("--temperatures", type=_temperature, nargs="+", default=[1.0])
     p.add_argument("--layers", action="store_true", help="also every node's h, g, b^x, beta")
     _add_input_options(p)
+    _add_run_options(p)
     common(p)
     p.set_defaults(func=cmd_oracle)
 
@@ -481,6 +582,7 @@ def build_parser():
     p.add_argument("--chunk", type=_count, default=32,
                    help="prefixes scored per scan and round")
     p.add_argument("--json", action="store_true")
+    _add_run_options(p)
     common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -495,8 +597,16 @@ def build_parser():
     p.add_argument("--n", type=int, default=None, help="only the first N inputs")
     p.add_argument("--batch-size", type=_count, default=256)
     p.add_argument("--json", action="store_true")
+    _add_run_options(p)
     common(p)
     p.set_defaults(func=cmd_bias_report)
+
+    p = sub.add_parser("check-run", help="check a run folder: complete, every shard present "
+                       "and unaltered")
+    p.add_argument("run_dir", help="the --out-dir of a run")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_check_run)
     return parser
 
 
