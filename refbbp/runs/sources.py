@@ -49,7 +49,7 @@ class Source:
         self._names = names
 
     def __len__(self):
-        return len(self.x)
+        return int(self.x.shape[0]) if hasattr(self.x, "shape") else len(self.x)
 
     def name(self, i):
         if self._names is not None:

@@ -1,0 +1,196 @@
+"""The dataset runner (refbbp.runs) in this process: same numbers as the single-process
+commands, resume, bad inputs, check-run, refusals."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+
+import numpy as np
+import pytest
+
+import refbbp
+from refbbp import data
+from refbbp.cli import main
+from refbbp.errors import RunError
+from refbbp.evaluate import evaluate
+from refbbp.io.oracle import read_oracle
+from refbbp.runs import check_run, open_run, run
+from refbbp.runs import runner as runner_module
+from refbbp.studies.bias_study import bias_importance
+
+MODEL = str(data.model_path())
+X, Y = data.load_samples()
+X, Y = X[:24], Y[:24]
+
+
+def same_rows(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.fixture()
+def hook(monkeypatch):
+    """Set runner_module._before_chunk for one test."""
+    def set_hook(f):
+        monkeypatch.setattr(runner_module, "_before_chunk", f)
+    return set_hook
+
+
+def test_bias_report_run_equals_bias_importance(tmp_path):
+    r = run("bias-report", MODEL, X, tmp_path / "r", labels=Y, chunk_size=5, progress=False)
+    rep = bias_importance(refbbp.load(MODEL), X, Y, progress=False)
+    assert r.summary == json.loads(json.dumps(rep.to_dict()))
+    assert check_run(tmp_path / "r") == []
+    assert len([f for f in os.listdir(tmp_path / "r") if f.endswith(".npz")]) == 5
+
+
+def test_explain_run_equals_explain_command(tmp_path, capsys):
+    """With the whole set in one chunk, the run's fields are the command's, bit for bit."""
+    np.save(tmp_path / "x.npy", X)
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--out", str(tmp_path / "cmd"),
+                 "--rule", "sign"]) == 0
+    _, golden = read_oracle(tmp_path / "cmd" / "explanations.npz")
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--out-dir",
+                 str(tmp_path / "run"), "--rule", "sign", "--chunk-size", "64"]) == 0
+    rows = open_run(tmp_path / "run").rows()
+    for k, v in golden.items():
+        assert np.array_equal(rows[k], v), k
+    # smaller chunks: the same numbers up to the last bits of batched BLAS passes
+    r = run("explain", MODEL, tmp_path / "x.npy", tmp_path / "run7", rule="sign",
+            chunk_size=7, progress=False)
+    for k, v in golden.items():
+        np.testing.assert_allclose(r.rows()[k], v, rtol=1e-12, atol=1e-12)
+    capsys.readouterr()
+
+
+def test_evaluate_run_equals_evaluate(tmp_path):
+    """Two stages (maps, then scans with the whole set's noise partners) give
+    evaluate()'s metrics exactly when chunks are whole groups."""
+    methods = ["gradient", "random"]
+    r = run("evaluate", MODEL, X[:16], tmp_path / "r", methods=methods, group=4,
+            chunk_size=8, progress=False)
+    ref = evaluate(MODEL, X[:16], methods, group=4)
+    res = r.task.evaluation(r.rows(), r)
+    assert np.array_equal(res.predicted, ref.predicted)
+    assert np.array_equal(res.noise_source, ref.noise_source)
+    for m in methods:
+        same_rows(res.metrics[m], ref.metrics[m])
+    assert os.path.isfile(tmp_path / "r" / "evaluation.csv")
+
+
+def test_verify_and_oracle_runs(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", X)
+    assert main(["verify", MODEL, "--inputs", str(tmp_path / "x.npy"), "--out-dir",
+                 str(tmp_path / "v"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["n_inputs"] == len(X) and out["summary"]["ok"]
+    assert main(["oracle", MODEL, str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.npz"),
+                 "--out-dir", str(tmp_path / "o"), "--chunk-size", "64"]) == 0
+    assert main(["oracle", MODEL, str(tmp_path / "x.npy"), "-o",
+                 str(tmp_path / "g.npz")]) == 0
+    _, golden = read_oracle(tmp_path / "g.npz")
+    _, got = read_oracle(tmp_path / "o.npz")
+    same_rows(got, golden)
+
+
+def test_resume_after_interruption_recomputes_nothing_done(tmp_path, hook):
+    """A run stopped after 2 shards, resumed, equals an uninterrupted run, and computes
+    only the chunks that were not done."""
+    full = run("explain", MODEL, X, tmp_path / "full", rule="sign", chunk_size=5,
+               progress=False).rows()
+    seen = []
+
+    def stop_at_third(job):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(job["chunk"])
+    hook(stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run("explain", MODEL, X, tmp_path / "r", rule="sign", chunk_size=5, progress=False)
+    assert check_run(tmp_path / "r") != []
+    with pytest.raises(RunError, match="--resume"):
+        run("explain", MODEL, X, tmp_path / "r", rule="sign", chunk_size=5, progress=False)
+    computed = []
+    hook(lambda job: computed.append(job["chunk"]))
+    r = run("explain", MODEL, X, tmp_path / "r", rule="sign", chunk_size=5, resume=True,
+            progress=False)
+    assert computed == [2, 3, 4]
+    same_rows(r.rows(), full)
+    assert check_run(tmp_path / "r") == []
+
+
+def test_resume_refuses_other_options_or_model(tmp_path):
+    run("bias-report", MODEL, X, tmp_path / "r", labels=Y, chunk_size=8, progress=False)
+    with pytest.raises(RunError, match=r"options\.scales"):
+        run("bias-report", MODEL, X, tmp_path / "r", labels=Y, chunk_size=8, scales=[2.0],
+            resume=True, progress=False)
+    with pytest.raises(RunError, match=r"model\.sha256"):
+        run("bias-report", data.model_path(bias=False), X, tmp_path / "r", labels=Y,
+            chunk_size=8, resume=True, progress=False)
+
+
+def test_bad_input_is_reported_and_the_rest_completes(tmp_path, capsys):
+    x = X.copy()
+    x[3, 0, 5, 5] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    code = main(["explain", MODEL, str(tmp_path / "x.npy"), "--out-dir",
+                 str(tmp_path / "r"), "--rule", "sign", "--chunk-size", "8"])
+    out = capsys.readouterr().out
+    assert code == 1 and "failed: input 3" in out and "NaN" in out
+    r = open_run(tmp_path / "r")
+    assert list(r.failed) == [3] and "NaN" in r.failed[3]["error"]
+    assert list(r.rows()["index"]) == [i for i in range(len(x)) if i != 3]
+    assert check_run(tmp_path / "r") == []
+
+
+def test_check_run_detects_missing_and_altered_shards(tmp_path, capsys):
+    run("bias-report", MODEL, X, tmp_path / "r", labels=Y, chunk_size=8, progress=False)
+    assert main(["check-run", str(tmp_path / "r")]) == 0
+    shard = tmp_path / "r" / "main-000001.npz"
+    raw = bytearray(shard.read_bytes())
+    raw[-30] ^= 1
+    shard.write_bytes(bytes(raw))
+    os.remove(tmp_path / "r" / "main-000002.npz")
+    assert main(["check-run", str(tmp_path / "r")]) == 1
+    out = capsys.readouterr().out
+    assert "main-000001.npz: altered" in out and "main-000002.npz: missing" in out
+    assert main(["check-run", str(tmp_path)]) == 2
+
+
+def test_workers_without_dask_says_how_to_install(tmp_path, monkeypatch, capsys):
+    real = builtins.__import__
+
+    def no_dask(name, *args, **kwargs):
+        if name.split(".")[0] in ("dask", "distributed"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_dask)
+    np.save(tmp_path / "x.npy", X)
+    code = main(["explain", MODEL, str(tmp_path / "x.npy"), "--out-dir",
+                 str(tmp_path / "r"), "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and 'pip install "refbbp[dask]"' in err and err.count("\n") == 1
+
+
+def test_image_folder_and_zarr_sources(tmp_path):
+    pytest.importorskip("PIL")
+    zarr = pytest.importorskip("zarr")
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray((X[i, 0] * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    (folder / "3.png").write_bytes(b"not a png")
+    r = run("explain", MODEL, folder, tmp_path / "r", rule="sign", chunk_size=2,
+            progress=False)
+    assert list(r.failed) == [3] and "3.png" in r.failed[3]["input"]
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    g.create_array("x", data=X)
+    g.create_array("y", data=Y)
+    r = run("bias-report", MODEL, tmp_path / "d.zarr", tmp_path / "z", chunk_size=10,
+            progress=False)
+    assert r.summary["n"] == len(X)
