@@ -227,6 +227,7 @@ class Network:
         ----------
         trace : Trace
         x : array_like, broadcastable to (batch, n_inputs)
+            With a trace of one input, any batch of inputs (directions) at once.
         bias : bool
 
         Returns
@@ -236,29 +237,58 @@ class Network:
         values : list of ndarray, shape (batch, node.size)
             ``h_n``.
         """
+        pre = [None] * len(self.nodes)
+        for k, pre_k, values_so_far in self.frozen_pass(trace, x, bias):
+            pre[k] = pre_k
+            values = values_so_far
+        return pre, values
+
+    def frozen_pass(self, trace, x, bias=True, keep=True):
+        """:meth:`frozen_values` node by node: yields ``(k, pre_k, values)`` after node
+        ``k`` (first ``k = 0``, the input), ``values`` being the list of node values so
+        far.
+
+        With ``keep=False`` a value is dropped (set to ``None``) once every node that
+        reads it has run, so a pass over a large batch of directions holds only the
+        values still needed."""
         x = np.asarray(x, np.float64)
-        xb = np.broadcast_to(x if x.ndim == 0 else x.reshape(-1, self.n_inputs),
-                             trace.values[0].shape)
-        values, pre = [None] * len(self.nodes), [None] * len(self.nodes)
+        shape = trace.values[0].shape
+        if x.ndim == 0:
+            xb = np.broadcast_to(x, shape)
+        elif shape[0] == 1:
+            xb = x.reshape(-1, self.n_inputs)
+        else:
+            xb = np.broadcast_to(x.reshape(-1, self.n_inputs), shape)
+        n = len(self.nodes)
+        last_reader = np.arange(n)
+        for k, node in enumerate(self.nodes):
+            last_reader[node.inputs] = k
+        values = [None] * n
         values[0] = xb
-        for k in range(1, len(self.nodes)):
+        yield 0, None, values
+        for k in range(1, n):
             node = self.nodes[k]
+            pre_k = None
             if node.kind == "max":
                 u = values[node.inputs[0]]
                 values[k] = np.take_along_axis(u, trace.selected[k], axis=1)
-                continue
-            y = np.zeros((xb.shape[0], node.size))
-            if bias:
-                y += node.bias
-            for i, w in zip(node.inputs, node.weights):
-                y += matmul_rows(values[i], w)
-            cd = trace.slopes_offsets(k)
-            if cd is None:
-                values[k] = y
             else:
-                pre[k] = y
-                values[k] = cd[0] * y + cd[1] if bias else cd[0] * y
-        return pre, values
+                y = np.zeros((xb.shape[0], node.size))
+                if bias:
+                    y += node.bias
+                for i, w in zip(node.inputs, node.weights):
+                    y += matmul_rows(values[i], w)
+                cd = trace.slopes_offsets(k)
+                if cd is None:
+                    values[k] = y
+                else:
+                    pre_k = y
+                    values[k] = cd[0] * y + cd[1] if bias else cd[0] * y
+            yield k, pre_k, values
+            if not keep:
+                for i in node.inputs:
+                    if last_reader[i] == k and i != self.output:
+                        values[i] = None
 
     def linearize(self, x, target=None):
         """The local linear model ``f(x) = w . x + b^x`` at ``x`` (SPEC section 2).

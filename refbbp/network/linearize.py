@@ -130,12 +130,18 @@ def target_vectors(logits, target, n_outputs):
     return v
 
 
-def reverse(network, trace, v):
-    """``g_n = df/dh_n`` for every node, given ``v = df/dlogits`` (batch, n_outputs)."""
+def reverse(network, trace, v, *, grads=None, top=None):
+    """``g_n = df/dh_n`` for every node, given ``v = df/dlogits`` (batch, n_outputs).
+
+    With ``grads`` (one array per node, already seeded) and ``top``, ``v`` is ignored
+    and the pass runs from node ``top`` down: the gradient of any linear function of
+    the nodes up to ``top``."""
     nodes = network.nodes
-    grads = [np.zeros_like(val) for val in trace.values]
-    grads[network.output] += v
-    for k in range(len(nodes) - 1, 0, -1):
+    if grads is None:
+        grads = [np.zeros_like(val) for val in trace.values]
+        grads[network.output] += v
+    top = len(nodes) - 1 if top is None else top
+    for k in range(top, 0, -1):
         node, g = nodes[k], grads[k]
         if node.kind == "max":
             u = grads[node.inputs[0]]

@@ -18,14 +18,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputShapeError
+from .._progress import progress
+from ..errors import InputShapeError, MemoryBudgetError
 from ..tolerance import relative_error
 from .linearize import linearize, reverse
+from .nodes import matrix_format
+from .trace import matmul_rows
 
-__all__ = ["Boundary", "IntegratedGradients", "Region", "Segment", "integrated_gradients",
-           "region"]
+__all__ = ["Boundary", "IntegratedGradients", "Radius", "Region", "Segment",
+           "integrated_gradients", "region"]
 
 MAX_PIECES = 100_000
+#: Work memory of :meth:`Region.radius` (the chunk of input directions), bytes.
+RADIUS_BYTES = 1 << 30
+#: ``method="bound"`` multiplies every norm bound by this, so that rounding in its own
+#: arithmetic (relative error far below 1e-12 over any real depth) cannot make a bound
+#: fall under the exact norm.
+BOUND_SLACK = 1.0 + 1e-12
+NORMS = {"l2": 2, "linf": 1}   # the ball's norm -> q of the dual norm of the normals
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,49 @@ class Segment:
     t_hi: float
     lo: Boundary | None
     hi: Boundary | None
+
+
+@dataclass(frozen=True)
+class Radius:
+    """The largest ball (``norm``) around ``x`` inside ``R(x)``, or a lower bound of its
+    radius (``method="bound"``).
+
+    Attributes
+    ----------
+    value : float
+        ``min_i slack_i / ||a_i||_q`` over the constraints ``a_i . x' + c_i >= 0`` of
+        ``R(x)`` (``q`` the dual norm), ``inf`` when nothing binds.
+    norm : {"l2", "linf"}
+    method : {"exact", "bound"}
+    binding : Boundary or None
+        The constraint that attains it (for a bound: the one attaining the bound).
+    slack : float
+        Its slack ``a . x + c`` at ``x``.
+    normal_norm : float
+        ``||a||_q`` of the binding constraint (for a bound: the upper bound used).
+    direction : ndarray, shape input_shape, or None
+        Exact radius only: a direction of unit ``norm`` along which the binding
+        constraint is reached at ``t = value`` (``-a / ||a||_2`` for L2, ``-sign(a)``
+        for L-infinity, ``a`` oriented so that the constraint reads ``a . x' + c >= 0``).
+    n_constraints : int
+        Constraints with a non-zero normal that were considered.
+    """
+
+    value: float
+    norm: str
+    method: str
+    binding: Boundary | None
+    slack: float
+    normal_norm: float
+    direction: np.ndarray | None
+    n_constraints: int
+
+    def __str__(self):
+        kind = "exact radius" if self.method == "exact" else "radius lower bound"
+        where = "nothing binds" if self.binding is None else (
+            f"binding: node {self.binding.node}, element {self.binding.element}, "
+            f"{self.binding.kind} {self.binding.value}")
+        return f"{self.norm} {kind} {self.value:.6g} ({where})"
 
 
 class Region:
@@ -117,6 +170,56 @@ class Region:
         if not np.all(np.isfinite(d)):
             raise InputShapeError("segment: direction contains NaN or infinite values")
         return _segment(net, self.trace, d)
+
+    def radius(self, norm="l2", method="exact", *, max_bytes=RADIUS_BYTES, show_progress=None):
+        """The radius of the largest ``norm`` ball around ``x`` inside ``R(x)``.
+
+        Every constraint of ``R(x)`` is ``a . x' + c >= 0`` with ``a`` the gradient of a
+        pre-activation element (one constraint per breakpoint next to its piece) or of
+        ``u_sel - u_q`` for a max node's selected and other candidates; its slack at
+        ``x`` is read from the trace. The radius is ``min slack / ||a||_q`` with ``q``
+        the dual norm (2 for ``"l2"``, 1 for ``"linf"``).
+
+        Parameters
+        ----------
+        norm : {"l2", "linf"}
+        method : {"exact", "bound"}
+            ``"exact"``: every ``||a||_q`` from forward-mode passes of the input's unit
+            vectors through the frozen local maps, in chunks under ``max_bytes`` (about
+            ``n_inputs`` forward passes of work, multi-threaded by BLAS, with a progress
+            bar). ``"bound"``: a sound lower bound of the radius at the cost of about
+            one forward pass, from upper bounds of ``||a||_q`` (the triangle inequality
+            through ``|A|`` element by element and, for L2, per-node operator norms
+            ``sqrt(||A||_1 ||A||_inf)``).
+        max_bytes : int
+            Work memory of the exact method's chunk of directions.
+        show_progress : bool, optional
+            Default: on a terminal.
+
+        Returns
+        -------
+        Radius
+        """
+        if norm not in NORMS:
+            raise ValueError(f"radius: norm={norm!r}; expected one of {sorted(NORMS)}")
+        if method not in ("exact", "bound"):
+            raise ValueError(f"radius: method={method!r}; expected 'exact' or 'bound'")
+        q = NORMS[norm]
+        if method == "exact":
+            norms = _exact_normal_norms(self.network, self.trace, q, max_bytes, show_progress)
+        else:
+            norms = _bound_normal_norms(self.network, self.trace, q)
+        best, count = _min_ratio(self.network, self.trace, norms)
+        if best is None:
+            return Radius(np.inf, norm, method, None, np.inf, 0.0, None, count)
+        value, slack, a_norm, boundary, side = best
+        direction = None
+        if method == "exact":
+            a = _normal(self.network, self.trace, boundary, side)
+            direction = (-a / np.linalg.norm(a) if q == 2 else -np.sign(a))
+            direction = direction.reshape(self.network.input_shape)
+        return Radius(float(value), norm, method, boundary, float(slack), float(a_norm),
+                      direction, count)
 
     def contains(self, x2):
         """Whether ``x2`` lies in ``R(x)``: the same activation pieces and the same max
@@ -353,3 +456,229 @@ def _next_piece(net, x0, d, t, v, tol):
             end = min(1.0, t + tol)
             return end, gradient(net.trace((x0 + end * d)[None]))
     raise RuntimeError(f"integrated_gradients: no linear region found after t = {t!r}")
+
+
+# ------------------------------------------------------------------ radius
+def _constraint_slacks(net, trace, k):
+    """Slack of the constraints of node ``k`` at the traced input: an activation node's
+    ``(z - lo, hi - z)`` per element (the breakpoints around its piece), a max node's
+    ``u_sel - u_q`` per (output, window position), ``inf`` where there is no constraint
+    (an unbounded piece, padding, the selected candidate itself)."""
+    node = net.nodes[k]
+    if node.kind == "max":
+        window = node.window
+        safe = np.where(window >= 0, window, 0)
+        sel = trace.selected[k][0]
+        u = trace.values[node.inputs[0]][0]
+        other = (window >= 0) & (safe != sel[:, None])
+        return np.where(other, u[sel][:, None] - u[safe], np.inf)
+    act = node.activation
+    piece = trace.pieces[k][0].astype(np.int64)
+    z = trace.pre[k][0]
+    inf = np.full((act.size, 1), np.inf)
+    padded = np.concatenate([-inf, act.breaks, inf], axis=1)
+    rows = np.arange(act.size)
+    return np.stack([z - padded[rows, piece], padded[rows, piece + 1] - z], axis=1)
+
+
+def _constrained(net, trace):
+    """Nodes that carry constraints of ``R(x)``: activated affine nodes and max nodes."""
+    return [k for k in range(1, len(net.nodes))
+            if net.nodes[k].kind == "max" or trace.pieces[k] is not None]
+
+
+def _min_ratio(net, trace, norms):
+    """``min slack / norm`` over every constraint with a non-zero normal: ``(value,
+    slack, norm, Boundary, side)`` or ``None``, and how many such constraints there
+    are. ``norms[k]`` has one column (the normal shared by both breakpoints of an
+    element) or the window's shape."""
+    best = None
+    count = 0
+    for k, a_norm in norms.items():
+        slack = _constraint_slacks(net, trace, k)
+        live = (a_norm > 0) & np.isfinite(slack)
+        count += int(np.count_nonzero(live))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(live, slack / a_norm, np.inf)
+        flat = int(np.argmin(ratio))
+        if not np.isfinite(ratio.flat[flat]) or (best is not None and
+                                                 ratio.flat[flat] >= best[0]):
+            continue
+        e, side = np.unravel_index(flat, ratio.shape)
+        node = net.nodes[k]
+        if node.kind == "max":
+            boundary = Boundary(k, int(e), "max candidate", int(node.window[e, side]))
+        else:
+            brk = node.activation.breaks[e]
+            value = float(brk[trace.pieces[k][0][e] - 1 + side])
+            boundary = Boundary(k, int(e), "breakpoint", value)
+        best = (float(ratio.flat[flat]), float(slack.flat[flat]),
+                float(np.broadcast_to(a_norm, ratio.shape).flat[flat]), boundary, int(side))
+    return best, count
+
+
+def _exact_normal_norms(net, trace, q, max_bytes, show_progress):
+    """``||a||_q`` of every constraint normal, by forward-mode passes of chunks of the
+    input's unit vectors (each pass gives a block of columns of every Jacobian)."""
+    keys = _constrained(net, trace)
+    acc = {}
+    per_dir = 8 * net.n_inputs
+    for k in keys:
+        node = net.nodes[k]
+        if node.kind == "max":
+            acc[k] = np.zeros(node.window.shape)
+            per_dir += 8 * 2 * node.window.size
+        else:
+            acc[k] = np.zeros((node.size, 1))
+            per_dir += 8 * node.size
+    for node in net.nodes[1:]:
+        per_dir += 8 * node.size * (2 if node.activation is not None else 1)
+    chunk = int(max_bytes // per_dir)
+    if chunk < 1:
+        raise MemoryBudgetError(
+            f"radius: one input direction needs about {per_dir:,} bytes of work memory, "
+            f"more than max_bytes={int(max_bytes):,}; raise max_bytes or use "
+            "method='bound'")
+    chunk = min(chunk, net.n_inputs)
+    n = net.n_inputs
+    starts = range(0, n, chunk)
+    for start in progress(starts, total=len(starts), desc="radius",
+                          enabled=show_progress):
+        stop = min(n, start + chunk)
+        eye = np.zeros((stop - start, n))
+        eye[np.arange(stop - start), np.arange(start, stop)] = 1.0
+        for k, pre_k, values in net.frozen_pass(trace, eye, bias=False, keep=False):
+            if k not in acc:
+                continue
+            node = net.nodes[k]
+            if node.kind == "max":
+                window = node.window
+                du = values[node.inputs[0]]
+                safe = np.where(window >= 0, window, 0)
+                sel = trace.selected[k][0]
+                cols = du[:, sel][:, :, None] - du[:, safe]
+                acc[k] += _power_sum(cols, q)
+            else:
+                acc[k][:, 0] += _power_sum(pre_k, q)
+    return {k: (np.sqrt(a) if q == 2 else a) for k, a in acc.items()}
+
+
+def _power_sum(a, q):
+    """``sum over the batch axis of |a|^q``."""
+    return np.einsum("i...,i...->...", a, a) if q == 2 else np.abs(a).sum(axis=0)
+
+
+def _abs_matmul_rows(u, a, power=1, block=256):
+    """``u @ |A|^power .T`` (entry by entry) for a dense, CSR or window matrix."""
+    fmt = matrix_format(a)
+    if fmt == "window":
+        rs = a.row_scale
+        b = a._with(kernel=np.abs(a.kernel) ** power,
+                    row_scale=None if rs is None else np.abs(rs) ** power)
+        return b.matmul_rows(u)
+    if fmt == "csr":
+        b = a.copy()
+        b.data = np.abs(b.data) ** power
+        return matmul_rows(u, b)
+    a = np.asarray(a)
+    out = np.empty((u.shape[0], a.shape[0]))
+    for r in range(0, a.shape[0], block):   # |A| a block of rows at a time
+        out[:, r:r + block] = u @ (np.abs(a[r:r + block]) ** power).T
+    return out
+
+
+def _abs_col_sums(a, block=256):
+    """Column sums of ``|A|``."""
+    fmt = matrix_format(a)
+    if fmt == "window":
+        rs = a.row_scale
+        b = a._with(kernel=np.abs(a.kernel), row_scale=None if rs is None else np.abs(rs))
+        return b.rmatmul_rows(np.ones((1, a.shape[0])))[0]
+    if fmt == "csr":
+        return np.asarray(abs(a).sum(axis=0)).ravel()
+    a = np.asarray(a)
+    out = np.zeros(a.shape[1])
+    for r in range(0, a.shape[0], block):
+        out += np.abs(a[r:r + block]).sum(axis=0)
+    return out
+
+
+def _bound_normal_norms(net, trace, q):
+    """Upper bounds of ``||a||_q`` for every constraint normal, in one pass.
+
+    ``B_n[e] >= ||grad h_n[e]||_q`` element by element: ``B_0 = 1``; an affine node's
+    pre-activation ``z = sum_i A_i h_i + b`` has ``||grad z_e|| <= sum_i (|A_i| B_i)_e``
+    (the triangle inequality), its value ``|c| B_z``; a max node takes its selected
+    candidate's bound. For L2 also ``L_n >= ||d h_n / dx||_2`` (operator norm):
+    ``L_z <= sum_i ||A_i||_2 L_i`` with ``||A||_2 <= sqrt(||A||_1 ||A||_inf)``,
+    ``L_z <= sqrt(sum_e B_z[e]^2)`` (Frobenius), and ``||grad z_e||_2 <= sum_i
+    ||row_e(A_i)||_2 L_i``; each bound is the smaller of the two."""
+    nodes = net.nodes
+    n = len(nodes)
+    bound, lip = [None] * n, [None] * n
+    bound[0] = np.ones(net.n_inputs)
+    lip[0] = 1.0
+    norms = {}
+    for k in range(1, n):
+        node = nodes[k]
+        if node.kind == "max":
+            src = node.inputs[0]
+            sel = trace.selected[k][0]
+            bound[k] = bound[src][sel]
+            window = node.window
+            safe = np.where(window >= 0, window, 0)
+            pair = bound[src][sel][:, None] + bound[src][safe]
+            norms[k] = pair * BOUND_SLACK
+            if q == 2:
+                mult = np.bincount(sel, minlength=nodes[src].size).max(initial=0)
+                lip[k] = min(np.sqrt(mult) * lip[src], _frobenius(bound[k]))
+            continue
+        z = np.zeros(node.size)
+        for i, w in zip(node.inputs, node.weights):
+            z += _abs_matmul_rows(bound[i][None], w)[0]
+        if q == 2:
+            rows = np.zeros(node.size)
+            op = 0.0
+            for i, w in zip(node.inputs, node.weights):
+                row2 = np.sqrt(_abs_matmul_rows(np.ones((1, w.shape[1])), w, power=2)[0])
+                rows += row2 * lip[i]
+                row1 = _abs_matmul_rows(np.ones((1, w.shape[1])), w)[0]
+                op += np.sqrt(row1.max(initial=0) * _abs_col_sums(w).max(initial=0)) * lip[i]
+            z = np.minimum(z, rows)
+            lip_z = min(op, _frobenius(z))
+        cd = trace.slopes_offsets(k)
+        if cd is None:
+            bound[k] = z
+            if q == 2:
+                lip[k] = lip_z
+            continue
+        norms[k] = (z * BOUND_SLACK)[:, None]
+        c = np.abs(cd[0][0])
+        bound[k] = c * z
+        if q == 2:
+            lip[k] = min(c.max(initial=0) * lip_z, _frobenius(bound[k]))
+    return norms
+
+
+def _frobenius(b):
+    return float(np.sqrt(np.dot(b, b)))
+
+
+def _normal(net, trace, boundary, side):
+    """The normal ``a`` of a constraint, oriented as ``a . x' + c >= 0``, by one reverse
+    pass from its node."""
+    k, e = boundary.node, boundary.element
+    node = net.nodes[k]
+    grads = [np.zeros_like(v) for v in trace.values]
+    if node.kind == "max":
+        src = node.inputs[0]
+        grads[src][0, trace.selected[k][0][e]] += 1.0
+        grads[src][0, node.window[e, side]] -= 1.0
+        top = src
+    else:
+        seed = np.zeros((1, node.size))
+        seed[0, e] = 1.0 if side == 0 else -1.0      # z - lo >= 0, hi - z >= 0
+        for i, wt in zip(node.inputs, node.weights_t):
+            grads[i] += matmul_rows(seed, wt)
+        top = k - 1
+    return reverse(net, trace, None, grads=grads, top=top)[0][0]
