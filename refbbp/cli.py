@@ -32,6 +32,7 @@ from .io.files import read_npz, regular_file
 from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
+from .network.region import integrated_gradients, region
 from .studies.bias_study import bias_importance
 from .tolerance import FORWARD_ATOL, FORWARD_RTOL, TOLERANCE, as_text
 
@@ -136,6 +137,13 @@ def cmd_explain(args, demo=False):
     rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
     lin, results, errors = _explain_inputs(net, x, args.target, rules, args.temperature)
     rows, header, ok = _completeness_rows(names, lin, results, errors, rules)
+    ig = None
+    if getattr(args, "method", "bbp") == "ig":
+        ig = _exact_ig(net, x, lin, args.ig_baseline)
+        header += ["IG pieces", "IG err"]
+        for row, g in zip(rows, ig):
+            row += [g.n_pieces, g.completeness_error]
+            ok &= g.completeness_error <= TOLERANCE
     print(f"model: {model}  ({len(net.nodes)} nodes, input {net.input_shape}, "
           f"{net.n_outputs} outputs)")
     print(f"explained: {args.target or 'pred'}; rules {', '.join(rules)}; "
@@ -150,7 +158,8 @@ def cmd_explain(args, demo=False):
         done = {beta_key(r, args.temperature): np.stack([a.beta for a in results[r]])
                 for r in rules}
         write_oracle(path, net, x, model, target=args.target, rules=rules,
-                     temperatures=(args.temperature,), betas=done, linear=lin)
+                     temperatures=(args.temperature,), betas=done, linear=lin,
+                     extra=None if ig is None else _ig_fields(ig, args.ig_baseline, x))
         written.append(path)
     if args.format == "json" and not demo:
         path = os.path.join(args.out, "explanations.json")
@@ -176,14 +185,79 @@ def cmd_explain(args, demo=False):
             row_labels = [f"label {labels[i]}, pred {preds[i]}" if labels is not None
                           else f"{names[i][:14]}\npred {preds[i]}" for i in range(n_fig)]
             path = os.path.join(args.out, "bbp.png")
+            extra = None if ig is None else {
+                "exact IG": np.stack([g.attributions for g in ig[:n_fig]])}
             bbp_figure(path, images, gi, betas, row_labels,
-                       title=f"BBp, T={args.temperature}: {os.path.basename(model)}")
+                       title=f"BBp, T={args.temperature}: {os.path.basename(model)}",
+                       extra_maps=extra)
             written.append(path)
         except ImportError as exc:
             print(f"note: no figure: {exc}", file=sys.stderr)
     for p in written:
         print(f"wrote {p}")
     return 0 if ok else 1
+
+
+def _exact_ig(net, x, lin, baseline):
+    """Exact Integrated Gradients of every input, explaining the vector ``v`` BBp
+    explained, from a constant ``baseline`` input."""
+    x0 = np.full(net.input_shape, float(baseline))
+    return [integrated_gradients(net, x[i], baseline=x0, target=lin.target[i])
+            for i in progress(range(len(x)), desc="exact IG")]
+
+
+def _ig_fields(ig, baseline, x):
+    """The NPZ fields of exact IG (``refbbp/io/oracle.py``'s docstring)."""
+    return {"ig": np.stack([g.attributions for g in ig]),
+            "ig_baseline": np.full(x.shape, float(baseline)),
+            "ig_pieces": np.array([g.n_pieces for g in ig], np.float64),
+            "ig_completeness_error": np.array([g.completeness_error for g in ig])}
+
+
+# --------------------------------------------------------------------------- certify
+def _boundary_text(net, b):
+    if b is None:
+        return "none"
+    node = net.nodes[b.node]
+    what = (f"breakpoint {b.value:g}" if b.kind == "breakpoint"
+            else f"candidate {b.value} overtakes")
+    return f"node {b.node} ({node.op}) element {b.element}: {what}"
+
+
+def cmd_certify(args):
+    net = _load(args.model, args.input_shape)
+    x, names = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
+                           args.layout)
+    x0 = np.full(net.input_shape, float(args.baseline))
+    rows, report = [], []
+    for i in progress(range(len(x)), desc="certify"):
+        r = region(net, x[i], args.target)
+        entry = {"input": names[i], "pred": int(np.argmax(r.trace.logits[0]))}
+        row = [names[i], entry["pred"]]
+        for norm in ("l2", "linf"):
+            rad = r.radius(norm, method=args.method)
+            entry[norm] = {"radius": rad.value, "method": rad.method,
+                           "binding": _boundary_text(net, rad.binding),
+                           "constraints": rad.n_constraints}
+            row += [rad.value, _boundary_text(net, rad.binding)]
+        seg = r.segment(x0 - x[i])
+        entry["segment_to_baseline"] = {"t_lo": seg.t_lo, "t_hi": seg.t_hi,
+                                        "binding": _boundary_text(net, seg.hi)}
+        row += [min(seg.t_hi, 1.0), _boundary_text(net, seg.hi)]
+        rows.append(row)
+        report.append(entry)
+    if args.json:
+        print(json.dumps({"model": args.model, "method": args.method,
+                          "baseline": float(args.baseline), "inputs": report}, indent=1))
+        return 0
+    kind = "radius" if args.method == "exact" else "radius >="
+    print(f"model: {args.model}  ({len(net.nodes)} nodes, input {net.input_shape})")
+    print(f"linear region R(x) of each input (SPEC 7): the largest L2 / L-inf ball inside "
+          f"it ({'exact' if args.method == 'exact' else 'a sound lower bound'}), and how "
+          f"far towards the constant input {float(args.baseline):g} it reaches")
+    print(text_table(rows, ["input", "pred", f"L2 {kind}", "L2 binding", f"Linf {kind}",
+                            "Linf binding", "to baseline", "binding"]))
+    return 0
 
 
 # ---------------------------------------------------------------------------- verify
@@ -408,7 +482,7 @@ def build_parser():
                    help="inputs shown in the figure")
     common(p)
     p.set_defaults(func=lambda a: cmd_explain(a, demo=True), target=None, rule="both",
-                   format="npz", figure=True)
+                   format="npz", figure=True, method="bbp", ig_baseline=0.0)
 
     p = sub.add_parser("explain", help="bias attribution of inputs")
     p.add_argument("model", help="ONNX model file")
@@ -423,9 +497,31 @@ def build_parser():
     p.add_argument("--figure", action="store_true", help="write bbp.png (needs matplotlib)")
     p.add_argument("--figure-rows", type=_count, default=8,
                    help="inputs shown in the figure")
+    p.add_argument("--method", choices=("bbp", "ig"), default="bbp",
+                   help="'ig': also exact Integrated Gradients (SPEC 7) beside BBp, in the "
+                        "table, the NPZ and the figure")
+    p.add_argument("--ig-baseline", type=float, default=0.0,
+                   help="the constant input IG starts from (default 0), in the model's input "
+                        "space (after --mean/--std)")
     _add_input_options(p)
     common(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("certify", help="the linear region around each input: L2 and L-inf "
+                       "radii, binding constraints, the segment towards a baseline")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("inputs", nargs="+", help=".npy/.npz arrays or image files")
+    p.add_argument("--method", choices=("exact", "bound"), default="exact",
+                   help="'exact' (about n_inputs forward passes per input) or 'bound' (a "
+                        "sound lower bound, about one forward pass)")
+    p.add_argument("--baseline", type=float, default=0.0,
+                   help="constant input the segment heads towards (default 0)")
+    p.add_argument("--target", type=_target, default=None,
+                   help="class index, 'pred' (default) or 'top2'")
+    p.add_argument("--json", action="store_true")
+    _add_input_options(p)
+    common(p)
+    p.set_defaults(func=cmd_certify)
 
     p = sub.add_parser("verify", help="check a model: piecewise linear, exact, matches onnxruntime")
     p.add_argument("model")

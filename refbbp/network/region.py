@@ -237,42 +237,55 @@ class Region:
 
 def _segment(net, trace, d):
     """:meth:`Region.segment` of the region of ``trace`` (one input) along ``d``."""
-    dpre, dval = net.frozen_values(trace, d.reshape(1, -1), bias=False)
-    best = [np.inf, None]      # t_hi and its boundary
-    worst = [-np.inf, None]    # t_lo and its boundary
+    t_lo, t_hi, lo, hi = _segments(net, trace, d, boundaries=True)
+    return Segment(float(t_lo[0]), float(t_hi[0]), lo[0], hi[0])
 
-    def update(k, t_up, t_down, kind, values):
-        # t_up: crossing t >= 0 of each constraint (inf if none), t_down: t <= 0
-        if t_up.size and np.min(t_up) < best[0]:
-            e = int(np.argmin(t_up))
-            best[:] = [float(t_up.flat[e]), (k, e, kind, values(e, True))]
-        if t_down.size and np.max(t_down) > worst[0]:
-            e = int(np.argmax(t_down))
-            worst[:] = [float(t_down.flat[e]), (k, e, kind, values(e, False))]
+
+def _segments(net, trace, d, boundaries=False):
+    """The segment along ``d`` of the region of every input of ``trace`` (batch B).
+
+    Returns ``t_lo``, ``t_hi`` (B,) and, with ``boundaries``, the binding
+    :class:`Boundary` (or ``None``) on each side of each input."""
+    batch = trace.values[0].shape[0]
+    pre, val = net.frozen_values(trace, d.reshape(1, -1), bias=False)
+    rows = np.arange(batch)
+    t_hi, t_lo = np.full(batch, np.inf), np.full(batch, -np.inf)
+    hi = [None] * batch   # (node, element, kind, value) of the binding constraint
+    lo = [None] * batch
 
     for k in range(1, len(net.nodes)):
         node = net.nodes[k]
         if node.kind == "max":
-            _max_crossings(k, node, trace, dval, update)
+            found = _max_crossings(node, trace.selected[k], trace.values[node.inputs[0]],
+                                   val[node.inputs[0]])
         elif trace.pieces[k] is not None:
-            _activation_crossings(k, node, trace, dpre, update)
-    return Segment(worst[0], best[0], _boundary(worst[1]), _boundary(best[1]))
+            found = _activation_crossings(node, trace.pieces[k], trace.pre[k], pre[k])
+        else:
+            continue
+        t_up, t_down, what = found
+        for t_side, best, ends, pick, up in ((t_up, t_hi, hi, np.argmin, True),
+                                             (t_down, t_lo, lo, np.argmax, False)):
+            if not t_side.size:
+                continue
+            e = pick(t_side, axis=1)
+            t = t_side[rows, e]
+            better = t < best if up else t > best
+            best[better] = t[better]
+            if boundaries:
+                for b in np.flatnonzero(better):
+                    ends[b] = Boundary(k, int(e[b]), *what(b, int(e[b]), up))
+    return t_lo, t_hi, lo, hi
 
 
-def _boundary(b):
-    return None if b is None else Boundary(*b)
-
-
-def _activation_crossings(k, node, trace, dpre, update):
-    """Crossings of ``eta_{k-1} <= z0 + t dz <= eta_k`` for every element of node ``k``."""
+def _activation_crossings(node, pieces, z0, dz):
+    """Crossings of ``eta_{p-1} < z0 + t dz <= eta_p`` by every element (batch, size):
+    ``t_up`` (the first at ``t >= 0``, ``inf`` if none), ``t_down`` (``t <= 0``)."""
     act = node.activation
-    piece = trace.pieces[k][0].astype(np.int64)
-    z0, dz = trace.pre[k][0], dpre[k][0]
-    size = act.size
-    inf = np.full((size, 1), np.inf)
+    piece = pieces.astype(np.int64)
+    inf = np.full((act.size, 1), np.inf)
     padded = np.concatenate([-inf, act.breaks, inf], axis=1)
-    rows = np.arange(size)
-    lo, hi = padded[rows, piece], padded[rows, piece + 1]
+    cols = np.arange(act.size)
+    lo, hi = padded[cols, piece], padded[cols, piece + 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         t_hi_bound = (hi - z0) / dz   # where z reaches the upper breakpoint
         t_lo_bound = (lo - z0) / dz
@@ -283,37 +296,33 @@ def _activation_crossings(k, node, trace, dpre, update):
     t_up = np.where(np.isnan(t_up), np.inf, np.maximum(t_up, 0.0))
     t_down = np.where(np.isnan(t_down), -np.inf, np.minimum(t_down, 0.0))
 
-    def values(e, up):
-        return float(hi[e] if (dz[e] > 0) == up else lo[e])
+    def what(b, e, up):
+        return "breakpoint", float(hi[b, e] if (dz[b, e] > 0) == up else lo[b, e])
 
-    update(k, t_up, t_down, "breakpoint", values)
+    return t_up, t_down, what
 
 
-def _max_crossings(k, node, trace, dval, update):
-    """Crossings of ``u_sel(t) - u_q(t) >= 0`` for every other candidate ``q``."""
-    src = node.inputs[0]
+def _max_crossings(node, selected, u0, du):
+    """Crossings of ``u_sel(t) - u_q(t) >= 0`` for every other candidate ``q`` of every
+    output (batch, size)."""
     window = node.window
     safe = np.where(window >= 0, window, 0)
-    sel = trace.selected[k][0]
-    u0, du = trace.values[src][0], dval[src][0]
-    g0 = u0[sel][:, None] - u0[safe]
-    dg = du[sel][:, None] - du[safe]
-    other = (window >= 0) & (safe != sel[:, None])
-    g0 = np.maximum(g0, 0.0)
+    u_sel = np.take_along_axis(u0, selected, axis=1)
+    du_sel = np.take_along_axis(du, selected, axis=1)
+    g0 = np.maximum(u_sel[:, :, None] - u0[:, safe], 0.0)
+    dg = du_sel[:, :, None] - du[:, safe]
+    other = (window >= 0)[None] & (safe[None] != selected[:, :, None])
     with np.errstate(divide="ignore", invalid="ignore"):
         cross = -g0 / dg
-    t_up = np.where(other & (dg < 0), cross, np.inf)
-    t_down = np.where(other & (dg > 0), cross, -np.inf)
-    t_up, t_down = t_up.min(axis=1), t_down.max(axis=1)
-    q_up = safe[np.arange(len(sel)), np.argmin(np.where(other & (dg < 0), cross, np.inf),
-                                               axis=1)]
-    q_down = safe[np.arange(len(sel)), np.argmax(np.where(other & (dg > 0), cross, -np.inf),
-                                                 axis=1)]
+    up = np.where(other & (dg < 0), cross, np.inf)
+    down = np.where(other & (dg > 0), cross, -np.inf)
+    q_up, q_down = np.argmin(up, axis=2), np.argmax(down, axis=2)
 
-    def values(e, up):
-        return int(q_up[e] if up else q_down[e])
+    def what(b, e, side_up):
+        q = q_up[b, e] if side_up else q_down[b, e]
+        return "max candidate", int(safe[e, q])
 
-    update(k, t_up, t_down, "max candidate", values)
+    return up.min(axis=2), down.max(axis=2), what
 
 
 def region(net, x, target=None):
@@ -372,9 +381,14 @@ def _linear_scale(lin):
 
 
 def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_PIECES,
-                         tol=1e-13):
+                         tol=1e-13, max_bytes=RADIUS_BYTES):
     """Exact Integrated Gradients of ``f = v . logits`` along ``baseline + t (x -
     baseline)``, region by region (SPEC section 7).
+
+    Points of the path are probed in batches: each probe's region covers an interval
+    of ``t`` (its :meth:`Region.segment` along the path); the gaps the intervals leave
+    are probed at their midpoints until the intervals cover ``[0, 1]``. The pieces are
+    then the intervals in order, each with the gradient of its probe's region.
 
     Parameters
     ----------
@@ -385,10 +399,12 @@ def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_P
     target : as for :func:`refbbp.linearize`
         Resolved at ``x`` (``None``: the class predicted at ``x``) and kept along the path.
     max_pieces : int
-        Give up (``RuntimeError``) after this many pieces.
+        Give up (``RuntimeError``) after finding this many pieces.
     tol : float
-        Pieces shorter than this (in ``t``) are stepped over; they change the result by at
-        most ``tol * |w . (x - baseline)|``.
+        Gaps shorter than this (in ``t``) are not probed; they are given to the next
+        piece and change the result by at most ``tol * |w . (x - baseline)|`` each.
+    max_bytes : int
+        Work memory of a batch of probes (their traces and gradients).
 
     Returns
     -------
@@ -406,56 +422,71 @@ def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_P
     v = np.asarray(end.target, np.float64)
     start = linearize(net, x0, v)
     d = x - x0
-    total = np.zeros(x.size)
-    abs_total = 0.0
-    breaks = [0.0]
-    t = 0.0
-    while t < 1.0:
-        if len(breaks) > max_pieces:
-            raise RuntimeError(
-                f"integrated_gradients: the path crossed more than {max_pieces} linear "
-                "regions; raise max_pieces if that is expected")
-        t_next, w = _next_piece(net, x0, d, t, v, tol)
-        contrib = (t_next - t) * (w * d.ravel())
-        total += contrib
-        abs_total += float(np.abs(contrib).sum())
-        breaks.append(t_next)
-        t = t_next
-    attributions = total.reshape(x.shape)
+    per_probe = 8 * 3 * sum(node.size for node in net.nodes) + 1
+    batch = int(max(1, min(MAX_BATCH, max_bytes // per_probe)))
+    breaks, grads = _path_pieces(net, x0.ravel(), d.ravel(), v, tol, max_pieces, batch)
+    terms = np.diff(breaks)[:, None] * (grads * d.ravel())
+    total = terms.sum(axis=0)
     value, base_value = float(end.value), float(start.value)
-    scale = abs_total + _linear_scale(end) + _linear_scale(start)
+    scale = float(np.abs(terms).sum()) + _linear_scale(end) + _linear_scale(start)
     err = abs(float(total.sum()) - (value - base_value))
     return IntegratedGradients(
-        attributions=attributions, n_pieces=len(breaks) - 1, breaks=np.array(breaks),
+        attributions=total.reshape(x.shape), n_pieces=len(breaks) - 1, breaks=breaks,
         value=value, baseline_value=base_value,
         completeness_error=float(relative_error(err, scale)), target=v)
 
 
-def _next_piece(net, x0, d, t, v, tol):
-    """The piece of the path that starts at ``t``: its end and the gradient on it.
+#: Most probes of the path traced at once by :func:`integrated_gradients`.
+MAX_BATCH = 256
 
-    The region at the point ``x0 + t d`` itself is tried first; where its segment ends
-    (within ``tol``) at ``t`` (``t`` lies on a boundary and the path leaves the region),
-    a probe further along is taken, and moved back to halfway between ``t`` and where its
-    region starts until that region reaches back to ``t``."""
-    def gradient(trace):
-        return reverse(net, trace, v[None])[0][0]
 
-    s = t
-    for _ in range(200):
-        trace = net.trace((x0 + s * d)[None])
-        seg = _segment(net, trace, d)
-        lo, hi = s + seg.t_lo, min(1.0, s + seg.t_hi)
-        if lo <= t + tol and hi > t + tol:
-            return (1.0 if hi >= 1.0 - tol else hi), gradient(trace)
-        if hi <= t + tol:          # the region at s ends at t: look further along
-            s = t + (1.0 - t) / 2 if s == t else (t + s) / 2
-        else:                      # the region at s starts after t: look closer to t
-            s = (t + lo) / 2
-        if s - t <= tol:
-            end = min(1.0, t + tol)
-            return end, gradient(net.trace((x0 + end * d)[None]))
-    raise RuntimeError(f"integrated_gradients: no linear region found after t = {t!r}")
+def _path_pieces(net, x0, d, v, tol, max_pieces, batch):
+    """The linear pieces of ``x0 + t d`` on ``[0, 1]``: breaks ``0 = t_0 < ... < t_n
+    = 1`` and the gradient of ``v . logits`` on each piece (n, n_inputs)."""
+    found = []            # (lo, hi, gradient) of each probe's region, clipped to [0, 1]
+    todo = list((np.arange(batch) + 0.5) / batch)      # a first grid of probes
+    while todo:
+        for i in range(0, len(todo), batch):
+            t = np.array(todo[i:i + batch])
+            trace = net.trace((x0[None] + t[:, None] * d[None]).reshape(
+                (len(t),) + net.input_shape))
+            t_lo, t_hi, _, _ = _segments(net, trace, d)
+            g = reverse(net, trace, np.broadcast_to(v, (len(t), v.size)))[0]
+            found += zip(np.maximum(t + t_lo, 0.0), np.minimum(t + t_hi, 1.0), g)
+        found.sort(key=lambda f: f[0])
+        breaks, grads = _sweep(found, tol)
+        if len(grads) > max_pieces:
+            raise RuntimeError(
+                f"integrated_gradients: the path crossed more than {max_pieces} linear "
+                "regions; raise max_pieces if that is expected")
+        todo = [(a + b) / 2 for a, b in _gaps(found) if b - a > tol]
+    return np.array(breaks), np.array(grads)
+
+
+def _sweep(found, tol):
+    """Pieces from the probes' intervals (sorted by start): each interval that reaches
+    more than ``tol`` past the pieces so far ends the next piece; the others are probes
+    of a region already taken (or thinner than ``tol``)."""
+    breaks, grads = [0.0], []
+    for _lo, hi, g in found:
+        if breaks[-1] >= 1.0:
+            break
+        if hi <= breaks[-1] + tol and hi < 1.0:
+            continue
+        breaks.append(hi if hi < 1.0 - tol else 1.0)
+        grads.append(g)
+    return breaks, grads
+
+
+def _gaps(found):
+    """The parts of ``[0, 1]`` the intervals ``found`` (sorted by start) leave uncovered."""
+    covered = 0.0
+    for lo, hi, _ in found:
+        if lo > covered:
+            yield covered, lo
+        covered = max(covered, hi)
+    if covered < 1.0:
+        yield covered, 1.0
 
 
 # ------------------------------------------------------------------ radius
