@@ -259,8 +259,8 @@ class Decomposition:
                          "x".join(map(str, la.shape)), "yes" if la.is_cut else "",
                          ah, ab, share))
         lines = [text_table(rows, header)]
-        lines.append(f"f(x) = {f:.6g}; completeness error {self.check():.2g}")
-        lines.append(f"from {self.start}")
+        lines.append(f"f(x) = {f:.6g}; completeness error {self.check():.2g}"
+                     + (f"; from {self.start}" if self.start.index else ""))
         return "\n".join(lines)
 
 

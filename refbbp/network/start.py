@@ -238,12 +238,15 @@ def cut_network(net, s):
     cache = net.__dict__.setdefault("_cut_networks", {})
     live = live_nodes(net.nodes, net.output)
     keep = [k for k in range(s + 1, len(net.nodes)) if live[k]]
-    key = [(net.nodes[k], tuple(net.nodes[k].weights), net.nodes[k].bias,
-            net.nodes[k].activation, net.nodes[k].window, tuple(net.nodes[k].inputs))
-           for k in [s] + keep]
+    # What the cut network was built from, compared by identity (edits in place are
+    # shared: the cut network reads the same arrays).
+    key = [net.output, len(net.nodes)]
+    for k in [s] + keep:
+        node = net.nodes[k]
+        key += [node, node.bias, node.activation, node.window, *node.weights, *node.inputs]
     hit = cache.get(s)
     if hit is not None and len(hit[0]) == len(key) and all(
-            a is b for old, new in zip(hit[0], key) for a, b in zip(old, new)):
+            a is b or (type(a) is type(b) is int and a == b) for a, b in zip(hit[0], key)):
         return hit[1]
     where = {s: 0, **{k: j + 1 for j, k in enumerate(keep)}}
     top = net.nodes[s]
