@@ -481,7 +481,7 @@ def bias_study_values(rb, nobias_info):
     """Template values of the rows from x and from z and of how the no-bias model was
     made (issue 14)."""
     v = {"acc_only_wz": fmt(rb.accuracy["only_wz"]), "acc_only_bz": fmt(rb.accuracy["only_bz"]),
-         "start_node": f"{rb.start.index} (`{rb.start.name}`)"}
+         "start_node": f"{rb.start.index}, `{rb.start.name}`"}
     for src in ("x", "z"):
         c = int(np.argmax(rb.argmax_b[src]))
         v[f"argmax_b{src}_class"] = str(c)
