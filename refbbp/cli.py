@@ -33,6 +33,7 @@ from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
 from .network.region import integrated_gradients, region
+from .network.start import resolve_start, start_input
 from .studies.bias_study import bias_importance
 from .tolerance import FORWARD_ATOL, FORWARD_RTOL, TOLERANCE, as_text
 
@@ -90,6 +91,15 @@ def _load(path, input_shape=None):
 
 
 # --------------------------------------------------------------------------- explain
+def _from_start(net, x, start):
+    """The network and inputs to explain with ``--start`` (SPEC section 8): the network
+    cut at the start node and that node's output at ``x`` (``net`` and ``x`` without)."""
+    s = resolve_start(net, start)
+    if not s:
+        return net, x
+    return start_input(net, x, s)
+
+
 def _explain_inputs(net, x, target, rules, temperature, progress_desc="explain"):
     """BBp of every input for every rule, with the completeness errors of each."""
     results = {r: [] for r in rules}
@@ -135,6 +145,8 @@ def cmd_explain(args, demo=False):
                                args.layout)
         labels = None
     rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
+    images = x
+    net, x = _from_start(net, x, args.start)
     lin, results, errors = _explain_inputs(net, x, args.target, rules, args.temperature)
     rows, header, ok = _completeness_rows(names, lin, results, errors, rules)
     ig = None
@@ -148,6 +160,8 @@ def cmd_explain(args, demo=False):
           f"{net.n_outputs} outputs)")
     print(f"explained: {args.target or 'pred'}; rules {', '.join(rules)}; "
           f"temperature {args.temperature}")
+    if net.start.index:
+        print(f"from {net.start}: w, b^x and beta are over its output z")
     print(text_table(rows, header))
     print("completeness (SPEC 3: sum beta = b^x, sum w*x + sum beta = f(x), every cut): "
           + (f"all within {as_text(TOLERANCE)} x scale" if ok else "FAILED for some inputs"))
@@ -178,7 +192,9 @@ def cmd_explain(args, demo=False):
             from .figures import bbp_figure
 
             n_fig = min(len(x), args.figure_rows)
-            images = x[:n_fig]
+            if images.shape != x.shape:
+                raise ImportError(f"beta over {net.start} does not have the images' shape")
+            images = images[:n_fig]
             gi = np.stack([results[rules[0]][i].grad_input for i in range(n_fig)])
             betas = {r: np.stack([results[r][i].beta for i in range(n_fig)]) for r in rules}
             preds = np.argmax(lin.logits[:n_fig], axis=1)
@@ -335,12 +351,14 @@ def cmd_oracle(args):
     net = _load(args.model, args.input_shape)
     x, _ = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
                        args.layout)
+    net, x = _from_start(net, x, args.start)
     rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
     fields = write_oracle(args.output, net, x, args.model, target=args.target, rules=rules,
                           temperatures=args.temperatures, layers=args.layers,
                           progress=progress)
     print(f"wrote {oracle_path(args.output)}: {len(x)} inputs, {len(fields)} fields "
-          f"(rules {', '.join(rules)}; T = {', '.join(map(str, args.temperatures))})")
+          f"(rules {', '.join(rules)}; T = {', '.join(map(str, args.temperatures))})"
+          + (f"; from {net.start}, x holds its output" if net.start.index else ""))
     return 0
 
 
@@ -432,7 +450,7 @@ def cmd_bias_report(args):
     net = _load(args.model)
     x, y = _labelled_data(args.data, net, args.n, need_labels=True)
     rep = bias_importance(net, x, y, scales=args.scales, shifts=args.shifts,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, start=args.start)
     if args.json:
         print(json.dumps({"model": args.model, **rep.to_dict()}, indent=2))
         return 0
@@ -443,6 +461,8 @@ def cmd_bias_report(args):
     print(f"predicted class: median |b^x| {b['median_abs_bias']:.3g}, median |W^x x| "
           f"{b['median_abs_wx']:.3g}, median |b^x| / (|W^x x| + |b^x|) "
           f"{b['median_bias_share']:.3g}")
+    for line in rep.notes():
+        print(line)
     if rep.scaled or rep.shifted:
         print()
         rows, header = rep.robustness_table()
@@ -482,7 +502,7 @@ def build_parser():
                    help="inputs shown in the figure")
     common(p)
     p.set_defaults(func=lambda a: cmd_explain(a, demo=True), target=None, rule="both",
-                   format="npz", figure=True, method="bbp", ig_baseline=0.0)
+                   format="npz", figure=True, method="bbp", ig_baseline=0.0, start=None)
 
     p = sub.add_parser("explain", help="bias attribution of inputs")
     p.add_argument("model", help="ONNX model file")
@@ -495,6 +515,9 @@ def build_parser():
     p.add_argument("--out", default="refbbp-out", help="output folder (default ./refbbp-out)")
     p.add_argument("--format", choices=("npz", "json"), default="npz")
     p.add_argument("--figure", action="store_true", help="write bbp.png (needs matplotlib)")
+    p.add_argument("--start", default=None, metavar="NODE",
+                   help="explain from this cut node's output instead of the input (SPEC 8): "
+                        "a node index or name, or 'after-normalisation'")
     p.add_argument("--figure-rows", type=_count, default=8,
                    help="inputs shown in the figure")
     p.add_argument("--method", choices=("bbp", "ig"), default="bbp",
@@ -545,6 +568,9 @@ def build_parser():
     p.add_argument("--rule", choices=RULE_NAMES + ("both",), default="both")
     p.add_argument("--temperatures", type=_temperature, nargs="+", default=[1.0])
     p.add_argument("--layers", action="store_true", help="also every node's h, g, b^x, beta")
+    p.add_argument("--start", default=None, metavar="NODE",
+                   help="explain from this cut node's output instead of the input (SPEC 8): "
+                        "a node index or name, or 'after-normalisation'")
     _add_input_options(p)
     common(p)
     p.set_defaults(func=cmd_oracle)
@@ -590,6 +616,9 @@ def build_parser():
                    help="also accuracy on x + c for each c")
     p.add_argument("--n", type=int, default=None, help="only the first N inputs")
     p.add_argument("--batch-size", type=_count, default=256)
+    p.add_argument("--start", default=None, metavar="NODE",
+                   help="also 'only W^z z' and 'only b^z' from z, the output of this cut "
+                        "node (SPEC 8): a node index or name, or 'after-normalisation'")
     p.add_argument("--json", action="store_true")
     common(p)
     p.set_defaults(func=cmd_bias_report)

@@ -261,7 +261,9 @@ def main(argv=None):
 
     # 1. bias importance ------------------------------------------------------------
     t = time.perf_counter()
-    reports = {name: bias_importance(net, x, y, scales=SCALES, shifts=SHIFTS)
+    # from x and from z, the output of the input normalisation (SPEC 8; the paper's)
+    reports = {name: bias_importance(net, x, y, scales=SCALES, shifts=SHIFTS,
+                                     start="after-normalisation")
                for name, net in nets.items()}
     # every bias zeroed except an input normalisation (a diagonal affine node reading
     # the input): separates the model's biases from its preprocessing
@@ -475,6 +477,31 @@ def tests_summary(evb, a, b, sign=+1):
     return "; ".join(parts)
 
 
+def bias_study_values(rb, nobias_info):
+    """Template values of the rows from x and from z and of how the no-bias model was
+    made (issue 14)."""
+    v = {"acc_only_wz": fmt(rb.accuracy["only_wz"]), "acc_only_bz": fmt(rb.accuracy["only_bz"]),
+         "start_node": f"{rb.start.index}, `{rb.start.name}`"}
+    for src in ("x", "z"):
+        c = int(np.argmax(rb.argmax_b[src]))
+        v[f"argmax_b{src}_class"] = str(c)
+        v[f"argmax_b{src}_count"] = f"{rb.argmax_b[src][c]:,}"
+    method = nobias_info.get("method", "from-scratch")
+    if method == "from-scratch":
+        v["nobias_method"] = ("trained without biases from the start (not by decaying the "
+                              "biases of the first, as in the companion paper's appendix C: "
+                              "`scripts/train_default_model.py --nobias-method bias-decay` "
+                              "does that)")
+    else:
+        d = nobias_info["decay"]
+        v["nobias_method"] = (f"made from the bias model by the companion paper's appendix C "
+                              f"bias decay ({d['profile']}, {d['rescalings']} re-scalings x "
+                              f"{d['steps_per_rescaling']} steps, {d['steps_at_zero']} steps "
+                              f"at zero, distillation at T = {d['temperature']:g}, Adam lr "
+                              f"{d['lr']:g})")
+    return v
+
+
 def results_values(args, command, info, reports, keep_acc, shares, evals, pairs, figures,
                    timings, total, docs, zero_frac):
     """Every value of RESULTS.md's template, as strings: a flat dict."""
@@ -501,8 +528,9 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
              cut_nodes=str(net.cut_nodes()), spatial_layers=str(spatial))
 
     # ---- 1. bias importance
-    names = {"full": "full logits", "only_wx": "only W^x x", "only_b": "only b^x",
-             "zero_bias": "every bias set to 0"}
+    names = {"full": "full logits", "only_wx": "only W^x x (from x)",
+             "only_b": "only b^x (from x)", "only_wz": "only W^z z (from z, the paper's)",
+             "only_bz": "only b^z (from z, the paper's)", "zero_bias": "every bias set to 0"}
     rows = [[names[k], fmt(rb.accuracy[k]), fmt(rb.agreement[k]), fmt(rn.accuracy[k]),
              fmt(rn.agreement[k])] for k in rb.accuracy]
     for name, (norm, acc) in keep_acc.items():
@@ -521,6 +549,7 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
                                      ("x +", SHIFTS, rb.shifted, rn.shifted))
         for a in vals)
     acc, acc_n = rb.accuracy, rn.accuracy
+    v.update(bias_study_values(rb, info["models"]["digits_cnn_nobias.onnx"]))
     scaled_b = [rb.scaled[float(a)]["full"] for a in SCALES]
     invariant = all(rn.scaled[float(a)]["full"] == acc_n["full"] for a in SCALES)
     v.update(acc_full=fmt(acc["full"]), acc_only_wx=fmt(acc["only_wx"]),
@@ -528,9 +557,9 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
              acc_nobias=fmt(acc_n["full"]),
              scaled_nobias=", ".join(fmt(rn.scaled[float(a)]["full"]) for a in SCALES),
              scaled_bias=", ".join(fmt(s) for s in scaled_b),
-             verdict_only_wx=agrees(acc["only_wx"] < acc["full"] - 0.05),
-             verdict_only_b=agrees(acc["only_b"] > 0.2,
-                                   "**disagrees**: b^x alone is near chance here"),
+             verdict_only_wx=agrees(acc["only_wz"] < acc["full"] - 0.05),
+             verdict_only_b=agrees(acc["only_bz"] > 0.2,
+                                   "**disagrees**: b^z alone is near chance here"),
              verdict_nobias_accuracy=agrees(acc_n["full"] > acc["full"] - 0.02),
              verdict_zero_bias=agrees(acc["zero_bias"] < acc["full"] - 0.2),
              verdict_scaling=agrees(invariant and min(scaled_b) < acc["full"] - 0.02))
@@ -595,7 +624,7 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
              fig_nobias=figure("nobias", "no-bias model"))
 
     # ---- summary
-    near_chance = acc["only_b"] <= 0.2
+    near_chance = acc["only_bz"] <= 0.2
     v.update(only_b_level="near chance" if near_chance else "well above chance",
              only_b_vs_paper="unlike" if near_chance else "like",
              zero_bias_conclusion=(": the biases matter to the decision without encoding "

@@ -37,32 +37,15 @@ import numpy as np
 from .._tables import text_table
 from ..tolerance import relative_error
 from ..network.linearize import LocalLinearModel, linearize
+from ..network.start import resolve_start, sample_shape, start_input
 
 __all__ = ["Decomposition", "LayerAttribution", "decompose", "layer_shape"]
 
 
 def layer_shape(network, n):
-    """Shape of one sample of node ``n``: ``node.shape`` without its batch dimension.
-
-    Parameters
-    ----------
-    network : Network
-    n : int
-        Node index.
-
-    Returns
-    -------
-    tuple of int
-        ``network.input_shape`` for the input node; otherwise ``node.shape[1:]`` when the
-        model has a batch axis and the node's leading dimension is that batch axis (1),
-        else ``node.shape``.
-    """
-    if n == 0:
-        return tuple(network.input_shape)
-    shape = tuple(network.nodes[n].shape)
-    if network.batch_axis and len(shape) >= 1 and shape[0] == 1:
-        return shape[1:]
-    return shape
+    """Shape of one sample of node ``n``: ``node.shape`` without its batch dimension
+    (:func:`refbbp.network.start.sample_shape`)."""
+    return sample_shape(network, n)
 
 
 @dataclass(eq=False)
@@ -178,6 +161,11 @@ class Decomposition:
         return self.linear.network
 
     @property
+    def start(self):
+        """The node the decomposition starts from (SPEC section 8)."""
+        return self.linear.start
+
+    @property
     def grad_input(self):
         """``a = x * df/dx`` (gradient x input, ``a^{h,0}``), shaped like ``x``."""
         return self.layers[0].a_h
@@ -271,11 +259,12 @@ class Decomposition:
                          "x".join(map(str, la.shape)), "yes" if la.is_cut else "",
                          ah, ab, share))
         lines = [text_table(rows, header)]
-        lines.append(f"f(x) = {f:.6g}; completeness error {self.check():.2g}")
+        lines.append(f"f(x) = {f:.6g}; completeness error {self.check():.2g}"
+                     + (f"; from {self.start}" if self.start.index else ""))
         return "\n".join(lines)
 
 
-def decompose(net, x, target=None):
+def decompose(net, x, target=None, start=None):
     """Activity and bias attributions of every layer at ``x`` (SPEC section 4).
 
     Parameters
@@ -284,6 +273,10 @@ def decompose(net, x, target=None):
     x : array_like, shape input_shape or (batch, *input_shape)
     target : None, "pred", "top2", int, sequence of int, or array, optional
         What to explain, as in :func:`refbbp.linearize` (default the predicted class).
+    start : None, int or str, optional
+        Decompose from this cut node instead of the input (SPEC section 8), as in
+        :func:`refbbp.linearize`: the layers are then those of the cut network
+        (:meth:`Network.from_node`; ``.start`` names the node).
 
     Returns
     -------
@@ -301,6 +294,9 @@ def decompose(net, x, target=None):
     >>> dec.check() <= 1e-9
     True
     """
+    s = resolve_start(net, start)
+    if s:
+        return decompose(*start_input(net, x, s), target)
     lin = linearize(net, x, target)
     trace, grads = lin.trace, lin.grads
     batch = grads[0].shape[0]

@@ -8,6 +8,8 @@ same field names for the same ``x`` and compares it with :func:`compare` (or
 ``meta``
     0-d string: JSON with ``format`` ("refbbp-oracle"), ``format_version`` (2),
     ``refbbp_version``, ``model`` (file name and sha256 of the ONNX file), ``input_shape``,
+    ``start`` (index and name of the node explained from, SPEC 8: node 0, the input,
+    unless the network was cut there; then ``x`` holds that node's output),
     ``target`` (as requested), ``rules``, ``temperatures`` and ``fields`` (this list).
 ``x``            (n, *input_shape): the inputs.
 ``logits``       (n, n_outputs): the network's outputs in float64 (SPEC 2).
@@ -148,6 +150,7 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
         "model": {"file": os.path.basename(model_path) if model_path else None,
                   "sha256": _sha256(model_path) if model_path else None},
         "input_shape": list(net.input_shape), "n_outputs": net.n_outputs,
+        "start": {"index": net.start.index, "name": net.start.name},
         "target": target if target is None or isinstance(target, (str, int)) else "vector",
         "rules": list(rules), "temperatures": [float(t) for t in temperatures],
         "fields": sorted(fields),

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from .piecewise import PiecewiseLinear
 from .window import WindowMatrix
 
-__all__ = ["Node", "matrix_format", "matrix_nbytes", "matrix_nnz"]
+__all__ = ["Node", "live_nodes", "matrix_format", "matrix_nbytes", "matrix_nnz"]
 
 
 def matrix_format(a):
@@ -142,3 +142,24 @@ class Node:
         if self.kind != "affine":
             return "-"
         return ",".join(matrix_format(w) for w in self.weights)
+
+
+def live_nodes(nodes, output):
+    """Which nodes the node ``output`` depends on (itself included).
+
+    Parameters
+    ----------
+    nodes : list of Node
+        In topological order.
+    output : int
+
+    Returns
+    -------
+    ndarray of bool, shape (len(nodes),)
+    """
+    live = np.zeros(len(nodes), bool)
+    live[output] = True
+    for k in range(output, -1, -1):
+        if live[k]:
+            live[list(nodes[k].inputs)] = True
+    return live

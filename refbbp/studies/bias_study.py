@@ -13,7 +13,16 @@ every class at every input:
 * **zero bias**: accuracy of the same network with every bias set to zero
   (:func:`zero_bias_network`), the companion paper's brute-force bias removal;
 * optionally, accuracy of the model and of its zero-bias copy on scaled inputs
-  ``x * a`` and shifted inputs ``x + c`` (companion paper appendix B.1).
+  ``x * a`` and shifted inputs ``x + c`` (companion paper appendix B.1);
+* with a start node ``s`` (SPEC section 8, e.g. ``"after-normalisation"``), "only wx"
+  and "only b" also from ``z``, the output of ``s``: the local linear model
+  ``logits = W^z z + b^z`` of the network cut at ``s``, whose ``b^z`` leaves out the
+  biases upstream of ``s``. A model that normalises its input inside the graph has in
+  ``b^x`` the normalisation's ``-W^z (m / s)``; the BBp paper's networks took
+  normalised inputs, so its Table 1 corresponds to the rows from ``z``.
+
+For ``b^x`` (and ``b^z``) the report also counts how often each class is its argmax: a
+"only b" accuracy near the share of one class is a constant-class predictor.
 
 Each accuracy comes with the *agreement*: the fraction of inputs where the variant
 predicts the same class as the full model.
@@ -29,6 +38,7 @@ import numpy as np
 from .._progress import progress as _progress_bar
 from .._checks import check_labels
 from ..network.graph import Network
+from ..network.start import cut_network, resolve_start, start_input
 
 __all__ = ["BiasReport", "bias_importance", "zero_bias_network"]
 
@@ -90,7 +100,12 @@ class BiasReport:
     bias_abs : dict of str to float
         Median over inputs of ``|b^x|`` and of ``|W^x x|`` of the predicted class, and
         the median share ``|b^x| / (|W^x x| + |b^x|)``.
-    predictions : dict of str to ndarray of int, shape (n,)
+        With a start node also ``"only_wz"`` and ``"only_bz"``.
+    argmax_b : dict of str to list of int
+        ``argmax_b["x"][c]``: for how many inputs class ``c`` is the argmax of ``b^x``;
+        with a start node, ``argmax_b["z"]`` likewise for ``b^z``.
+    start : Start or None
+        The start node of the rows from ``z`` (``None``: rows from ``x`` only).
     """
 
     n: int
@@ -100,20 +115,50 @@ class BiasReport:
     shifted: dict = field(default_factory=dict)
     bias_abs: dict = field(default_factory=dict)
     predictions: dict = field(default_factory=dict)
+    argmax_b: dict = field(default_factory=dict)
+    start: object = None
+
+    @property
+    def paper(self):
+        """Which rows correspond to the BBp paper's Table 1: ``"z"`` with a start node
+        (its networks took normalised inputs), else ``"x"``."""
+        return "x" if self.start is None else "z"
 
     def to_dict(self):
         """Plain Python (predictions left out), for JSON."""
+        start = None if self.start is None else {"index": self.start.index,
+                                                 "name": self.start.name}
         return {"n": self.n, "accuracy": self.accuracy, "agreement": self.agreement,
                 "scaled": {str(k): v for k, v in self.scaled.items()},
                 "shifted": {str(k): v for k, v in self.shifted.items()},
-                "bias_abs": self.bias_abs}
+                "bias_abs": self.bias_abs, "argmax_b": self.argmax_b, "start": start,
+                "paper": self.paper}
 
     def table(self):
         """Rows and header: one row per variant (accuracy, agreement with full)."""
         names = {"full": "full logits", "only_wx": "only W^x x", "only_b": "only b^x",
+                 "only_wz": "only W^z z", "only_bz": "only b^z",
                  "zero_bias": "every bias = 0"}
+        if self.start is not None:
+            names.update({k: f"{v} (from {f})" for k, v, f in (
+                ("only_wx", names["only_wx"], "x"), ("only_b", names["only_b"], "x"),
+                ("only_wz", names["only_wz"], "z"), ("only_bz", names["only_bz"], "z"))})
         rows = [[names[k], self.accuracy[k], self.agreement[k]] for k in self.accuracy]
         return rows, ["variant", "accuracy", "agrees with full"]
+
+    def notes(self):
+        """Lines that say what the rows are: where ``z`` comes from, which rows are the
+        paper's, and the most frequent argmax of the bias."""
+        lines = []
+        if self.start is not None:
+            lines.append(f"z = the output of {self.start}; the BBp paper's networks took "
+                         f"normalised inputs, so its Table 1 (Only wx, Only b) corresponds "
+                         f"to the rows from z")
+        for src, counts in self.argmax_b.items():
+            c = int(np.argmax(counts))
+            lines.append(f"argmax over classes of b^{src}: class {c} for {counts[c]} of "
+                         f"{self.n} inputs")
+        return lines
 
     def robustness_table(self):
         """Rows and header: accuracy on scaled and shifted inputs."""
@@ -132,8 +177,14 @@ def _predict(net, x, batch_size, desc, progress):
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def _bias_all(net, x):
+    """Logits and the local bias ``b^x`` of every class at inputs ``x`` (batch, n_outputs)."""
+    trace = net.trace(x)
+    return trace.logits, net.frozen_forward(trace, 0.0)
+
+
 def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_size=256,
-                    progress=None):
+                    progress=None, start=None):
     """Accuracy of the full logits, of ``W^x x`` alone, of ``b^x`` alone and of the model
     with every bias zeroed (BBp Table 1; SPEC section 6).
 
@@ -153,6 +204,9 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
         Inputs per forward pass.
     progress : bool, optional
         Show progress bars (default: on a terminal).
+    start : None, int or str, optional
+        Also report "only wx" and "only b" from the output ``z`` of this cut node (SPEC
+        section 8): its index or name, or ``"after-normalisation"``.
 
     Returns
     -------
@@ -166,18 +220,23 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
     y = check_labels(y, len(x), net.n_outputs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    s = resolve_start(net, start)
     preds = {"full": [], "only_wx": [], "only_b": []}
+    if s:
+        preds.update(only_wz=[], only_bz=[])
     b_abs, wx_abs = [], []
     for a in _progress_bar(range(0, len(x), batch_size), total=-(-len(x) // batch_size),
                            desc="local linear models", enabled=progress):
-        trace = net.trace(x[a:a + batch_size])
-        logits = trace.logits
-        bias = net.frozen_forward(trace, 0.0)                  # b^x of every class
+        logits, bias = _bias_all(net, x[a:a + batch_size])     # b^x of every class
         wx = logits - bias                                     # W^x x of every class
         k = np.argmax(logits, axis=1)
         preds["full"].append(k)
         preds["only_wx"].append(np.argmax(wx, axis=1))
         preds["only_b"].append(np.argmax(bias, axis=1))
+        if s:
+            bias_z = _bias_all(*start_input(net, x[a:a + batch_size], s))[1]
+            preds["only_wz"].append(np.argmax(logits - bias_z, axis=1))
+            preds["only_bz"].append(np.argmax(bias_z, axis=1))
         rows = np.arange(len(k))
         b_abs.append(np.abs(bias[rows, k]))
         wx_abs.append(np.abs(wx[rows, k]))
@@ -205,5 +264,8 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
                                                           f"{kind} {v:g} (zero bias)",
                                                           progress) == y))
             (scaled if kind == "scale" else shifted)[float(v)] = res
+    argmax_b = {src: np.bincount(preds[key], minlength=net.n_outputs).tolist()
+                for src, key in (("x", "only_b"), ("z", "only_bz")) if key in preds}
     return BiasReport(n=len(x), accuracy=accuracy, agreement=agreement, scaled=scaled,
-                      shifted=shifted, bias_abs=bias_abs, predictions=preds)
+                      shifted=shifted, bias_abs=bias_abs, predictions=preds,
+                      argmax_b=argmax_b, start=cut_network(net, s).start if s else None)
