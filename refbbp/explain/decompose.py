@@ -31,6 +31,7 @@ batch axis, as in :func:`refbbp.linearize`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from .._tables import text_table
 from ..tolerance import relative_error
 from ..network.linearize import LocalLinearModel, linearize
 
-__all__ = ["Decomposition", "LayerAttribution", "decompose", "layer_shape"]
+__all__ = ["BiasPart", "Decomposition", "LayerAttribution", "decompose", "layer_shape"]
 
 
 def layer_shape(network, n):
@@ -63,6 +64,28 @@ def layer_shape(network, n):
     if network.batch_axis and len(shape) >= 1 and shape[0] == 1:
         return shape[1:]
     return shape
+
+
+class BiasPart(NamedTuple):
+    """One part of a node's bias attribution (:meth:`Decomposition.bias_parts`).
+
+    Attributes
+    ----------
+    name : str
+        The ONNX node the bias part came from (``"<node>/activation offsets"`` for the
+        offsets ``d`` of the node's activation, ``"<node>/constant inputs"`` for
+        constants read through a Pad or Concat).
+    op : str
+        Its op type (``"Conv"``, ``"BatchNormalization"``, ...; ``"Constant"`` for
+        constant inputs, ``"ActivationOffset"`` for ``d``).
+    a : ndarray
+        ``c * b_part * df/dh`` (``d * df/dh`` for the offsets), shaped like
+        :attr:`LayerAttribution.a_b`.
+    """
+
+    name: str
+    op: str
+    a: np.ndarray
 
 
 @dataclass(eq=False)
@@ -186,6 +209,45 @@ class Decomposition:
     def affine_nodes(self):
         """Indices of the affine nodes (the ones with a bias attribution)."""
         return [la.index for la in self.layers if la.a_b is not None]
+
+    def bias_parts(self, n):
+        """The bias attribution of affine node ``n`` split by where its bias came from.
+
+        A node's bias ``b`` is the sum of parts ``b_j``, one per ONNX op that contributed
+        to it (:attr:`refbbp.Node.bias_parts`: a Conv's own bias and a BatchNormalization
+        folded into it stay two parts). Part ``j`` is attributed ``c * b_j * df/dh``
+        (``c`` the activation's local slopes), the activation's offsets ``d * df/dh``
+        form one more part when the activation has any, and the parts add up to
+        :attr:`LayerAttribution.a_b` (to rounding). ``c * b_j * df/dh`` is ``b_j`` times
+        the gradient at the pre-activation output of the op: what FullGrad's reference
+        code takes for each module with a bias.
+
+        Parameters
+        ----------
+        n : int
+            Index of an affine node.
+
+        Returns
+        -------
+        list of BiasPart
+            In the order the parts were folded in.
+        """
+        node = self.network.nodes[n]
+        if node.kind != "affine":
+            raise ValueError(f"node {n} ({node.name}) is a {node.kind} node: only affine "
+                             f"nodes have a bias (affine nodes: {self.affine_nodes})")
+        trace, g = self.linear.trace, self.linear.grads[n]
+        shape = (g.shape[0],) + self.layers[n].shape
+        cd = trace.slopes_offsets(n)
+        terms = [(name, op, b if cd is None else cd[0] * b)
+                 for name, op, b in node.bias_terms()]
+        if cd is not None and np.any(cd[1] != 0):
+            terms.append((f"{node.name}/activation offsets", "ActivationOffset", cd[1]))
+        return [BiasPart(name, op, self._unbatched((local * g).reshape(shape)))
+                for name, op, local in terms]
+
+    def _unbatched(self, a):
+        return a if self.batched else a[0]
 
     def downstream(self, n):
         """Nodes reachable from node ``n`` (``n`` itself excluded), in node order.
