@@ -10,7 +10,8 @@ and gradient ``g^l = df/dh^l`` (from :func:`refbbp.linearize`):
 * the **bias attribution** ``a^{b,m} = b^{x,m} * g^m`` (FullGrad's bias-gradient, eq. 12),
   reported for every affine node ``m``; ``b^{x,m} = c * b + d`` is the node's *local*
   bias (:meth:`Trace.local_bias`), so a saturated Clip's offset ``d`` counts and the sums
-  below are exact.
+  below are exact. :meth:`Decomposition.bias_parts` splits it by the ONNX op each part
+  of the bias came from (a Conv's bias and a BatchNormalization folded into it).
 
 For every cut ``l`` the output decomposes completely (eq. 13)::
 

@@ -235,9 +235,10 @@ def _official_rescale(a, batched):
 
 
 def input_normalisation(dec):
-    """Nodes of an in-graph input normalisation: the chain of bias-carrying elementwise
-    nodes (a diagonal matrix, no activation) that starts at the input, each the only
-    reader of the one before.
+    """Nodes of an in-graph input normalisation: the chain of elementwise affine nodes
+    (one diagonal matrix, no activation, the input's shape) that starts at the input,
+    each the only reader of the one before (e.g. ``(x - mean) / std`` folded into one
+    node).
 
     FullGrad's reference code has the normalisation outside the model (in the data
     transform), so the :func:`fullgrad` ``"official"`` variants start after it.
