@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 import refbbp
 from refbbp import saliency as sal
 from refbbp.explain.decompose import decompose
 from tests.helpers import make_model
+from tests import strategies
 from tests.models import _bn, onnx_node
+
+pytestmark = pytest.mark.filterwarnings("ignore::refbbp.ImportNotice")
 
 EPS_BN = 1e-5            # BatchNormalization's default epsilon
 EPS_OFFICIAL = 1e-6      # FullGrad._postProcess's eps
@@ -328,3 +332,25 @@ def test_fullgrad_official_leaves_out_pad_constants(rng):
     # the official map: the input term alone (the Conv has no bias of its own)
     expected = post_process(x[0] * dec.linear.w[0]).sum(0)
     np.testing.assert_allclose(sal.fullgrad(dec, "official")[0], expected, rtol=1e-13)
+
+
+@settings(max_examples=40)  # ~ 50 ms per example (draw, load, decompose, three maps)
+@given(strategies.models())
+def test_bias_parts_add_up_on_random_models_property(example):
+    """On any model: every node's bias parts add up to its bias (to rounding: a part
+    folded through several scales is rounded on its own), the per-part attributions to
+    a_b, and every variant gives a finite non-negative map per input."""
+    model, x = example
+    net = refbbp.load(model)
+    dec = decompose(net, x[None])
+    for n in dec.affine_nodes:
+        parts = net.nodes[n].bias_terms()
+        scale = sum(np.abs(q[2]) for q in parts)
+        assert np.all(np.abs(sum(q[2] for q in parts) - net.nodes[n].bias) <= 1e-14 * scale)
+        a = dec.bias_parts(n)
+        scale = sum(np.abs(q.a) for q in a) + np.abs(dec.layers[n].a_b)
+        assert np.all(np.abs(sum(q.a for q in a) - dec.layers[n].a_b) <= 1e-14 * scale)
+    for variant in sal.FULLGRAD_VARIANTS:
+        s = sal.fullgrad(dec, variant)
+        assert s.shape == (1,) + sal.map_shape(net.input_shape)
+        assert np.all(np.isfinite(s)) and np.all(s >= 0)
