@@ -47,7 +47,7 @@ from refbbp.evaluate import boxplot, evaluate, wilcoxon_test
 ALPHA = 0.05
 SCALES = (0.25, 0.5, 2.0, 4.0, 10.0)
 SHIFTS = (-0.25, 0.1, 0.25, 0.5)
-AGGREGATES = ["gradient", "fullgrad", "fullgrad-layer", "layers-all", "layers-all-noinput",
+AGGREGATES = ["gradient", "fullgrad", "fullgrad-official", "layers-all", "layers-all-noinput",
               "layers-top2", "layers-top2-noinput", "bias", "random"]
 AGGREGATES_NOBIAS = ["gradient", "layers-all", "layers-all-noinput", "layers-top2",
                      "layers-top2-noinput", "random"]
@@ -368,8 +368,8 @@ FIG6_CLAIMS = [
     ("layers-all-noinput", "layers-all", +1, "Companion §5: adding the input attributions "
      "hurts"),
     ("fullgrad", "gradient", +1, "FullGrad (Srinivas & Fleuret) beats gradient × input"),
-    ("fullgrad", "fullgrad-layer", 0, "per-channel (eq. 8) vs per-layer rescaling "
-     "(reference code)"),
+    ("fullgrad", "fullgrad-official", 0, "FullGrad as eq. 8 writes it vs its reference "
+     "code"),
     ("bias", "gradient", +1, "BBp §5.2: the bias attribution captures information the "
      "gradient misses (tested here: is it more salient?)"),
     ("bias", "random", +1, "BBp's bias attribution is better than noise"),

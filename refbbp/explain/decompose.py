@@ -10,7 +10,8 @@ and gradient ``g^l = df/dh^l`` (from :func:`refbbp.linearize`):
 * the **bias attribution** ``a^{b,m} = b^{x,m} * g^m`` (FullGrad's bias-gradient, eq. 12),
   reported for every affine node ``m``; ``b^{x,m} = c * b + d`` is the node's *local*
   bias (:meth:`Trace.local_bias`), so a saturated Clip's offset ``d`` counts and the sums
-  below are exact.
+  below are exact. :meth:`Decomposition.bias_parts` splits it by the ONNX op each part
+  of the bias came from (a Conv's bias and a BatchNormalization folded into it).
 
 For every cut ``l`` the output decomposes completely (eq. 13)::
 
@@ -31,6 +32,7 @@ batch axis, as in :func:`refbbp.linearize`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,13 +41,35 @@ from ..tolerance import relative_error
 from ..network.linearize import LocalLinearModel, linearize
 from ..network.start import resolve_start, sample_shape, start_input
 
-__all__ = ["Decomposition", "LayerAttribution", "decompose", "layer_shape"]
+__all__ = ["BiasPart", "Decomposition", "LayerAttribution", "decompose", "layer_shape"]
 
 
 def layer_shape(network, n):
     """Shape of one sample of node ``n``: ``node.shape`` without its batch dimension
     (:func:`refbbp.network.start.sample_shape`)."""
     return sample_shape(network, n)
+
+
+class BiasPart(NamedTuple):
+    """One part of a node's bias attribution (:meth:`Decomposition.bias_parts`).
+
+    Attributes
+    ----------
+    name : str
+        The ONNX node the bias part came from (``"<node>/activation offsets"`` for the
+        offsets ``d`` of the node's activation, ``"<node>/constant inputs"`` for
+        constants read through a Pad or Concat).
+    op : str
+        Its op type (``"Conv"``, ``"BatchNormalization"``, ...; ``"Constant"`` for
+        constant inputs, ``"ActivationOffset"`` for ``d``).
+    a : ndarray
+        ``c * b_part * df/dh`` (``d * df/dh`` for the offsets), shaped like
+        :attr:`LayerAttribution.a_b`.
+    """
+
+    name: str
+    op: str
+    a: np.ndarray
 
 
 @dataclass(eq=False)
@@ -174,6 +198,45 @@ class Decomposition:
     def affine_nodes(self):
         """Indices of the affine nodes (the ones with a bias attribution)."""
         return [la.index for la in self.layers if la.a_b is not None]
+
+    def bias_parts(self, n):
+        """The bias attribution of affine node ``n`` split by where its bias came from.
+
+        A node's bias ``b`` is the sum of parts ``b_j``, one per ONNX op that contributed
+        to it (:attr:`refbbp.Node.bias_parts`: a Conv's own bias and a BatchNormalization
+        folded into it stay two parts). Part ``j`` is attributed ``c * b_j * df/dh``
+        (``c`` the activation's local slopes), the activation's offsets ``d * df/dh``
+        form one more part when the activation has any, and the parts add up to
+        :attr:`LayerAttribution.a_b` (to rounding). ``c * b_j * df/dh`` is ``b_j`` times
+        the gradient at the pre-activation output of the op: what FullGrad's reference
+        code takes for each module with a bias.
+
+        Parameters
+        ----------
+        n : int
+            Index of an affine node.
+
+        Returns
+        -------
+        list of BiasPart
+            In the order the parts were folded in.
+        """
+        node = self.network.nodes[n]
+        if node.kind != "affine":
+            raise ValueError(f"node {n} ({node.name}) is a {node.kind} node: only affine "
+                             f"nodes have a bias (affine nodes: {self.affine_nodes})")
+        trace, g = self.linear.trace, self.linear.grads[n]
+        shape = (g.shape[0],) + self.layers[n].shape
+        cd = trace.slopes_offsets(n)
+        terms = [(name, op, b if cd is None else cd[0] * b)
+                 for name, op, b in node.bias_terms()]
+        if cd is not None and np.any(cd[1] != 0):
+            terms.append((f"{node.name}/activation offsets", "ActivationOffset", cd[1]))
+        return [BiasPart(name, op, self._unbatched((local * g).reshape(shape)))
+                for name, op, local in terms]
+
+    def _unbatched(self, a):
+        return a if self.batched else a[0]
 
     def downstream(self, n):
         """Nodes reachable from node ``n`` (``n`` itself excluded), in node order.

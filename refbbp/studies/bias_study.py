@@ -70,7 +70,7 @@ def zero_bias_network(net, keep=()):
     """
     keep = set(int(k) for k in keep)
     nodes = [node if (k in keep or node.kind != "affine") else
-             dataclasses.replace(node, bias=np.zeros(node.size))
+             dataclasses.replace(node, bias=np.zeros(node.size), bias_parts=None)
              for k, node in enumerate(net.nodes)]
     for node, old in zip(nodes, net.nodes):
         if node is not old and "weights_t" in old.__dict__:

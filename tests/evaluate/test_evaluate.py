@@ -348,7 +348,7 @@ def test_activity_and_biasgrad_methods(small_cnn):
     n_h = dec.spatial_layers()[-1]
     n_b = [la.index for la in dec.layers if la.a_b is not None and la.spatial][0]
     res = ev.evaluate(model, x, [f"activity:{n_h}", f"biasgrad:{n_b}",
-                                 f"layers-from:{n_h}-noinput", "fullgrad-layer"],
+                                 f"layers-from:{n_h}-noinput", "fullgrad-official"],
                       net=net, progress=False)
     assert res.methods[0] == f"activity:{n_h}"
     with pytest.raises(ValueError, match="no spatial"):
