@@ -25,7 +25,7 @@ from .bbp import bbp
 from .bbp.propagate import check_temperature
 from .bbp.rules import RULE_NAMES
 from .errors import NotPiecewiseLinearError, RefbbpError
-from .evaluate import DEFAULT_METHODS, method_syntaxes
+from .evaluate import BLUR_SIGMA, DEFAULT_METHODS, NEVER_FLIP, TIES, method_syntaxes
 
 from .io import data
 from .io.files import read_npz, regular_file
@@ -76,6 +76,15 @@ def _count(s, least=1, most=None):
         return check_count(n, "the value", least, most)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _baseline(s):
+    """argparse type of ``evaluate --baseline``: a float if ``s`` is a number, else the
+    string ('mean', 'blur', 'blur:SIGMA'); ``evaluate`` checks it (one-line error)."""
+    try:
+        return float(s)
+    except ValueError:
+        return s
 
 
 def _load(path, input_shape=None):
@@ -412,6 +421,7 @@ def cmd_evaluate(args):
     net = _load(args.model)
     x, y = _labelled_data(args.data, net, args.n, need_labels=False)
     res = evaluate(args.model, x, args.methods, labels=y, net=net, baseline=args.baseline,
+                   ties=args.ties, never_flip=args.never_flip, noise_pool=args.noise_pool,
                    seed=args.seed, chunk=args.chunk)
     comps = res.comparisons(args.metric)
     written = []
@@ -431,7 +441,9 @@ def cmd_evaluate(args):
         d["written"] = written
         print(json.dumps(d, indent=2))
         return 0
-    print(f"model: {args.model}  ({res.n} images, baseline {args.baseline:g}, seed "
+    base = f"{args.baseline:g}" if isinstance(args.baseline, float) else args.baseline
+    print(f"model: {args.model}  ({res.n} images, baseline {base}, ties "
+          f"{args.ties}, never-flip {args.never_flip}, noise pool {args.noise_pool}, seed "
           f"{args.seed}; {res.config['forward_passes']:,} forward passes)")
     rows, header = res.table()
     print(text_table(rows, header))
@@ -597,7 +609,19 @@ def build_parser():
     p.add_argument("--metric", default="de_delta",
                    choices=("e_minus", "e_plus", "e_delta", "de_minus", "de_plus", "de_delta"),
                    help="metric of the Wilcoxon tests (default de_delta)")
-    p.add_argument("--baseline", type=float, default=0.0, help="value of removed pixels")
+    p.add_argument("--baseline", type=_baseline, default="0",
+                   help="value of removed pixels: a number (default 0), 'mean' (per-channel "
+                        "mean of the images), 'blur' or 'blur:SIGMA' (a Gaussian-blurred "
+                        f"copy of the image, sigma {BLUR_SIGMA:g} pixels by default)")
+    p.add_argument("--ties", choices=TIES, default="index",
+                   help="order of equally salient pixels: pixel index (default) or a "
+                        "random permutation per image (seeded by --seed)")
+    p.add_argument("--never-flip", choices=NEVER_FLIP, default="count-as-1",
+                   help="an image whose class never changes: e = 1 (default), or left out "
+                        "of that method's statistics (the count is reported)")
+    p.add_argument("--noise-pool", type=_count, default=1, metavar="K",
+                   help="noise baseline: the mean of e over the maps of K other images "
+                        "(default 1)")
     p.add_argument("--seed", type=lambda s: _count(s, 0), default=0,
                    help="seed of the noise maps and 'random'")
     p.add_argument("--chunk", type=_count, default=32,
