@@ -24,14 +24,18 @@ from ._tables import text_table
 from .bbp.propagate import check_temperature
 from .bbp.rules import RULE_NAMES
 from .errors import NotPiecewiseLinearError, RefbbpError
-from .evaluate import DEFAULT_METHODS, method_syntaxes
+from .evaluate import BLUR_SIGMA, DEFAULT_METHODS, NEVER_FLIP, TIES, method_syntaxes
 
 from .io import data
 from .io.files import read_npz, regular_file
 from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
+from .network.region import region
+from .runs.tasks import exact_ig as _exact_ig
 from .runs.tasks import explain_inputs as _explain_inputs
+from .runs.tasks import from_start as _from_start
+from .runs.tasks import ig_fields as _ig_fields
 from .studies.bias_study import bias_importance
 from .tolerance import FORWARD_ATOL, FORWARD_RTOL, TOLERANCE, as_text
 
@@ -74,6 +78,15 @@ def _count(s, least=1, most=None):
         return check_count(n, "the value", least, most)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _baseline(s):
+    """argparse type of ``evaluate --baseline``: a float if ``s`` is a number, else the
+    string ('mean', 'blur', 'blur:SIGMA'); ``evaluate`` checks it (one-line error)."""
+    try:
+        return float(s)
+    except ValueError:
+        return s
 
 
 def _load(path, input_shape=None):
@@ -120,12 +133,23 @@ def cmd_explain(args, demo=False):
                                args.layout)
         labels = None
     rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
+    images = x
+    net, x = _from_start(net, x, args.start)
     lin, results, errors = _explain_inputs(net, x, args.target, rules, args.temperature)
     rows, header, ok = _completeness_rows(names, lin, results, errors, rules)
+    ig = None
+    if getattr(args, "method", "bbp") == "ig":
+        ig = _exact_ig(net, x, lin, args.ig_baseline)
+        header += ["IG pieces", "IG err"]
+        for row, g in zip(rows, ig):
+            row += [g.n_pieces, g.completeness_error]
+            ok &= g.completeness_error <= TOLERANCE
     print(f"model: {model}  ({len(net.nodes)} nodes, input {net.input_shape}, "
           f"{net.n_outputs} outputs)")
     print(f"explained: {args.target or 'pred'}; rules {', '.join(rules)}; "
           f"temperature {args.temperature}")
+    if net.start.index:
+        print(f"from {net.start}: w, b^x and beta are over its output z")
     print(text_table(rows, header))
     print("completeness (SPEC 3: sum beta = b^x, sum w*x + sum beta = f(x), every cut): "
           + (f"all within {as_text(TOLERANCE)} x scale" if ok else "FAILED for some inputs"))
@@ -136,7 +160,8 @@ def cmd_explain(args, demo=False):
         done = {beta_key(r, args.temperature): np.stack([a.beta for a in results[r]])
                 for r in rules}
         write_oracle(path, net, x, model, target=args.target, rules=rules,
-                     temperatures=(args.temperature,), betas=done, linear=lin)
+                     temperatures=(args.temperature,), betas=done, linear=lin,
+                     extra=None if ig is None else _ig_fields(ig, args.ig_baseline, x))
         written.append(path)
     if args.format == "json" and not demo:
         path = os.path.join(args.out, "explanations.json")
@@ -155,21 +180,72 @@ def cmd_explain(args, demo=False):
             from .figures import bbp_figure
 
             n_fig = min(len(x), args.figure_rows)
-            images = x[:n_fig]
+            if images.shape != x.shape:
+                raise ImportError(f"beta over {net.start} does not have the images' shape")
+            images = images[:n_fig]
             gi = np.stack([results[rules[0]][i].grad_input for i in range(n_fig)])
             betas = {r: np.stack([results[r][i].beta for i in range(n_fig)]) for r in rules}
             preds = np.argmax(lin.logits[:n_fig], axis=1)
             row_labels = [f"label {labels[i]}, pred {preds[i]}" if labels is not None
                           else f"{names[i][:14]}\npred {preds[i]}" for i in range(n_fig)]
             path = os.path.join(args.out, "bbp.png")
+            extra = None if ig is None else {
+                "exact IG": np.stack([g.attributions for g in ig[:n_fig]])}
             bbp_figure(path, images, gi, betas, row_labels,
-                       title=f"BBp, T={args.temperature}: {os.path.basename(model)}")
+                       title=f"BBp, T={args.temperature}: {os.path.basename(model)}",
+                       extra_maps=extra)
             written.append(path)
         except ImportError as exc:
             print(f"note: no figure: {exc}", file=sys.stderr)
     for p in written:
         print(f"wrote {p}")
     return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------- certify
+def _boundary_text(net, b):
+    if b is None:
+        return "none"
+    node = net.nodes[b.node]
+    what = (f"breakpoint {b.value:g}" if b.kind == "breakpoint"
+            else f"candidate {b.value} overtakes")
+    return f"node {b.node} ({node.op}) element {b.element}: {what}"
+
+
+def cmd_certify(args):
+    net = _load(args.model, args.input_shape)
+    x, names = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
+                           args.layout)
+    x0 = np.full(net.input_shape, float(args.baseline))
+    rows, report = [], []
+    for i in progress(range(len(x)), desc="certify"):
+        r = region(net, x[i], args.target)
+        entry = {"input": names[i], "pred": int(np.argmax(r.trace.logits[0]))}
+        row = [names[i], entry["pred"]]
+        for norm in ("l2", "linf"):
+            rad = r.radius(norm, method=args.method)
+            entry[norm] = {"radius": rad.value, "method": rad.method,
+                           "binding": _boundary_text(net, rad.binding),
+                           "constraints": rad.n_constraints}
+            row += [rad.value, _boundary_text(net, rad.binding)]
+        seg = r.segment(x0 - x[i])
+        entry["segment_to_baseline"] = {"t_lo": seg.t_lo, "t_hi": seg.t_hi,
+                                        "binding": _boundary_text(net, seg.hi)}
+        row += [min(seg.t_hi, 1.0), _boundary_text(net, seg.hi)]
+        rows.append(row)
+        report.append(entry)
+    if args.json:
+        print(json.dumps({"model": args.model, "method": args.method,
+                          "baseline": float(args.baseline), "inputs": report}, indent=1))
+        return 0
+    kind = "radius" if args.method == "exact" else "radius >="
+    print(f"model: {args.model}  ({len(net.nodes)} nodes, input {net.input_shape})")
+    print(f"linear region R(x) of each input (SPEC 7): the largest L2 / L-inf ball inside "
+          f"it ({'exact' if args.method == 'exact' else 'a sound lower bound'}), and how "
+          f"far towards the constant input {float(args.baseline):g} it reaches")
+    print(text_table(rows, ["input", "pred", f"L2 {kind}", "L2 binding", f"Linf {kind}",
+                            "Linf binding", "to baseline", "binding"]))
+    return 0
 
 
 # ---------------------------------------------------------------------------- verify
@@ -251,12 +327,14 @@ def cmd_oracle(args):
     net = _load(args.model, args.input_shape)
     x, _ = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
                        args.layout)
+    net, x = _from_start(net, x, args.start)
     rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
     fields = write_oracle(args.output, net, x, args.model, target=args.target, rules=rules,
                           temperatures=args.temperatures, layers=args.layers,
                           progress=progress)
     print(f"wrote {oracle_path(args.output)}: {len(x)} inputs, {len(fields)} fields "
-          f"(rules {', '.join(rules)}; T = {', '.join(map(str, args.temperatures))})")
+          f"(rules {', '.join(rules)}; T = {', '.join(map(str, args.temperatures))})"
+          + (f"; from {net.start}, x holds its output" if net.start.index else ""))
     return 0
 
 
@@ -312,6 +390,7 @@ def cmd_evaluate(args):
     net = _load(args.model)
     x, y = _labelled_data(args.data, net, args.n, need_labels=False)
     res = evaluate(args.model, x, args.methods, labels=y, net=net, baseline=args.baseline,
+                   ties=args.ties, never_flip=args.never_flip, noise_pool=args.noise_pool,
                    seed=args.seed, chunk=args.chunk)
     comps = res.comparisons(args.metric)
     written = []
@@ -331,7 +410,9 @@ def cmd_evaluate(args):
         d["written"] = written
         print(json.dumps(d, indent=2))
         return 0
-    print(f"model: {args.model}  ({res.n} images, baseline {args.baseline:g}, seed "
+    base = f"{args.baseline:g}" if isinstance(args.baseline, float) else args.baseline
+    print(f"model: {args.model}  ({res.n} images, baseline {base}, ties "
+          f"{args.ties}, never-flip {args.never_flip}, noise pool {args.noise_pool}, seed "
           f"{args.seed}; {res.config['forward_passes']:,} forward passes)")
     rows, header = res.table()
     print(text_table(rows, header))
@@ -352,7 +433,7 @@ def cmd_bias_report(args):
     net = _load(args.model)
     x, y = _labelled_data(args.data, net, args.n, need_labels=True)
     rep = bias_importance(net, x, y, scales=args.scales, shifts=args.shifts,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, start=args.start)
     if args.json:
         print(json.dumps({"model": args.model, **rep.to_dict()}, indent=2))
         return 0
@@ -363,6 +444,8 @@ def cmd_bias_report(args):
     print(f"predicted class: median |b^x| {b['median_abs_bias']:.3g}, median |W^x x| "
           f"{b['median_abs_wx']:.3g}, median |b^x| / (|W^x x| + |b^x|) "
           f"{b['median_bias_share']:.3g}")
+    for line in rep.notes():
+        print(line)
     if rep.scaled or rep.shifted:
         print()
         rows, header = rep.robustness_table()
@@ -375,20 +458,22 @@ def _run_task(args):
     """The runner's task, options and input source of a command's arguments."""
     rule = getattr(args, "rule", "both")
     if args.command == "explain":
-        return "explain", dict(target=args.target, rule=rule,
-                               temperature=args.temperature), args.inputs
+        return "explain", dict(target=args.target, rule=rule, temperature=args.temperature,
+                               start=args.start, method=args.method,
+                               ig_baseline=args.ig_baseline), args.inputs
     if args.command == "oracle":
         return "oracle", dict(target=args.target, rule=rule, temperatures=args.temperatures,
-                              layers=args.layers), args.inputs
+                              layers=args.layers, start=args.start), args.inputs
     if args.command == "verify":
         if not args.inputs:
             raise ValueError("verify --out-dir runs over a data set: give --inputs SOURCE")
         return "verify", dict(rule="both"), [args.inputs]
     if args.command == "evaluate":
-        return "evaluate", dict(methods=args.methods, baseline=args.baseline,
+        return "evaluate", dict(methods=args.methods, baseline=args.baseline, ties=args.ties,
+                                never_flip=args.never_flip, noise_pool=args.noise_pool,
                                 seed=args.seed, chunk=args.chunk), [args.data]
     return "bias-report", dict(scales=args.scales, shifts=args.shifts,
-                               batch_size=args.batch_size), [args.data]
+                               batch_size=args.batch_size, start=args.start), [args.data]
 
 
 def cmd_run(args):
@@ -413,9 +498,11 @@ def cmd_run(args):
         print(f"note: {w.message}", file=sys.stderr)
     if task == "oracle":
         from .io.oracle import oracle_path, save_oracle
+        from .runs.tasks import start_network
 
         fields = {k: v for k, v in r.rows().items() if k != "index"}
-        net = _load(args.model, getattr(args, "input_shape", None))
+        net = start_network(_load(args.model, getattr(args, "input_shape", None)),
+                            args.start)
         save_oracle(oracle_path(args.output), net, fields, args.model, args.target,
                     options["rule"] if options["rule"] != "both" else list(RULE_NAMES),
                     args.temperatures)
@@ -506,7 +593,7 @@ def build_parser():
                    help="inputs shown in the figure")
     common(p)
     p.set_defaults(func=lambda a: cmd_explain(a, demo=True), target=None, rule="both",
-                   format="npz", figure=True)
+                   format="npz", figure=True, method="bbp", ig_baseline=0.0, start=None)
 
     p = sub.add_parser("explain", help="bias attribution of inputs")
     p.add_argument("model", help="ONNX model file")
@@ -519,12 +606,37 @@ def build_parser():
     p.add_argument("--out", default="refbbp-out", help="output folder (default ./refbbp-out)")
     p.add_argument("--format", choices=("npz", "json"), default="npz")
     p.add_argument("--figure", action="store_true", help="write bbp.png (needs matplotlib)")
+    p.add_argument("--start", default=None, metavar="NODE",
+                   help="explain from this cut node's output instead of the input (SPEC 8): "
+                        "a node index or name, or 'after-normalisation'")
     p.add_argument("--figure-rows", type=_count, default=8,
                    help="inputs shown in the figure")
+    p.add_argument("--method", choices=("bbp", "ig"), default="bbp",
+                   help="'ig': also exact Integrated Gradients (SPEC 7) beside BBp, in the "
+                        "table, the NPZ and the figure")
+    p.add_argument("--ig-baseline", type=float, default=0.0,
+                   help="the constant input IG starts from (default 0), in the model's input "
+                        "space (after --mean/--std)")
     _add_input_options(p)
     _add_run_options(p)
     common(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("certify", help="the linear region around each input: L2 and L-inf "
+                       "radii, binding constraints, the segment towards a baseline")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("inputs", nargs="+", help=".npy/.npz arrays or image files")
+    p.add_argument("--method", choices=("exact", "bound"), default="exact",
+                   help="'exact' (about n_inputs forward passes per input) or 'bound' (a "
+                        "sound lower bound, about one forward pass)")
+    p.add_argument("--baseline", type=float, default=0.0,
+                   help="constant input the segment heads towards (default 0)")
+    p.add_argument("--target", type=_target, default=None,
+                   help="class index, 'pred' (default) or 'top2'")
+    p.add_argument("--json", action="store_true")
+    _add_input_options(p)
+    common(p)
+    p.set_defaults(func=cmd_certify)
 
     p = sub.add_parser("verify", help="check a model: piecewise linear, exact, matches onnxruntime")
     p.add_argument("model")
@@ -549,6 +661,9 @@ def build_parser():
     p.add_argument("--rule", choices=RULE_NAMES + ("both",), default="both")
     p.add_argument("--temperatures", type=_temperature, nargs="+", default=[1.0])
     p.add_argument("--layers", action="store_true", help="also every node's h, g, b^x, beta")
+    p.add_argument("--start", default=None, metavar="NODE",
+                   help="explain from this cut node's output instead of the input (SPEC 8): "
+                        "a node index or name, or 'after-normalisation'")
     _add_input_options(p)
     _add_run_options(p)
     common(p)
@@ -576,7 +691,19 @@ def build_parser():
     p.add_argument("--metric", default="de_delta",
                    choices=("e_minus", "e_plus", "e_delta", "de_minus", "de_plus", "de_delta"),
                    help="metric of the Wilcoxon tests (default de_delta)")
-    p.add_argument("--baseline", type=float, default=0.0, help="value of removed pixels")
+    p.add_argument("--baseline", type=_baseline, default="0",
+                   help="value of removed pixels: a number (default 0), 'mean' (per-channel "
+                        "mean of the images), 'blur' or 'blur:SIGMA' (a Gaussian-blurred "
+                        f"copy of the image, sigma {BLUR_SIGMA:g} pixels by default)")
+    p.add_argument("--ties", choices=TIES, default="index",
+                   help="order of equally salient pixels: pixel index (default) or a "
+                        "random permutation per image (seeded by --seed)")
+    p.add_argument("--never-flip", choices=NEVER_FLIP, default="count-as-1",
+                   help="an image whose class never changes: e = 1 (default), or left out "
+                        "of that method's statistics (the count is reported)")
+    p.add_argument("--noise-pool", type=_count, default=1, metavar="K",
+                   help="noise baseline: the mean of e over the maps of K other images "
+                        "(default 1)")
     p.add_argument("--seed", type=lambda s: _count(s, 0), default=0,
                    help="seed of the noise maps and 'random'")
     p.add_argument("--chunk", type=_count, default=32,
@@ -596,6 +723,9 @@ def build_parser():
                    help="also accuracy on x + c for each c")
     p.add_argument("--n", type=int, default=None, help="only the first N inputs")
     p.add_argument("--batch-size", type=_count, default=256)
+    p.add_argument("--start", default=None, metavar="NODE",
+                   help="also 'only W^z z' and 'only b^z' from z, the output of this cut "
+                        "node (SPEC 8): a node index or name, or 'after-normalisation'")
     p.add_argument("--json", action="store_true")
     _add_run_options(p)
     common(p)

@@ -65,7 +65,8 @@ def _overlay(ax, img, mask, color=(1.0, 0.85, 0.0)):
     ax.imshow(np.clip(out, 0, 1), interpolation="nearest")
 
 
-def bbp_figure(path, images, grad_input, betas, labels=None, fraction=0.1, title=None):
+def bbp_figure(path, images, grad_input, betas, labels=None, fraction=0.1, title=None,
+               extra_maps=None):
     """Write a Fig.-2-style PNG.
 
     Parameters
@@ -79,12 +80,18 @@ def bbp_figure(path, images, grad_input, betas, labels=None, fraction=0.1, title
         Bias attribution per rule name, e.g. ``{"sign": ..., "deviation": ...}``.
     labels : list of str, optional
         Row labels (e.g. "label 3, pred 3").
+    extra_maps : dict of str to ndarray (same shape), optional
+        More attributions shown after the biases (e.g. ``{"exact IG": ...}``), each as
+        a signed map and its top ``fraction`` overlay.
     """
+    extra_maps = extra_maps or {}
     plt = require_matplotlib()
     n = len(images)
     cols = ["original", "grad·input\nnorm.", "grad·input\noverlay"]
     for rule in betas:
         cols += [f"bias ({rule})\nnorm.", f"bias ({rule})\noverlay", f"bias ({rule})\n\\ grad"]
+    for name in extra_maps:
+        cols += [f"{name}\nnorm.", f"{name}\noverlay"]
     fig, axes = plt.subplots(n, len(cols), figsize=(1.45 * len(cols), 1.55 * n + 0.6),
                              squeeze=False)
     for i in range(n):
@@ -96,6 +103,9 @@ def bbp_figure(path, images, grad_input, betas, labels=None, fraction=0.1, title
             bmap = pixel_map(beta[i])
             btop = top_fraction(bmap, fraction)
             panels += [("signed", bmap), ("overlay", btop), ("overlay", btop & ~gtop)]
+        for m in extra_maps.values():
+            emap = pixel_map(m[i])
+            panels += [("signed", emap), ("overlay", top_fraction(emap, fraction))]
         for j, (kind, data) in enumerate(panels):
             ax = axes[i, j]
             if kind == "image":

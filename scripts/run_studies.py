@@ -47,8 +47,12 @@ from refbbp.evaluate import boxplot, evaluate, wilcoxon_test
 ALPHA = 0.05
 SCALES = (0.25, 0.5, 2.0, 4.0, 10.0)
 SHIFTS = (-0.25, 0.1, 0.25, 0.5)
-AGGREGATES = ["gradient", "fullgrad", "fullgrad-layer", "layers-all", "layers-all-noinput",
+AGGREGATES = ["gradient", "fullgrad", "fullgrad-official", "layers-all", "layers-all-noinput",
               "layers-top2", "layers-top2-noinput", "bias", "random"]
+# the evaluation is rerun on the bias model's aggregates with these options beside the
+# defaults (refbbp.evaluate.options): the dataset-mean baseline and random ties
+ALT_OPTIONS = {"baseline": "mean", "ties": "random"}
+ALT = "bias, mean baseline, random ties"
 AGGREGATES_NOBIAS = ["gradient", "layers-all", "layers-all-noinput", "layers-top2",
                      "layers-top2-noinput", "random"]
 
@@ -136,6 +140,21 @@ def layer_pairs(net, dec_layers):
 
 def summarize(ev_, metric):
     return {m: float(np.nanmedian(ev_.metrics[m][metric])) for m in ev_.methods}
+
+
+def save_evaluation(ev_, figdir, tag):
+    """figures/evaluation_<tag>.csv.gz (per-image rows) and .json (config, summary,
+    tests)."""
+    csv_path = os.path.join(figdir, f"evaluation_{tag}.csv")
+    ev_.to_csv(csv_path)
+    with open(csv_path, "rb") as src, open(csv_path + ".gz", "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
+        shutil.copyfileobj(src, dst)
+    os.remove(csv_path)
+    summary = ev_.to_dict()
+    summary.pop("images")  # per-image rows are in the CSV
+    with open(os.path.join(figdir, f"evaluation_{tag}.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
 
 
 # --------------------------------------------------------------------------- figures
@@ -261,7 +280,9 @@ def main(argv=None):
 
     # 1. bias importance ------------------------------------------------------------
     t = time.perf_counter()
-    reports = {name: bias_importance(net, x, y, scales=SCALES, shifts=SHIFTS)
+    # from x and from z, the output of the input normalisation (SPEC 8; the paper's)
+    reports = {name: bias_importance(net, x, y, scales=SCALES, shifts=SHIFTS,
+                                     start="after-normalisation")
                for name, net in nets.items()}
     # every bias zeroed except an input normalisation (a diagonal affine node reading
     # the input): separates the model's biases from its preprocessing
@@ -303,18 +324,13 @@ def main(argv=None):
         ev_ = evaluate(data.model_path(name == "bias"), xe, methods, labels=ye, net=net,
                        seed=args.seed, keep_maps=True)
         timings[f"evaluation ({name} model)"] = time.perf_counter() - t
-        tag = name.replace("-", "")
-        csv_path = os.path.join(figdir, f"evaluation_{tag}.csv")
-        ev_.to_csv(csv_path)
-        with open(csv_path, "rb") as src, open(csv_path + ".gz", "wb") as raw, \
-                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
-            shutil.copyfileobj(src, dst)
-        os.remove(csv_path)
-        summary = ev_.to_dict()
-        summary.pop("images")  # per-image rows are in the CSV
-        with open(os.path.join(figdir, f"evaluation_{tag}.json"), "w") as fh:
-            json.dump(summary, fh, indent=1)
+        save_evaluation(ev_, figdir, name.replace("-", ""))
         evals[name] = ev_
+    t = time.perf_counter()
+    evals[ALT] = evaluate(data.model_path(True), xe, AGGREGATES, labels=ye, net=nets["bias"],
+                          seed=args.seed, **ALT_OPTIONS)
+    timings[f"evaluation ({ALT})"] = time.perf_counter() - t
+    save_evaluation(evals[ALT], figdir, "bias_mean_random")
 
     # 4. figures --------------------------------------------------------------------
     figures = {}
@@ -366,8 +382,8 @@ FIG6_CLAIMS = [
     ("layers-all-noinput", "layers-all", +1, "Companion §5: adding the input attributions "
      "hurts"),
     ("fullgrad", "gradient", +1, "FullGrad (Srinivas & Fleuret) beats gradient × input"),
-    ("fullgrad", "fullgrad-layer", 0, "per-channel (eq. 8) vs per-layer rescaling "
-     "(reference code)"),
+    ("fullgrad", "fullgrad-official", 0, "FullGrad as eq. 8 writes it vs its reference "
+     "code"),
     ("bias", "gradient", +1, "BBp §5.2: the bias attribution captures information the "
      "gradient misses (tested here: is it more salient?)"),
     ("bias", "random", +1, "BBp's bias attribution is better than noise"),
@@ -440,13 +456,82 @@ def rows_fig6_claims(evb):
     for a, b, sign, text in FIG6_CLAIMS:
         for metric in ("de_minus", "de_delta", "e_minus"):
             c = evb.compare(a, b, metric)
-            v = verdict(c, sign) if sign else (
-                f"no significant difference (p = {fmt_p(c['pvalue'])})"
-                if c["pvalue"] >= ALPHA else f"differ (p = {fmt_p(c['pvalue'])})")
             rows.append([text if metric == "de_minus" else "", f"{a} vs {b}",
                          METRIC_LABEL[metric], fmt(c["median_difference"]),
-                         fmt_p(c["pvalue"]), v])
+                         fmt_p(c["pvalue"]), claim_verdict(c, sign)])
     return md_rows(rows)
+
+
+def claim_verdict(c, sign):
+    """The verdict on a FIG6_CLAIMS test: :func:`verdict` for a claimed sign, else
+    whether the maps differ."""
+    if sign:
+        return verdict(c, sign)
+    return (f"no significant difference (p = {fmt_p(c['pvalue'])})"
+            if c["pvalue"] >= ALPHA else f"differ (p = {fmt_p(c['pvalue'])})")
+
+
+def verdict_word(text):
+    """The verdict of :func:`claim_verdict` without its p-value."""
+    return re.sub(r"\s*\(p = [^)]*\)", "", text).strip().rstrip(":")
+
+
+def options_text(config):
+    """The evaluation options of a results ``config``, as a sentence part."""
+    base = config["baseline"]
+    base = (f"{base:g}" if isinstance(base, float) else
+            "the per-channel mean of the evaluated images (" +
+            ", ".join(f"{b:.4f}" for b in config["baseline_values"]) + ")"
+            if base == "mean" else str(base))
+    return (f"baseline {base}; ties {config['ties']}; never-flip {config['never_flip']}; "
+            f"noise pool {config['noise_pool']}; seed {config['seed']}")
+
+
+def rows_alt_claims(evb, eva):
+    """Section 4b: each FIG6_CLAIMS test under the default options and the ALT ones."""
+    rows, same, changed = [], 0, {}
+    for a, b, sign, _ in FIG6_CLAIMS:
+        for metric in ("de_minus", "de_delta", "e_minus"):
+            c0, c1 = evb.compare(a, b, metric), eva.compare(a, b, metric)
+            v0, v1 = claim_verdict(c0, sign), claim_verdict(c1, sign)
+            keep = verdict_word(v0) == verdict_word(v1)
+            same += keep
+            if not keep:
+                changed.setdefault(f"{a} vs {b}", []).append(METRIC_LABEL[metric])
+            rows.append([f"{a} vs {b}", METRIC_LABEL[metric], fmt(c0["median_difference"]),
+                         v0, fmt(c1["median_difference"]), v1, "yes" if keep else "**no**"])
+    return md_rows(rows), same, len(rows), changed
+
+
+def rows_aggregates(ev_):
+    """Sections 4 and 4b: medians of each aggregate and its never-flip counts."""
+    return md_rows(
+        [m] + medians(ev_, m, ("e_minus", "e_plus", "e_delta", "de_minus", "de_plus",
+                               "de_delta")) +
+        [f"{int(np.sum(~ev_.metrics[m]['flipped_minus']))}/"
+         f"{int(np.sum(~ev_.metrics[m]['flipped_plus']))}"]
+        for m in AGGREGATES)
+
+
+def alt_values(evb, eva, net):
+    """Section 4b and its summary bullet: the evaluation with ALT_OPTIONS beside the
+    default one, every verdict computed."""
+    rows, same, n, changed = rows_alt_claims(evb, eva)
+    mean_image = np.broadcast_to(np.asarray(eva.config["baseline_values"])[:, None, None],
+                                 net.input_shape)
+    k0 = int(np.argmax(net.forward(mean_image[None])[0]))
+    c = eva.compare("fullgrad", "gradient", "de_minus")
+    return {"eval_options": options_text(evb.config), "alt_options": options_text(eva.config),
+            "rows_alt_aggregates": rows_aggregates(eva), "rows_alt_claims": rows,
+            "alt_same": str(same), "alt_n": str(n),
+            "alt_changed": "; ".join(f"{k} ({', '.join(v)})" for k, v in changed.items())
+                           or "none",
+            "alt_mean_class": str(k0),
+            "alt_mean_class_n": str(int(np.sum(eva.predicted == k0))),
+            "alt_gradient_de_minus": fmt(np.nanmedian(eva.metrics["gradient"]["de_minus"])),
+            "gradient_de_minus": fmt(np.nanmedian(evb.metrics["gradient"]["de_minus"])),
+            "alt_fullgrad_vs_gradient": f"median {fmt(c['median_difference'])}, "
+                                        f"{verdict(c, +1)}"}
 
 
 def rows_nobias_vs_bias(evn, evb):
@@ -475,6 +560,31 @@ def tests_summary(evb, a, b, sign=+1):
     return "; ".join(parts)
 
 
+def bias_study_values(rb, nobias_info):
+    """Template values of the rows from x and from z and of how the no-bias model was
+    made (issue 14)."""
+    v = {"acc_only_wz": fmt(rb.accuracy["only_wz"]), "acc_only_bz": fmt(rb.accuracy["only_bz"]),
+         "start_node": f"{rb.start.index}, `{rb.start.name}`"}
+    for src in ("x", "z"):
+        c = int(np.argmax(rb.argmax_b[src]))
+        v[f"argmax_b{src}_class"] = str(c)
+        v[f"argmax_b{src}_count"] = f"{rb.argmax_b[src][c]:,}"
+    method = nobias_info.get("method", "from-scratch")
+    if method == "from-scratch":
+        v["nobias_method"] = ("trained without biases from the start (not by decaying the "
+                              "biases of the first, as in the companion paper's appendix C: "
+                              "`scripts/train_default_model.py --nobias-method bias-decay` "
+                              "does that)")
+    else:
+        d = nobias_info["decay"]
+        v["nobias_method"] = (f"made from the bias model by the companion paper's appendix C "
+                              f"bias decay ({d['profile']}, {d['rescalings']} re-scalings x "
+                              f"{d['steps_per_rescaling']} steps, {d['steps_at_zero']} steps "
+                              f"at zero, distillation at T = {d['temperature']:g}, Adam lr "
+                              f"{d['lr']:g})")
+    return v
+
+
 def results_values(args, command, info, reports, keep_acc, shares, evals, pairs, figures,
                    timings, total, docs, zero_frac):
     """Every value of RESULTS.md's template, as strings: a flat dict."""
@@ -501,8 +611,9 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
              cut_nodes=str(net.cut_nodes()), spatial_layers=str(spatial))
 
     # ---- 1. bias importance
-    names = {"full": "full logits", "only_wx": "only W^x x", "only_b": "only b^x",
-             "zero_bias": "every bias set to 0"}
+    names = {"full": "full logits", "only_wx": "only W^x x (from x)",
+             "only_b": "only b^x (from x)", "only_wz": "only W^z z (from z, the paper's)",
+             "only_bz": "only b^z (from z, the paper's)", "zero_bias": "every bias set to 0"}
     rows = [[names[k], fmt(rb.accuracy[k]), fmt(rb.agreement[k]), fmt(rn.accuracy[k]),
              fmt(rn.agreement[k])] for k in rb.accuracy]
     for name, (norm, acc) in keep_acc.items():
@@ -521,6 +632,7 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
                                      ("x +", SHIFTS, rb.shifted, rn.shifted))
         for a in vals)
     acc, acc_n = rb.accuracy, rn.accuracy
+    v.update(bias_study_values(rb, info["models"]["digits_cnn_nobias.onnx"]))
     scaled_b = [rb.scaled[float(a)]["full"] for a in SCALES]
     invariant = all(rn.scaled[float(a)]["full"] == acc_n["full"] for a in SCALES)
     v.update(acc_full=fmt(acc["full"]), acc_only_wx=fmt(acc["only_wx"]),
@@ -528,9 +640,9 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
              acc_nobias=fmt(acc_n["full"]),
              scaled_nobias=", ".join(fmt(rn.scaled[float(a)]["full"]) for a in SCALES),
              scaled_bias=", ".join(fmt(s) for s in scaled_b),
-             verdict_only_wx=agrees(acc["only_wx"] < acc["full"] - 0.05),
-             verdict_only_b=agrees(acc["only_b"] > 0.2,
-                                   "**disagrees**: b^x alone is near chance here"),
+             verdict_only_wx=agrees(acc["only_wz"] < acc["full"] - 0.05),
+             verdict_only_b=agrees(acc["only_bz"] > 0.2,
+                                   "**disagrees**: b^z alone is near chance here"),
              verdict_nobias_accuracy=agrees(acc_n["full"] > acc["full"] - 0.02),
              verdict_zero_bias=agrees(acc["zero_bias"] < acc["full"] - 0.2),
              verdict_scaling=agrees(invariant and min(scaled_b) < acc["full"] - 0.02))
@@ -574,12 +686,7 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
              fig_layers=figure("layers", "single layers"))
 
     # ---- 4. aggregates vs FullGrad
-    v["rows_aggregates"] = md_rows(
-        [m] + medians(evb, m, ("e_minus", "e_plus", "e_delta", "de_minus", "de_plus",
-                               "de_delta")) +
-        [f"{int(np.sum(~evb.metrics[m]['flipped_minus']))}/"
-         f"{int(np.sum(~evb.metrics[m]['flipped_plus']))}"]
-        for m in AGGREGATES)
+    v["rows_aggregates"] = rows_aggregates(evb)
     v.update(rows_fig6_claims=rows_fig6_claims(evb),
              fig_aggregates=figure("aggregates", "aggregates"),
              fig_examples=figure("examples", "examples",
@@ -595,7 +702,7 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
              fig_nobias=figure("nobias", "no-bias model"))
 
     # ---- summary
-    near_chance = acc["only_b"] <= 0.2
+    near_chance = acc["only_bz"] <= 0.2
     v.update(only_b_level="near chance" if near_chance else "well above chance",
              only_b_vs_paper="unlike" if near_chance else "like",
              zero_bias_conclusion=(": the biases matter to the decision without encoding "
@@ -641,6 +748,7 @@ def results_values(args, command, info, reports, keep_acc, shares, evals, pairs,
              nobias_worse=", ".join(m for m, (p_, d) in diffs.items()
                                     if p_ < ALPHA and d < 0) or "no method",
              zero_pixels=f"{zero_frac:.0%}")
+    v.update(alt_values(evb, evals[ALT], net_b))
     return v
 
 

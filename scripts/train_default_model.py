@@ -8,6 +8,7 @@ Usage::
     pip install torch mlxtend        # in addition to refbbp's own dependencies
     python scripts/train_default_model.py            # writes refbbp/io/data/*
     python scripts/train_default_model.py --out /tmp/x --epochs 2   # a quick trial
+    python scripts/train_default_model.py --nobias-method bias-decay  # appendix C
 
 What it does
 ------------
@@ -32,6 +33,31 @@ What it does
     moment while training, its running average at inference); the input normalisation
     is the pure scale ``x / std``. ReLU and max pooling add no offsets, so the local
     linear model of this network has ``b^x = 0`` at every input (checked with refbbp).
+    Made one of two ways (``--nobias-method``):
+
+    * ``from-scratch`` (the default): trained from the same seed with the same recipe
+      as the ordinary model;
+    * ``bias-decay``: the companion paper's appendix C. A copy of the trained ordinary
+      model is fine-tuned while every bias decays from its trained value to zero: the
+      conv and linear biases, BatchNorm's shift ``beta`` and running mean, and the input
+      normalisation's mean ("biases include the BatchNorm parameters: mean and beta");
+      BatchNorm's ``gamma`` and running variance are kept constant (BatchNorm runs on
+      its running statistics throughout). The biases are re-scaled every
+      ``--steps-per-decay`` training steps (paper: 200, batch size 64) to
+      ``factor * trained value``, ``factor`` following a ``linear`` profile
+      ``1 - k / K`` (the paper's ResNet-50) or an ``exponential`` one ``2 ** -k`` (its
+      VGG-16), for ``k = 1 .. K = --decay-steps`` (paper: 200; here 20 by default, the
+      network being small), the last one set to exactly 0; then ``--zero-steps`` more
+      steps with every bias zero ("extra training with biases set to zero"). Between
+      re-scalings the biases are fixed and the weights are trained to match the
+      original network's outputs: cross-entropy between the softened outputs of the
+      original (teacher) and of the fine-tuned network at temperature ``T = 100``
+      (Hinton et al. 2015; multiplied by ``T**2``, as Hinton et al. do, so that the
+      gradients keep their scale), Adam with learning rate ``5e-6`` (the paper's values;
+      ``--decay-lr``), the same shift augmentation. Finally the biases are removed: the
+      weights go into the bias-free architecture above (BatchNorm with zero mean and
+      shift is ``gamma * x / sqrt(var + eps)``, a ``ScaleNorm`` with ``E[x^2] = var``),
+      which is what is exported; the script checks that the two agree.
 
 * Export: ``torch.onnx.export(..., dynamo=False, opset_version=17)`` in eval mode,
   input ``"image"`` of shape (N, 1, 28, 28) with a dynamic batch axis, output
@@ -71,6 +97,9 @@ TRAIN_SEED = 0          # weights init, batch order, augmentation
 N_TRAIN, N_TEST, N_SAMPLES = 4000, 1000, 40
 CHANNELS, HIDDEN = 8, 32
 EPOCHS, BATCH_SIZE, LR, WEIGHT_DECAY, MAX_SHIFT = 20, 64, 3e-3, 1e-4, 2
+# Bias decay (companion paper appendix C): rescalings, steps per rescaling, steps at zero,
+# distillation temperature and learning rate.
+DECAY_STEPS, STEPS_PER_DECAY, ZERO_STEPS, DECAY_T, DECAY_LR = 20, 200, 1000, 100.0, 5e-6
 OPSET = 17
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,6 +248,100 @@ def train(model, x, y, epochs, log):
     return model
 
 
+# ---------------------------------------------------------------------- bias decay
+def decay_factors(n, profile):
+    """The bias factors of the ``n`` re-scalings, the last one 0 (module docstring)."""
+    k = np.arange(1, n + 1)
+    f = 1.0 - k / n if profile == "linear" else 2.0 ** -k
+    f[-1] = 0.0
+    return [float(v) for v in f]
+
+
+def bias_tensors(model):
+    """Every bias of the ordinary model (module docstring): conv and linear biases,
+    BatchNorm's shift and running mean, the input normalisation's mean."""
+    from torch import nn
+
+    out = [model.input_norm.mean]
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            out.append(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            out += [m.bias, m.running_mean]
+    return out
+
+
+def decay_biases(teacher, x, args, log):
+    """Fine-tune a copy of ``teacher`` while its biases decay to zero (appendix C)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(teacher)
+    model.eval()                  # BatchNorm on its running statistics throughout
+    teacher.eval()
+    biases = bias_tensors(model)
+    trained = [b.detach().clone() for b in biases]
+    frozen = {id(b) for b in biases}
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            frozen.add(id(m.weight))           # gamma kept constant
+    params = [p for p in model.parameters() if id(p) not in frozen]
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    opt = torch.optim.Adam(params, lr=args.decay_lr)
+    gen = torch.Generator().manual_seed(TRAIN_SEED + 2)
+    t = DECAY_T
+    schedule = [(f, args.steps_per_decay) for f in decay_factors(args.decay_steps,
+                                                                 args.decay_profile)]
+    schedule.append((0.0, args.zero_steps))
+    step = 0
+    for i, (factor, n_steps) in enumerate(schedule):
+        with torch.no_grad():
+            for b, b0 in zip(biases, trained):
+                b.copy_(factor * b0)
+        total = 0.0
+        for _ in range(n_steps):
+            idx = torch.randint(0, len(x), (BATCH_SIZE,), generator=gen)
+            xb = shift_batch(x[idx], gen, MAX_SHIFT)
+            with torch.no_grad():
+                target = torch.log_softmax(teacher(xb) / t, dim=1)
+            logp = torch.log_softmax(model(xb) / t, dim=1)
+            # cross-entropy minus the teacher's entropy (same gradients): the KL divergence
+            loss = (target.exp() * (target - logp)).sum(1).mean() * t * t
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            step += 1
+        what = "at zero" if i == len(schedule) - 1 else f"{i + 1}/{len(schedule) - 1}"
+        log(f"  bias factor {factor:.4f} ({what}): {n_steps} steps, distillation loss "
+            f"(T^2 KL) {total / max(n_steps, 1):.4f}")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, step
+
+
+def remove_biases(decayed, mean, std):
+    """The bias-free architecture with the weights of a model whose biases are zero."""
+    import torch
+    from torch import nn
+
+    plain = build_model(False, mean, std)
+    plain.eval()
+    pairs = dict(plain.named_modules())
+    with torch.no_grad():
+        plain.input_norm.std.copy_(decayed.input_norm.std)
+        for name, m in decayed.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                pairs[name].weight.copy_(m.weight)
+            elif isinstance(m, nn.BatchNorm2d):
+                pairs[name].weight.copy_(m.weight)
+                pairs[name].running_ms.copy_(m.running_var)
+                pairs[name].eps = m.eps
+    return plain
+
+
 # ------------------------------------------------------------------------- export
 def export(model, path):
     import torch
@@ -294,7 +417,27 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "refbbp" / "data")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--nobias-method", choices=("from-scratch", "bias-decay"),
+                    default="from-scratch",
+                    help="how the bias-free model is made: trained from scratch (default) "
+                         "or by decaying the trained model's biases (companion paper, "
+                         "appendix C)")
+    ap.add_argument("--decay-steps", type=int, default=DECAY_STEPS,
+                    help=f"bias-decay: number of re-scalings (default {DECAY_STEPS})")
+    ap.add_argument("--steps-per-decay", type=int, default=STEPS_PER_DECAY,
+                    help=f"bias-decay: training steps per re-scaling (default "
+                         f"{STEPS_PER_DECAY}, as the paper)")
+    ap.add_argument("--zero-steps", type=int, default=ZERO_STEPS,
+                    help=f"bias-decay: training steps with every bias zero at the end "
+                         f"(default {ZERO_STEPS})")
+    ap.add_argument("--decay-profile", choices=("linear", "exponential"), default="linear",
+                    help="bias-decay: linear (paper's ResNet-50, default) or exponential")
+    ap.add_argument("--decay-lr", type=float, default=DECAY_LR,
+                    help=f"bias-decay: Adam learning rate (default {DECAY_LR:g}, as the paper)")
     args = ap.parse_args(argv)
+    if args.nobias_method == "bias-decay" and min(args.decay_steps, args.steps_per_decay,
+                                                  args.zero_steps + 1) < 1:
+        ap.error("--decay-steps and --steps-per-decay must be >= 1, --zero-steps >= 0")
 
     import mlxtend
     import torch
@@ -320,19 +463,45 @@ def main(argv=None):
 
     args.out.mkdir(parents=True, exist_ok=True)
     results, times = {}, {}
+    trained = None
     for bias, name in ((True, "digits_cnn"), (False, "digits_cnn_nobias")):
         torch.manual_seed(TRAIN_SEED)
-        model = build_model(bias, mean, std)
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"training {name} ({n_params} parameters, {args.epochs} epochs)")
         t0 = time.perf_counter()
-        train(model, x_train, y_train, args.epochs, log)
+        method = {}
+        if bias or args.nobias_method == "from-scratch":
+            model = build_model(bias, mean, std)
+            n_params = sum(p.numel() for p in model.parameters())
+            log(f"training {name} ({n_params} parameters, {args.epochs} epochs)")
+            train(model, x_train, y_train, args.epochs, log)
+            trained = model if bias else trained
+            if not bias:
+                method = {"method": "from-scratch"}
+        else:
+            log(f"making {name} by bias decay (companion paper appendix C): "
+                f"{args.decay_steps} {args.decay_profile} re-scalings x "
+                f"{args.steps_per_decay} steps, then {args.zero_steps} steps at zero")
+            decayed, steps = decay_biases(trained, x_train, args, log)
+            model = remove_biases(decayed, mean, std)
+            n_params = sum(p.numel() for p in model.parameters())
+            with torch.no_grad():
+                gap = float((model(x_test) - decayed(x_test)).abs().max())
+                top = float(decayed(x_test).abs().max())
+            log(f"  biases removed: max |bias-free - decayed| on the test set {gap:.2e}")
+            if gap > 1e-4 * top:
+                raise SystemExit(f"removing the decayed biases changed the outputs by {gap}")
+            method = {"method": "bias-decay (companion paper appendix C)",
+                      "decay": {"profile": args.decay_profile, "rescalings": args.decay_steps,
+                                "steps_per_rescaling": args.steps_per_decay,
+                                "steps_at_zero": args.zero_steps, "total_steps": steps,
+                                "temperature": DECAY_T, "lr": args.decay_lr,
+                                "optimizer": "Adam", "batch_size": BATCH_SIZE,
+                                "max_abs_removal_gap": gap}}
         times[name] = time.perf_counter() - t0
         path = args.out / f"{name}.onnx"
         export(model, path)
         res = verify(path, model, x_test, y_test, samples, bias, log)
         res.update(parameters=n_params, training_seconds=round(times[name], 1),
-                   architecture=describe(bias))
+                   architecture=describe(bias), **method)
         results[name] = res
 
     np.savez_compressed(args.out / "digits_samples.npz",

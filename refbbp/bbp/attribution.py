@@ -169,6 +169,17 @@ class Attribution:
     def network(self):
         return self.linear.network
 
+    @property
+    def start(self):
+        """The node ``beta`` is over (SPEC section 8): index and name in the full
+        network (index 0, the input, unless ``bbp`` was given a start)."""
+        return self.linear.start
+
+    def __repr__(self):
+        shape = "x".join(map(str, np.shape(self.beta)))
+        return (f"<Attribution from {self.start}: beta of shape {shape}, rule "
+                f"{self.rule!r}, T = {self.temperature:g}, backend {self.backend!r}>")
+
     def completeness(self):
         """Relative errors of every completeness identity (see :class:`Completeness`).
 

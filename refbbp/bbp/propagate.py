@@ -18,6 +18,7 @@ from threadpoolctl import ThreadpoolController
 
 from .. import _core
 from ..network.linearize import linearize, local_linear_model, target_vectors
+from ..network.start import resolve_start, start_input
 from . import reference
 from .attribution import Attribution, Layer
 from .kernels import Workspace, check_n_threads, reverse_node
@@ -43,7 +44,7 @@ def check_temperature(temperature):
 
 
 def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
-        return_layers=False, n_threads=None):
+        return_layers=False, n_threads=None, start=None):
     """Bias backpropagation: distribute the bias ``b^x`` of the local linear model over
     the input features (SPEC section 3, BBp paper Algorithm 1).
 
@@ -86,13 +87,21 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
         Threads of the Cython kernel (default: OpenMP's default), at least 1; more than
         the CPUs this process may use are capped to that number. Results are bitwise
         identical for any number of threads.
+    start : None, int or str, optional
+        Explain from this node instead of the input (SPEC section 8): a cut node's index
+        or name, or ``"after-normalisation"`` (the output of the input normalisation).
+        ``w``, ``b^x`` and ``beta`` are then over the node's output ``z`` at ``x``
+        (``b^x`` without the biases upstream of it); ``layers`` and ``fallback`` are
+        those of the cut network (:meth:`Network.from_node`), and ``.start`` names the
+        node.
 
     Returns
     -------
     Attribution
         ``beta`` (shaped like x), ``w``, ``grad_input = w * x``, ``bias_x = b^x``,
         ``value = f(x)``, ``fallback`` per node, and ``layers`` if asked for.
-        ``attribution.completeness()`` checks the identities of SPEC section 3.
+        ``attribution.completeness()`` checks the identities of SPEC section 3;
+        ``attribution.start`` names the node it starts from.
 
     Raises
     ------
@@ -114,6 +123,10 @@ def bbp(net, x, target=None, rule="sign", temperature=1.0, backend="cython",
     >>> att.completeness().ok()
     True
     """
+    s = resolve_start(net, start)
+    if s:
+        sub, z = start_input(net, x, s)
+        return bbp(sub, z, target, rule, temperature, backend, return_layers, n_threads)
     rule_ = resolve_rule(rule)
     temperature = check_temperature(temperature)
     if backend not in BACKENDS:

@@ -6,23 +6,30 @@ pixel position; all channels of a pixel are removed together):
 
 * **Removal order.** ``+s`` removes the most salient pixel first, ``-s`` the least
   salient first. **Ties** in ``s`` are broken by pixel index (row-major), smallest first,
-  in both directions (a stable sort).
+  in both directions (a stable sort); or, with ``ties="random"``, by a seeded random
+  permutation of each image's pixels.
 * **Removal.** The first ``m`` pixels of the order are set to the baseline (0 by
-  default; a scalar or an array broadcastable to the input shape), giving ``x_m``.
+  default; a number, an array broadcastable to the input shape, the per-channel mean
+  of the evaluated images ``"mean"`` or a Gaussian-blurred copy of the image
+  ``"blur"``), giving ``x_m``.
 * **First flip.** ``m*`` is the smallest ``m >= 1`` with ``argmax f(x_m) != k``
   (``argmax`` takes the first maximum). ``e(x, s) = 1 - ||x_{m*}||_2 / ||x||_2``
   (norms over all channels and pixels, in float64).
 * **Never flips.** If no prefix changes the class, not even with every pixel removed,
-  ``e`` is its value with every pixel removed, ``1 - ||baseline||_2 / ||x||_2`` (1 for
-  the zero baseline: the largest value possible), and the image's ``flipped_*`` flag is
-  False, so such images can be counted or filtered. An image with ``||x||_2 = 0`` has
-  ``e = nan`` (left out of the statistics).
+  the image's ``flipped_*`` flag is False and, by default (``never_flip="count-as-1"``),
+  ``e = 1``, the largest value possible (for the zero baseline also the value with
+  every pixel removed); with ``never_flip="exclude"`` the image is left out of that
+  method's statistics (NaN metrics, counted as ``excluded``). An image with
+  ``||x||_2 = 0`` has ``e = nan`` (left out of the statistics).
 
 Metrics per image: ``e_minus = e(x, -s)``, ``e_plus = e(x, +s)``,
 ``e_delta = e_minus - e_plus``; the same for the **noise baseline** ``xi`` (suffix
 ``_xi``): the map the same method gave another image, chosen by a seeded derangement
 (a random permutation with no fixed point, the same for every method so that methods
-stay paired); and ``de_* = e_* - e_*_xi`` (eq. 18, 20). Higher ``e_minus``,
+stay paired) -- or, with ``noise_pool=k``, the mean of ``e`` over the maps of ``k``
+other images; and ``de_* = e_* - e_*_xi`` (eq. 18, 20). The options and their exact
+definitions are in :mod:`refbbp.evaluate.options`; the defaults are the protocol as
+first implemented. Higher ``e_minus``,
 ``e_delta``, ``de_minus``, ``de_delta`` and lower ``e_plus``, ``de_plus`` mean a better
 map.
 
@@ -47,7 +54,8 @@ Modules, in pipeline order (each imports only from the ones before it):
 * ``scoring.py`` -- :class:`OnnxScorer`: onnxruntime logits of batches of perturbed
   images (over :class:`refbbp.onnx.runtime.RuntimeSession`);
 * ``removal.py`` -- :func:`removal_order`, :func:`first_flips` (the exact first-flip
-  scans) and :func:`derangement` (the noise sources);
+  scans), :func:`noise_sources` and :func:`derangement` (the noise sources);
+* ``options.py`` -- the evaluation options: baseline, ties, never-flip, noise pool;
 * ``registry.py`` -- the method registry: :func:`register`, name lookup, the valid names;
 * ``methods.py`` -- the registered methods and :func:`saliency_maps`;
 * ``results.py`` -- :class:`Evaluation` (metrics, summary, CSV/JSON),
@@ -58,10 +66,12 @@ Modules, in pipeline order (each imports only from the ones before it):
 from .methods import DEFAULT_METHODS, saliency_maps
 from .protocol import evaluate
 from .registry import METHODS, method_syntaxes, register
-from .removal import derangement, first_flips, removal_order
+from .options import BLUR_SIGMA, NEVER_FLIP, TIES
+from .removal import derangement, first_flips, noise_sources, removal_order
 from .results import METRICS, SCANS, Evaluation, boxplot, wilcoxon_test
 from .scoring import OnnxScorer
 
-__all__ = ["DEFAULT_METHODS", "METHODS", "METRICS", "SCANS", "Evaluation", "OnnxScorer",
-           "boxplot", "derangement", "evaluate", "first_flips", "method_syntaxes",
-           "register", "removal_order", "saliency_maps", "wilcoxon_test"]
+__all__ = ["BLUR_SIGMA", "DEFAULT_METHODS", "METHODS", "METRICS", "NEVER_FLIP", "SCANS",
+           "TIES", "Evaluation", "OnnxScorer", "boxplot", "derangement", "evaluate",
+           "first_flips", "method_syntaxes", "noise_sources", "register", "removal_order",
+           "saliency_maps", "wilcoxon_test"]

@@ -58,16 +58,24 @@ def _gradient(dec):
     return sal.gradient_map(dec)
 
 
-@register("fullgrad", "FullGrad (eq. 8): Psi of the input and of every conv-shaped bias "
-          "attribution, per channel", decomposition=True)
+@register("fullgrad", "FullGrad as companion paper eq. 8 writes it: Psi of the "
+          "channel-summed input attribution and of every conv-shaped bias attribution, "
+          "per channel", decomposition=True)
 def _fullgrad(dec):
-    return sal.fullgrad(dec)
+    return sal.fullgrad(dec, "paper")
 
 
-@register("fullgrad-layer", "FullGrad normalised per layer, as its reference code does",
+@register("fullgrad-official", "FullGrad as its reference code computes it today: "
+          "rescaled per layer (eps 1e-6), align_corners=True, one term per bias op",
           decomposition=True)
-def _fullgrad_layer(dec):
-    return sal.fullgrad(dec, normalise="layer")
+def _fullgrad_official(dec):
+    return sal.fullgrad(dec, "official")
+
+
+@register("fullgrad-official-2019", "FullGrad's reference code before June 2020: as "
+          "fullgrad-official with align_corners=False", decomposition=True)
+def _fullgrad_official_2019(dec):
+    return sal.fullgrad(dec, "official-2019")
 
 
 @register("layers-", "layer aggregate (eq. 16) of all layers, the top K or those from "

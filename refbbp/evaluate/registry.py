@@ -19,8 +19,9 @@ Any callable ``f(net, x, classes) -> maps`` can be given instead of a name
 (:func:`resolve` wraps it as an input method); it is reported under its ``__name__``.
 
 >>> method_syntaxes()  # doctest: +NORMALIZE_WHITESPACE
-['gradient', 'fullgrad', 'fullgrad-layer', 'layers-all', 'layers-topK', 'layers-from:N',
- 'activity:N', 'biasgrad:N', 'bias', 'bias-deviation', 'random']
+['gradient', 'fullgrad', 'fullgrad-official', 'fullgrad-official-2019', 'layers-all',
+ 'layers-topK', 'layers-from:N', 'activity:N', 'biasgrad:N', 'bias', 'bias-deviation',
+ 'random']
 >>> entry, args = lookup("layers-top2-noinput")
 >>> entry.key, entry.decomposition, args
 ('layers-', True, ('top2', False))

@@ -71,14 +71,19 @@ class Evaluation:
     metrics : dict of str to dict of str to ndarray
         ``metrics[method][name]``, shape (n,), for every name in :data:`METRICS`, plus
         ``removed_<scan>`` (pixels removed at the first flip), ``flipped_<scan>`` and
-        ``scored_<scan>`` for ``<scan>`` in minus, plus, minus_xi, plus_xi.
+        ``scored_<scan>`` for ``<scan>`` in minus, plus, minus_xi, plus_xi (for a noise
+        pool of k > 1 maps: ``removed`` and ``scored`` summed over the pool, ``flipped``
+        whether every one flipped), and ``excluded`` (the image is left out of this
+        method's statistics: ``never_flip="exclude"`` and a scan never flipped).
     predicted : ndarray of int, shape (n,)
         The class ``k`` of each image (onnxruntime's argmax).
     labels : ndarray of int, shape (n,), or None
-    noise_source : ndarray of int, shape (n,)
-        The derangement: image ``i``'s noise map is the map of image ``noise_source[i]``.
+    noise_source : ndarray of int, shape (n,) or (n, k)
+        The derangement: image ``i``'s noise map is the map of image ``noise_source[i]``;
+        with a noise pool of ``k > 1`` maps, row ``i`` lists them.
     config : dict
-        Baseline, seed, chunk, model, number of forward passes.
+        Every option (baseline, ties, never_flip, noise_pool, seed, chunk), the model,
+        the number of forward passes and the images excluded per method.
     maps : dict of str to ndarray or None
         The saliency maps (n, *map) when ``keep_maps=True``.
     """
@@ -102,7 +107,9 @@ class Evaluation:
         -------
         dict of str to dict of str to dict
             ``summary[method][metric] = {"median", "q25", "q75", "mean", "n"}``; also
-            ``summary[method]["never_flipped"]`` per scan.
+            ``summary[method]["never_flipped"]`` per scan and
+            ``summary[method]["excluded"]``, the images left out (``n`` counts the
+            images with a finite value).
         """
         out = {}
         for m in self.methods:
@@ -117,6 +124,7 @@ class Evaluation:
                          "mean": float("nan"), "n": 0})
             d["never_flipped"] = {s: int(np.sum(~self.metrics[m][f"flipped_{s}"]))
                                   for s in SCANS}
+            d["excluded"] = int(np.sum(self.metrics[m]["excluded"]))
             out[m] = d
         return out
 
@@ -141,15 +149,17 @@ class Evaluation:
         """One dict per (image, method): the CSV rows."""
         rows = []
         keys = list(METRICS) + [f"{w}_{s}" for w in ("removed", "flipped", "scored")
-                                for s in SCANS]
+                                for s in SCANS] + ["excluded"]
         for i in range(self.n):
             for m in self.methods:
                 r = {"image": i, "label": None if self.labels is None else int(self.labels[i]),
                      "predicted": int(self.predicted[i]),
-                     "noise_source": int(self.noise_source[i]), "method": m}
+                     "noise_source": " ".join(map(str, np.atleast_1d(self.noise_source[i])))
+                     if np.ndim(self.noise_source) == 2 else int(self.noise_source[i]),
+                     "method": m}
                 for k in keys:
                     v = self.metrics[m][k][i]
-                    r[k] = (bool(v) if k.startswith("flipped") else
+                    r[k] = (bool(v) if k.startswith(("flipped", "excluded")) else
                             int(v) if k.startswith(("removed", "scored")) else float(v))
                 rows.append(r)
         return rows
@@ -181,11 +191,14 @@ class Evaluation:
     def table(self, metrics=("e_minus", "e_plus", "e_delta", "de_minus", "de_plus",
                              "de_delta")):
         """Rows ``[method, median of each metric..., never-flipped counts]`` and the
-        header, for printing."""
+        header, for printing; with ``never_flip="exclude"`` also the images excluded."""
         summ = self.summary(metrics)
-        header = ["method"] + [f"median {k}" for k in metrics] + ["no flip (-/+)"]
+        exclude = self.config.get("never_flip") == "exclude"
+        header = (["method"] + [f"median {k}" for k in metrics] + ["no flip (-/+)"]
+                  + ["excluded"] * exclude)
         rows = [[m] + [summ[m][k]["median"] for k in metrics] +
                 [f"{summ[m]['never_flipped']['minus']}/{summ[m]['never_flipped']['plus']}"]
+                + [summ[m]["excluded"]] * exclude
                 for m in self.methods]
         return rows, header
 

@@ -10,7 +10,8 @@ and gradient ``g^l = df/dh^l`` (from :func:`refbbp.linearize`):
 * the **bias attribution** ``a^{b,m} = b^{x,m} * g^m`` (FullGrad's bias-gradient, eq. 12),
   reported for every affine node ``m``; ``b^{x,m} = c * b + d`` is the node's *local*
   bias (:meth:`Trace.local_bias`), so a saturated Clip's offset ``d`` counts and the sums
-  below are exact.
+  below are exact. :meth:`Decomposition.bias_parts` splits it by the ONNX op each part
+  of the bias came from (a Conv's bias and a BatchNormalization folded into it).
 
 For every cut ``l`` the output decomposes completely (eq. 13)::
 
@@ -31,38 +32,44 @@ batch axis, as in :func:`refbbp.linearize`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from .._tables import text_table
 from ..tolerance import relative_error
 from ..network.linearize import LocalLinearModel, linearize
+from ..network.start import resolve_start, sample_shape, start_input
 
-__all__ = ["Decomposition", "LayerAttribution", "decompose", "layer_shape"]
+__all__ = ["BiasPart", "Decomposition", "LayerAttribution", "decompose", "layer_shape"]
 
 
 def layer_shape(network, n):
-    """Shape of one sample of node ``n``: ``node.shape`` without its batch dimension.
+    """Shape of one sample of node ``n``: ``node.shape`` without its batch dimension
+    (:func:`refbbp.network.start.sample_shape`)."""
+    return sample_shape(network, n)
 
-    Parameters
+
+class BiasPart(NamedTuple):
+    """One part of a node's bias attribution (:meth:`Decomposition.bias_parts`).
+
+    Attributes
     ----------
-    network : Network
-    n : int
-        Node index.
-
-    Returns
-    -------
-    tuple of int
-        ``network.input_shape`` for the input node; otherwise ``node.shape[1:]`` when the
-        model has a batch axis and the node's leading dimension is that batch axis (1),
-        else ``node.shape``.
+    name : str
+        The ONNX node the bias part came from (``"<node>/activation offsets"`` for the
+        offsets ``d`` of the node's activation, ``"<node>/constant inputs"`` for
+        constants read through a Pad or Concat).
+    op : str
+        Its op type (``"Conv"``, ``"BatchNormalization"``, ...; ``"Constant"`` for
+        constant inputs, ``"ActivationOffset"`` for ``d``).
+    a : ndarray
+        ``c * b_part * df/dh`` (``d * df/dh`` for the offsets), shaped like
+        :attr:`LayerAttribution.a_b`.
     """
-    if n == 0:
-        return tuple(network.input_shape)
-    shape = tuple(network.nodes[n].shape)
-    if network.batch_axis and len(shape) >= 1 and shape[0] == 1:
-        return shape[1:]
-    return shape
+
+    name: str
+    op: str
+    a: np.ndarray
 
 
 @dataclass(eq=False)
@@ -178,6 +185,11 @@ class Decomposition:
         return self.linear.network
 
     @property
+    def start(self):
+        """The node the decomposition starts from (SPEC section 8)."""
+        return self.linear.start
+
+    @property
     def grad_input(self):
         """``a = x * df/dx`` (gradient x input, ``a^{h,0}``), shaped like ``x``."""
         return self.layers[0].a_h
@@ -186,6 +198,45 @@ class Decomposition:
     def affine_nodes(self):
         """Indices of the affine nodes (the ones with a bias attribution)."""
         return [la.index for la in self.layers if la.a_b is not None]
+
+    def bias_parts(self, n):
+        """The bias attribution of affine node ``n`` split by where its bias came from.
+
+        A node's bias ``b`` is the sum of parts ``b_j``, one per ONNX op that contributed
+        to it (:attr:`refbbp.Node.bias_parts`: a Conv's own bias and a BatchNormalization
+        folded into it stay two parts). Part ``j`` is attributed ``c * b_j * df/dh``
+        (``c`` the activation's local slopes), the activation's offsets ``d * df/dh``
+        form one more part when the activation has any, and the parts add up to
+        :attr:`LayerAttribution.a_b` (to rounding). ``c * b_j * df/dh`` is ``b_j`` times
+        the gradient at the pre-activation output of the op: what FullGrad's reference
+        code takes for each module with a bias.
+
+        Parameters
+        ----------
+        n : int
+            Index of an affine node.
+
+        Returns
+        -------
+        list of BiasPart
+            In the order the parts were folded in.
+        """
+        node = self.network.nodes[n]
+        if node.kind != "affine":
+            raise ValueError(f"node {n} ({node.name}) is a {node.kind} node: only affine "
+                             f"nodes have a bias (affine nodes: {self.affine_nodes})")
+        trace, g = self.linear.trace, self.linear.grads[n]
+        shape = (g.shape[0],) + self.layers[n].shape
+        cd = trace.slopes_offsets(n)
+        terms = [(name, op, b if cd is None else cd[0] * b)
+                 for name, op, b in node.bias_terms()]
+        if cd is not None and np.any(cd[1] != 0):
+            terms.append((f"{node.name}/activation offsets", "ActivationOffset", cd[1]))
+        return [BiasPart(name, op, self._unbatched((local * g).reshape(shape)))
+                for name, op, local in terms]
+
+    def _unbatched(self, a):
+        return a if self.batched else a[0]
 
     def downstream(self, n):
         """Nodes reachable from node ``n`` (``n`` itself excluded), in node order.
@@ -271,11 +322,12 @@ class Decomposition:
                          "x".join(map(str, la.shape)), "yes" if la.is_cut else "",
                          ah, ab, share))
         lines = [text_table(rows, header)]
-        lines.append(f"f(x) = {f:.6g}; completeness error {self.check():.2g}")
+        lines.append(f"f(x) = {f:.6g}; completeness error {self.check():.2g}"
+                     + (f"; from {self.start}" if self.start.index else ""))
         return "\n".join(lines)
 
 
-def decompose(net, x, target=None):
+def decompose(net, x, target=None, start=None):
     """Activity and bias attributions of every layer at ``x`` (SPEC section 4).
 
     Parameters
@@ -284,6 +336,10 @@ def decompose(net, x, target=None):
     x : array_like, shape input_shape or (batch, *input_shape)
     target : None, "pred", "top2", int, sequence of int, or array, optional
         What to explain, as in :func:`refbbp.linearize` (default the predicted class).
+    start : None, int or str, optional
+        Decompose from this cut node instead of the input (SPEC section 8), as in
+        :func:`refbbp.linearize`: the layers are then those of the cut network
+        (:meth:`Network.from_node`; ``.start`` names the node).
 
     Returns
     -------
@@ -301,6 +357,9 @@ def decompose(net, x, target=None):
     >>> dec.check() <= 1e-9
     True
     """
+    s = resolve_start(net, start)
+    if s:
+        return decompose(*start_input(net, x, s), target)
     lin = linearize(net, x, target)
     trace, grads = lin.trace, lin.grads
     batch = grads[0].shape[0]

@@ -29,8 +29,9 @@ Methods (each takes a :class:`~refbbp.explain.decompose.Decomposition`, for one 
 batch, and returns maps shaped ``spatial`` or ``(batch, *spatial)``):
 
 * :func:`gradient_map`: ``sum_c |x * grad|``, the gradient x input baseline;
-* :func:`fullgrad`: ``Psi(|x * grad|) + sum_layers sum_channels Psi(|a^{b,l}_c|)``
-  (eq. 8), over every conv-shaped affine node;
+* :func:`fullgrad`: ``Psi(|sum_c x_c * grad_c|) + sum_layers sum_channels
+  Psi(|a^{b,l}_c|)`` (eq. 8), over every conv-shaped affine node; or as FullGrad's
+  reference code computes it (``variant="official"``, ``"official-2019"``);
 * :func:`layer_aggregate`: ``Psi(|a|) + sum_{l >= l0} Psi(|a^{h,l}|)`` (eq. 16) over the
   conv-shaped cut nodes (:meth:`Decomposition.spatial_layers`), with ``a^{h,l}`` summed
   over channels (eq. 11) before the absolute value;
@@ -40,9 +41,11 @@ batch, and returns maps shaped ``spatial`` or ``(batch, *spatial)``):
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
-__all__ = ["bilinear_upsample", "fullgrad", "gradient_map", "layer_aggregate", "layer_map",
-           "map_shape", "psi", "rescale", "resize_weights"]
+__all__ = ["FULLGRAD_VARIANTS", "bilinear_upsample", "fullgrad", "gradient_map",
+           "input_normalisation", "layer_aggregate", "layer_map", "map_shape", "psi",
+           "rescale", "resize_weights"]
 
 
 def map_shape(input_shape):
@@ -87,12 +90,14 @@ def rescale(a, ndim):
     return out
 
 
-def resize_weights(n_in, n_out):
-    """Interpolation matrix of one axis, half-pixel convention (``align_corners=False``).
+def resize_weights(n_in, n_out, align_corners=False):
+    """Interpolation matrix of one axis, half-pixel convention (``align_corners=False``)
+    or corner-aligned (``align_corners=True``).
 
     Output position ``i`` reads the input at ``src = (i + 0.5) * n_in / n_out - 0.5``,
-    clamped below at 0; with ``i0 = floor(src)``, ``i1 = min(i0 + 1, n_in - 1)`` and
-    ``t = src - i0`` it takes ``(1 - t) * a[i0] + t * a[i1]``. This is
+    clamped below at 0 (with ``align_corners=True``: ``src = i * (n_in - 1) / (n_out -
+    1)``, 0 when ``n_out == 1``); with ``i0 = floor(src)``, ``i1 = min(i0 + 1, n_in -
+    1)`` and ``t = src - i0`` it takes ``(1 - t) * a[i0] + t * a[i1]``. This is
     ``torch.nn.functional.interpolate``'s rule for linear/bilinear modes with an output
     size given (and no anti-aliasing).
 
@@ -100,6 +105,8 @@ def resize_weights(n_in, n_out):
     ----------
     n_in, n_out : int
         Input and output lengths (>= 1).
+    align_corners : bool
+        As in ``torch.nn.functional.interpolate``.
 
     Returns
     -------
@@ -108,8 +115,11 @@ def resize_weights(n_in, n_out):
     """
     if n_in < 1 or n_out < 1:
         raise ValueError(f"axis lengths must be >= 1, got {n_in} -> {n_out}")
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    src = np.maximum(src, 0.0)
+    if align_corners:
+        src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else:
+        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        src = np.maximum(src, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     t = src - i0
@@ -120,7 +130,7 @@ def resize_weights(n_in, n_out):
     return w
 
 
-def bilinear_upsample(a, size):
+def bilinear_upsample(a, size, align_corners=False):
     """Resize the trailing ``len(size)`` axes of ``a`` to ``size`` by (bi)linear
     interpolation with the half-pixel convention (see :func:`resize_weights`).
 
@@ -129,6 +139,8 @@ def bilinear_upsample(a, size):
     a : array_like, shape (..., *in_size)
     size : tuple of int
         Output spatial size; ``len(size)`` trailing axes are resized.
+    align_corners : bool
+        Corner-aligned interpolation instead (:func:`resize_weights`).
 
     Returns
     -------
@@ -146,7 +158,7 @@ def bilinear_upsample(a, size):
         n_in = out.shape[axis]
         if n_in == n_out:
             continue
-        w = resize_weights(n_in, n_out)
+        w = resize_weights(n_in, n_out, align_corners)
         out = np.moveaxis(np.tensordot(out, w, axes=([axis], [1])), -1, axis)
     return out
 
@@ -201,47 +213,132 @@ def gradient_map(dec):
     return _input_channel_sum(dec, np.abs(dec.grad_input))
 
 
-def fullgrad(dec, normalise="channel"):
-    """FullGrad (companion paper eq. 8; Srinivas & Fleuret 2019):
-    ``Psi(|x * grad|) + sum over layers l and channels c of Psi(|a^{b,l}_c|)``.
+#: The variants of :func:`fullgrad`.
+FULLGRAD_VARIANTS = ("paper", "official", "official-2019")
 
-    Every conv-shaped affine node contributes its bias attribution ``a^{b,l}``
-    (:attr:`LayerAttribution.a_b`, local biases including activation offsets); dense
-    layers are left out (module docstring).
+#: The ``eps`` of FullGrad's reference code (``FullGrad._postProcess``).
+OFFICIAL_EPS = 1e-6
+
+#: Bias parts (:class:`~refbbp.explain.decompose.BiasPart` ops) that belong to no layer of
+#: the model, so FullGrad's reference code, which takes the biases of its ``nn.Conv2d``,
+#: ``nn.Linear`` and ``nn.BatchNorm2d`` modules, has no term for them.
+NOT_LAYER_BIASES = ("ActivationOffset", "Constant")
+
+
+def _official_rescale(a, batched):
+    """``_postProcess`` of FullGrad's reference code: ``abs``, minus the minimum, divided
+    by the maximum plus ``eps``, jointly over everything but the batch axis."""
+    a = np.abs(a)
+    axes = tuple(range(1 if batched else 0, a.ndim))
+    a = a - a.min(axis=axes, keepdims=True)
+    return a / (a.max(axis=axes, keepdims=True) + OFFICIAL_EPS)
+
+
+def input_normalisation(dec):
+    """Nodes of an in-graph input normalisation: the chain of elementwise affine nodes
+    (one diagonal matrix, no activation, the input's shape) that starts at the input,
+    each the only reader of the one before (e.g. ``(x - mean) / std`` folded into one
+    node).
+
+    FullGrad's reference code has the normalisation outside the model (in the data
+    transform), so the :func:`fullgrad` ``"official"`` variants start after it.
 
     Parameters
     ----------
     dec : Decomposition
-    normalise : {"channel", "layer"}
-        ``"channel"`` (default, eq. 8 and SPEC 4): ``Psi`` of every channel's map
-        separately, input channels included. ``"layer"``: what FullGrad's reference code
-        does: ``rescale`` jointly over all channels and positions of a layer (and of the
-        input), then upsample and sum the channels.
+
+    Returns
+    -------
+    list of int
+        Node indices in order (empty when the model starts with a layer).
+    """
+    consumers = dec.network.consumers()
+    chain, n = [], 0
+    while len(consumers[n]) == 1:
+        k = consumers[n][0]
+        node = dec.network.nodes[k]
+        w = node.weights[0] if node.kind == "affine" and len(node.weights) == 1 else None
+        if (w is None or node.activation is not None or node.inputs != [n]
+                or dec.layers[k].a_h is None
+                or dec.layers[k].shape != tuple(dec.network.input_shape)
+                or not sp.issparse(w) or w.nnz != w.shape[0]
+                or not np.array_equal(w.tocsr().indices, np.arange(w.shape[0]))):
+            break
+        chain.append(k)
+        n = k
+    return chain
+
+
+def fullgrad(dec, variant="paper"):
+    """FullGrad (Srinivas & Fleuret 2019), as the companion paper writes it or as the
+    reference code computes it.
+
+    ``variant="paper"`` (default): companion paper eq. 8 exactly,
+    ``Psi(|a|) + sum over layers l and channels c of Psi(|a^{b,l}_c|)``, with ``a`` the
+    channel-summed input attribution ``sum_c x_c * grad_c`` (eq. 5; the absolute value
+    taken after the sum), ``Psi`` (eq. 9-10) per channel of every layer, upsampling with
+    ``align_corners=False`` (SPEC 4). Every conv-shaped affine node is a layer, with its
+    whole bias attribution :attr:`LayerAttribution.a_b` (local bias, activation offsets
+    included; an in-graph input normalisation is a layer too). Dense layers are left out
+    (module docstring).
+
+    ``variant="official"``: what ``FullGrad.saliency`` of the reference code
+    (github.com/idiap/fullgrad-saliency, ``saliency/fullgrad.py`` and
+    ``saliency/tensor_extractor.py``) computes today:
+
+    * ``FullGrad._postProcess``: ``abs``, minus the minimum, divided by the maximum plus
+      ``eps = 1e-6`` (:data:`OFFICIAL_EPS`), jointly over all channels and positions of
+      one image (:func:`_official_rescale`);
+    * input term: ``_postProcess(x * grad)`` summed over channels (no resizing);
+    * bias terms (``FullGradExtractor._extract_layer_bias``): one per module with a bias,
+      ``b * (gradient at the module's output)``; here one per bias part
+      (:meth:`Decomposition.bias_parts`), so a Conv's bias and a BatchNormalization
+      exported as a separate op are two terms even though the import folds them into
+      one node; activation offsets and constants read through a Pad belong to no
+      module and have no term (:data:`NOT_LAYER_BIASES`);
+    * terms whose tensors have the image's rank only, each ``_postProcess``-ed,
+      resized with ``F.interpolate(mode="bilinear", align_corners=True)`` and then summed
+      over channels;
+    * the model's input is the *normalised* image (the normalisation is a data
+      transform): an in-graph input normalisation (:func:`input_normalisation`) is left
+      out, its bias has no term and the input term is ``h * grad`` at its output.
+
+    ``variant="official-2019"``: the same with ``align_corners=False``, as the reference
+    code upsampled before June 2020 (commit 59b90bf; its ``fullgrad.py`` called
+    ``F.interpolate(..., mode="bilinear", align_corners=False)``).
+
+    Parameters
+    ----------
+    dec : Decomposition
+    variant : {"paper", "official", "official-2019"}
 
     Returns
     -------
     ndarray, shape map or (batch, *map)
     """
-    if normalise not in ("channel", "layer"):
-        raise ValueError(f"normalise must be 'channel' or 'layer', got {normalise!r}")
+    if variant not in FULLGRAD_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(map(repr, FULLGRAD_VARIANTS))}, "
+                         f"got {variant!r}")
     size = _input_spatial(dec)
-    nd = len(size)
-    batch_axes = 1 if dec.batched else 0
-
-    def term(a, has_channels):
-        a = np.abs(a)
-        if not has_channels:
-            return psi(a, size)
-        if normalise == "channel":
-            maps = psi(a, size)                       # (..., C, *size)
-        else:
-            maps = bilinear_upsample(rescale(a, nd + 1), size)
-        return maps.sum(axis=batch_axes)
-
-    s = term(dec.grad_input, len(dec.network.input_shape) >= 2)
+    channels = 1 if dec.batched else 0
+    if variant == "paper":
+        s = psi(_input_channel_sum(dec, dec.grad_input), size)
+        for la in dec.layers[1:]:
+            if la.a_b is not None and _fits(dec, la):
+                s = s + psi(la.a_b, size).sum(axis=channels)
+        return s
+    align_corners = variant == "official"
+    outside = input_normalisation(dec)
+    a = dec.layers[outside[-1]].a_h if outside else dec.grad_input
+    s = _input_channel_sum(dec, _official_rescale(a, dec.batched))
     for la in dec.layers[1:]:
-        if la.a_b is not None and _fits(dec, la):
-            s = s + term(la.a_b, True)
+        if la.a_b is None or not _fits(dec, la) or la.index in outside:
+            continue
+        for part in dec.bias_parts(la.index):
+            if part.op not in NOT_LAYER_BIASES:
+                term = bilinear_upsample(_official_rescale(part.a, dec.batched), size,
+                                         align_corners)
+                s = s + term.sum(axis=channels)
     return s
 
 

@@ -8,6 +8,8 @@ same field names for the same ``x`` and compares it with :func:`compare` (or
 ``meta``
     0-d string: JSON with ``format`` ("refbbp-oracle"), ``format_version`` (2),
     ``refbbp_version``, ``model`` (file name and sha256 of the ONNX file), ``input_shape``,
+    ``start`` (index and name of the node explained from, SPEC 8: node 0, the input,
+    unless the network was cut there; then ``x`` holds that node's output),
     ``target`` (as requested), ``rules``, ``temperatures`` and ``fields`` (this list).
 ``x``            (n, *input_shape): the inputs.
 ``logits``       (n, n_outputs): the network's outputs in float64 (SPEC 2).
@@ -24,6 +26,10 @@ for the node list):
 ``node/<k>/g``  (n, size): ``df/dh_k``;
 ``node/<k>/bias_x`` (n, size): the local bias ``b^x_k = c * b + d``;
 ``node/<k>/beta_in/<rule>/T=<T>`` (n, size): the BBp mass node ``k`` received.
+With exact Integrated Gradients (``refbbp explain --method ig``, SPEC 7):
+``ig``  (n, *input_shape): the attributions; ``ig_baseline`` (n, *input_shape): the
+baseline; ``ig_pieces`` (n,): the linear pieces the path crossed;
+``ig_completeness_error`` (n,): ``|sum ig - (f(x) - f(baseline))| / scale``.
 
 Format version 1 (refbbp 0.1.0) named the local biases ``bias``, ``bias_all`` and
 ``node/<k>/bias``; :func:`read_oracle` reads both versions and gives version 2's names,
@@ -121,11 +127,13 @@ def oracle_path(path):
 
 
 def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "deviation"),
-                 temperatures=(1.0,), layers=False, progress=None, betas=None, linear=None):
+                 temperatures=(1.0,), layers=False, progress=None, betas=None, linear=None,
+                 extra=None):
     """Write an oracle file (module docstring) for inputs ``x`` of shape (n, *input_shape).
 
     The file written is :func:`oracle_path` of ``path`` (``.npz`` appended unless the
-    name ends in it, as ``numpy.savez`` does).
+    name ends in it, as ``numpy.savez`` does). ``extra`` holds more fields already
+    computed for the same inputs (e.g. exact IG), each with a leading axis over them.
 
     Returns
     -------
@@ -135,20 +143,22 @@ def write_oracle(path, net, x, model_path=None, target=None, rules=("sign", "dev
     out = oracle_path(path)            # a bad name is refused before the work
     fields = oracle_fields(net, x, target, rules, temperatures, layers, progress, betas,
                            linear)
+    fields.update({k: np.asarray(v, np.float64) for k, v in (extra or {}).items()})
     save_oracle(out, net, fields, model_path, target, rules, temperatures)
     return fields
 
 
 def save_oracle(path, net, fields, model_path=None, target=None, rules=("sign", "deviation"),
                 temperatures=(1.0,)):
-    """Write computed ``fields`` (:func:`oracle_fields`) and their ``meta`` to ``path``
-    (an ``.npz`` name, :func:`oracle_path`)."""
+    """Write computed ``fields`` (:func:`oracle_fields`, and any extra ones) and their
+    ``meta`` to ``path`` (an ``.npz`` name, :func:`oracle_path`)."""
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "refbbp_version": __version__,
         "spec": "SPEC.md sections 2 (local linear model) and 3 (BBp)",
         "model": {"file": os.path.basename(model_path) if model_path else None,
                   "sha256": _sha256(model_path) if model_path else None},
         "input_shape": list(net.input_shape), "n_outputs": net.n_outputs,
+        "start": {"index": net.start.index, "name": net.start.name},
         "target": target if target is None or isinstance(target, (str, int)) else "vector",
         "rules": list(rules), "temperatures": [float(t) for t in temperatures],
         "fields": sorted(fields),

@@ -7,31 +7,12 @@ import numpy as np
 from .._tables import text_table
 from ..errors import InputShapeError
 from .linearize import linearize
+from .nodes import live_nodes
+from .start import Start, cut_network, resolve_start
 from .trace import Trace, matmul_rows, max_forward
 
 
 __all__ = ["Network", "live_nodes"]
-
-
-def live_nodes(nodes, output):
-    """Which nodes the node ``output`` depends on (itself included).
-
-    Parameters
-    ----------
-    nodes : list of Node
-        In topological order.
-    output : int
-
-    Returns
-    -------
-    ndarray of bool, shape (len(nodes),)
-    """
-    live = np.zeros(len(nodes), bool)
-    live[output] = True
-    for k in range(output, -1, -1):
-        if live[k]:
-            live[list(nodes[k].inputs)] = True
-    return live
 
 
 class Network:
@@ -58,6 +39,11 @@ class Network:
         Whether the ONNX input has a leading batch dimension.
     notices : list of str
         What the importer did that a user should know (e.g. a final Softmax dropped).
+    start : Start
+        The node of the full model whose output is this network's input (SPEC section 8):
+        the input itself (index 0) unless the network was cut by :meth:`from_node`.
+    origin : list of int or None
+        For a cut network, the index in the full model of each node; ``None`` otherwise.
     """
 
     def __init__(self, nodes, output, input_shape, *, input_name="input",
@@ -72,6 +58,8 @@ class Network:
         self.batch_axis = batch_axis
         self.notices = list(notices)
         self.source = source
+        self.start = Start(0, self.nodes[0].name if self.nodes else "input")
+        self.origin = None
         self._check()
 
     def _check(self):
@@ -123,6 +111,30 @@ class Network:
             reach = max([reach] + [c for c in consumers[k] if live[c]])
         return cuts
 
+    def from_node(self, start):
+        """The network cut at a node: its input is that node's output (SPEC section 8).
+
+        Parameters
+        ----------
+        start : None, int or str
+            A cut node: its index, its name, ``"after-normalisation"`` (the output of
+            the input normalisation, :func:`refbbp.network.start.normalisation_node`) or
+            ``None``/``"input"`` (this network itself).
+
+        Returns
+        -------
+        Network
+            Node 0 stands for ``start``; the nodes after it are shared with this network.
+            ``.start`` names the node, ``.origin`` maps node indices back to this network.
+
+        Raises
+        ------
+        ValueError
+            ``start`` names no node, or a node that is not a cut (the message names the
+            edge that bypasses it), or the model has no input normalisation.
+        """
+        return cut_network(self, resolve_start(self, start))
+
     # ---------------------------------------------------------------- forward
     def as_batch(self, x):
         """Validate ``x`` and return it as a float64 array (batch, n_inputs) and whether
@@ -154,13 +166,15 @@ class Network:
                                   f"{xb.size})")
         return xb, batched
 
-    def trace(self, x):
+    def trace(self, x, until=None):
         """Run the network on ``x`` in float64 and record every node's value and the
         activation pattern.
 
         Parameters
         ----------
         x : array_like, shape input_shape or (batch, *input_shape)
+        until : int, optional
+            Stop after this node (the nodes after it are left ``None``).
 
         Returns
         -------
@@ -170,7 +184,7 @@ class Network:
         n = len(self.nodes)
         values, pre, pieces, selected = [None] * n, [None] * n, [None] * n, [None] * n
         values[0] = xb
-        for k in range(1, n):
+        for k in range(1, n if until is None else until + 1):
             node = self.nodes[k]
             if node.kind == "max":
                 values[k], selected[k] = max_forward(values[node.inputs[0]], node.window)
@@ -227,6 +241,7 @@ class Network:
         ----------
         trace : Trace
         x : array_like, broadcastable to (batch, n_inputs)
+            With a trace of one input, any batch of inputs (directions) at once.
         bias : bool
 
         Returns
@@ -236,36 +251,66 @@ class Network:
         values : list of ndarray, shape (batch, node.size)
             ``h_n``.
         """
+        pre = [None] * len(self.nodes)
+        for k, pre_k, values_so_far in self.frozen_pass(trace, x, bias):
+            pre[k] = pre_k
+            values = values_so_far
+        return pre, values
+
+    def frozen_pass(self, trace, x, bias=True, keep=True):
+        """:meth:`frozen_values` node by node: yields ``(k, pre_k, values)`` after node
+        ``k`` (first ``k = 0``, the input), ``values`` being the list of node values so
+        far.
+
+        With ``keep=False`` a value is dropped (set to ``None``) once every node that
+        reads it has run, so a pass over a large batch of directions holds only the
+        values still needed."""
         x = np.asarray(x, np.float64)
-        xb = np.broadcast_to(x if x.ndim == 0 else x.reshape(-1, self.n_inputs),
-                             trace.values[0].shape)
-        values, pre = [None] * len(self.nodes), [None] * len(self.nodes)
+        shape = trace.values[0].shape
+        if x.ndim == 0:
+            xb = np.broadcast_to(x, shape)
+        elif shape[0] == 1:
+            xb = x.reshape(-1, self.n_inputs)
+        else:
+            xb = np.broadcast_to(x.reshape(-1, self.n_inputs), shape)
+        n = len(self.nodes)
+        last_reader = np.arange(n)
+        for k, node in enumerate(self.nodes):
+            last_reader[node.inputs] = k
+        values = [None] * n
         values[0] = xb
-        for k in range(1, len(self.nodes)):
+        yield 0, None, values
+        for k in range(1, n):
             node = self.nodes[k]
+            pre_k = None
             if node.kind == "max":
                 u = values[node.inputs[0]]
                 values[k] = np.take_along_axis(u, trace.selected[k], axis=1)
-                continue
-            y = np.zeros((xb.shape[0], node.size))
-            if bias:
-                y += node.bias
-            for i, w in zip(node.inputs, node.weights):
-                y += matmul_rows(values[i], w)
-            cd = trace.slopes_offsets(k)
-            if cd is None:
-                values[k] = y
             else:
-                pre[k] = y
-                values[k] = cd[0] * y + cd[1] if bias else cd[0] * y
-        return pre, values
+                y = np.zeros((xb.shape[0], node.size))
+                if bias:
+                    y += node.bias
+                for i, w in zip(node.inputs, node.weights):
+                    y += matmul_rows(values[i], w)
+                cd = trace.slopes_offsets(k)
+                if cd is None:
+                    values[k] = y
+                else:
+                    pre_k = y
+                    values[k] = cd[0] * y + cd[1] if bias else cd[0] * y
+            yield k, pre_k, values
+            if not keep:
+                for i in node.inputs:
+                    if last_reader[i] == k and i != self.output:
+                        values[i] = None
 
-    def linearize(self, x, target=None):
-        """The local linear model ``f(x) = w . x + b^x`` at ``x`` (SPEC section 2).
+    def linearize(self, x, target=None, start=None):
+        """The local linear model ``f(x) = w . x + b^x`` at ``x`` (SPEC section 2), or
+        over the output of node ``start`` (SPEC section 8).
 
         See :func:`refbbp.linearize`.
         """
-        return linearize(self, x, target)
+        return linearize(self, x, target, start)
 
     # ---------------------------------------------------------------- display
     def summary(self):
@@ -289,8 +334,9 @@ class Network:
         return self.summary()
 
     def __repr__(self):
+        cut = f", cut at {self.start}" if self.start.index else ""
         return (f"<Network {len(self.nodes)} nodes, input {self.input_shape}, "
-                f"{self.n_outputs} outputs>")
+                f"{self.n_outputs} outputs{cut}>")
 
 
 def _clip(s, n):

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InputShapeError
 from ..tolerance import relative_error
+from .start import resolve_start, start_input
 from .trace import Trace, matmul_rows
 
 __all__ = ["LocalLinearModel", "linearize", "local_linear_model", "reverse", "target_vectors"]
@@ -25,6 +26,10 @@ class LocalLinearModel:
     """The local linear model of a network at ``x`` for ``f = v . logits``.
 
     Shapes are per input; with a batch, each array gains a leading batch axis.
+
+    With a start node ``s`` (SPEC section 8) the "input" is ``s``'s output ``z``:
+    ``w = df/dz`` has ``s``'s shape, ``b^x`` leaves out the biases upstream of ``s``,
+    and ``network`` is the cut network (:meth:`Network.from_node`).
 
     Attributes
     ----------
@@ -54,6 +59,18 @@ class LocalLinearModel:
     @property
     def network(self):
         return self.trace.network
+
+    @property
+    def start(self):
+        """The node the model is over (:class:`~refbbp.network.start.Start`: index and
+        name in the full network; index 0, the input, unless a start was given)."""
+        return self.network.start
+
+    def __repr__(self):
+        shape = "x".join(map(str, np.shape(self.w)))
+        return (f"<LocalLinearModel from {self.start}: w of shape {shape}, "
+                f"f = {np.array2string(np.asarray(self.value), precision=6)}, "
+                f"b^x = {np.array2string(np.asarray(self.bias_x), precision=6)}>")
 
     @property
     def pattern(self):
@@ -130,12 +147,18 @@ def target_vectors(logits, target, n_outputs):
     return v
 
 
-def reverse(network, trace, v):
-    """``g_n = df/dh_n`` for every node, given ``v = df/dlogits`` (batch, n_outputs)."""
+def reverse(network, trace, v, *, grads=None, top=None):
+    """``g_n = df/dh_n`` for every node, given ``v = df/dlogits`` (batch, n_outputs).
+
+    With ``grads`` (one array per node, already seeded) and ``top``, ``v`` is ignored
+    and the pass runs from node ``top`` down: the gradient of any linear function of
+    the nodes up to ``top``."""
     nodes = network.nodes
-    grads = [np.zeros_like(val) for val in trace.values]
-    grads[network.output] += v
-    for k in range(len(nodes) - 1, 0, -1):
+    if grads is None:
+        grads = [np.zeros_like(val) for val in trace.values]
+        grads[network.output] += v
+    top = len(nodes) - 1 if top is None else top
+    for k in range(top, 0, -1):
         node, g = nodes[k], grads[k]
         if node.kind == "max":
             u = grads[node.inputs[0]]
@@ -149,7 +172,7 @@ def reverse(network, trace, v):
     return grads
 
 
-def linearize(network, x, target=None):
+def linearize(network, x, target=None, start=None):
     """The local linear model of ``network`` at ``x`` (SPEC section 2).
 
     Parameters
@@ -158,11 +181,24 @@ def linearize(network, x, target=None):
     x : array_like, shape input_shape or (batch, *input_shape)
     target : None, "pred", "top2", int, sequence of int, or array
         What to explain: by default the predicted class (see :func:`target_vectors`).
+    start : None, int or str, optional
+        Explain from this node instead of the input (SPEC section 8): a cut node's index
+        or name, or ``"after-normalisation"`` (the output of the input normalisation).
+        The model is then ``f = w . z + b^z`` over the node's output ``z`` at ``x``.
 
     Returns
     -------
     LocalLinearModel
+        ``.start`` names the node it is over.
+
+    Raises
+    ------
+    ValueError
+        ``start`` names no node or a node that is not a cut.
     """
+    s = resolve_start(network, start)
+    if s:
+        return linearize(*start_input(network, x, s), target)
     trace = network.trace(x)
     v = target_vectors(trace.logits, target, network.n_outputs)
     return local_linear_model(network, trace, v, reverse(network, trace, v))

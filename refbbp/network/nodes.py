@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from .piecewise import PiecewiseLinear
 from .window import WindowMatrix
 
-__all__ = ["Node", "matrix_format", "matrix_nbytes", "matrix_nnz"]
+__all__ = ["Node", "live_nodes", "matrix_format", "matrix_nbytes", "matrix_nnz"]
 
 
 def matrix_format(a):
@@ -69,6 +69,13 @@ class Node:
     window : ndarray of int64, shape (size, K)
         Max nodes: candidate input elements of each output in row-major window order,
         ``-1`` for padding (which never wins).
+    bias_parts : list of (str, str, ndarray) or None
+        Where ``bias`` came from, one ``(name, op, vector)`` per ONNX op that contributed
+        to it (a Conv's own bias, a BatchNormalization folded into it, constants read
+        through a Pad, ...), each vector of shape (size,) and already carried through
+        every later fold; ``bias`` is their sum (bitwise, summed in order, when at most
+        one fold followed the first contribution; to rounding otherwise). ``None``: the
+        bias is one part, the node's own (:meth:`bias_terms`).
     """
 
     name: str
@@ -80,11 +87,24 @@ class Node:
     bias: np.ndarray = None
     activation: PiecewiseLinear = None
     window: np.ndarray = None
+    bias_parts: list = None
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
         if self.bias is None:
             self.bias = np.zeros(self.size)
+
+    def bias_terms(self):
+        """The parts of ``bias``: ``bias_parts``, or ``[(name, op, bias)]`` when the node
+        has none recorded.
+
+        Returns
+        -------
+        list of (str, str, ndarray)
+        """
+        if self.bias_parts is None:
+            return [(self.name.split("+")[0], self.op, self.bias)]
+        return list(self.bias_parts)
 
     @property
     def size(self):
@@ -136,9 +156,32 @@ class Node:
         if self.kind == "max":
             return self.window.nbytes
         extra = 0 if self.activation is None else self.activation.nbytes
+        if self.bias_parts is not None:
+            extra += sum(part[2].nbytes for part in self.bias_parts)
         return sum(matrix_nbytes(w) for w in self.weights) + self.bias.nbytes + extra
 
     def describe_storage(self):
         if self.kind != "affine":
             return "-"
         return ",".join(matrix_format(w) for w in self.weights)
+
+
+def live_nodes(nodes, output):
+    """Which nodes the node ``output`` depends on (itself included).
+
+    Parameters
+    ----------
+    nodes : list of Node
+        In topological order.
+    output : int
+
+    Returns
+    -------
+    ndarray of bool, shape (len(nodes),)
+    """
+    live = np.zeros(len(nodes), bool)
+    live[output] = True
+    for k in range(output, -1, -1):
+        if live[k]:
+            live[list(nodes[k].inputs)] = True
+    return live

@@ -18,14 +18,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputShapeError
+from .._progress import progress
+from ..errors import InputShapeError, MemoryBudgetError
 from ..tolerance import relative_error
 from .linearize import linearize, reverse
+from .nodes import matrix_format
+from .trace import matmul_rows
 
-__all__ = ["Boundary", "IntegratedGradients", "Region", "Segment", "integrated_gradients",
-           "region"]
+__all__ = ["Boundary", "IntegratedGradients", "Radius", "Region", "Segment",
+           "integrated_gradients", "region"]
 
 MAX_PIECES = 100_000
+#: Work memory of :meth:`Region.radius` (the chunk of input directions), bytes.
+RADIUS_BYTES = 1 << 30
+#: ``method="bound"`` multiplies every norm bound by this, so that rounding in its own
+#: arithmetic (relative error far below 1e-12 over any real depth) cannot make a bound
+#: fall under the exact norm.
+BOUND_SLACK = 1.0 + 1e-12
+NORMS = {"l2": 2, "linf": 1}   # the ball's norm -> q of the dual norm of the normals
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,49 @@ class Segment:
     t_hi: float
     lo: Boundary | None
     hi: Boundary | None
+
+
+@dataclass(frozen=True)
+class Radius:
+    """The largest ball (``norm``) around ``x`` inside ``R(x)``, or a lower bound of its
+    radius (``method="bound"``).
+
+    Attributes
+    ----------
+    value : float
+        ``min_i slack_i / ||a_i||_q`` over the constraints ``a_i . x' + c_i >= 0`` of
+        ``R(x)`` (``q`` the dual norm), ``inf`` when nothing binds.
+    norm : {"l2", "linf"}
+    method : {"exact", "bound"}
+    binding : Boundary or None
+        The constraint that attains it (for a bound: the one attaining the bound).
+    slack : float
+        Its slack ``a . x + c`` at ``x``.
+    normal_norm : float
+        ``||a||_q`` of the binding constraint (for a bound: the upper bound used).
+    direction : ndarray, shape input_shape, or None
+        Exact radius only: a direction of unit ``norm`` along which the binding
+        constraint is reached at ``t = value`` (``-a / ||a||_2`` for L2, ``-sign(a)``
+        for L-infinity, ``a`` oriented so that the constraint reads ``a . x' + c >= 0``).
+    n_constraints : int
+        Constraints with a non-zero normal that were considered.
+    """
+
+    value: float
+    norm: str
+    method: str
+    binding: Boundary | None
+    slack: float
+    normal_norm: float
+    direction: np.ndarray | None
+    n_constraints: int
+
+    def __str__(self):
+        kind = "exact radius" if self.method == "exact" else "radius lower bound"
+        where = "nothing binds" if self.binding is None else (
+            f"binding: node {self.binding.node}, element {self.binding.element}, "
+            f"{self.binding.kind} {self.binding.value}")
+        return f"{self.norm} {kind} {self.value:.6g} ({where})"
 
 
 class Region:
@@ -118,6 +171,56 @@ class Region:
             raise InputShapeError("segment: direction contains NaN or infinite values")
         return _segment(net, self.trace, d)
 
+    def radius(self, norm="l2", method="exact", *, max_bytes=RADIUS_BYTES, show_progress=None):
+        """The radius of the largest ``norm`` ball around ``x`` inside ``R(x)``.
+
+        Every constraint of ``R(x)`` is ``a . x' + c >= 0`` with ``a`` the gradient of a
+        pre-activation element (one constraint per breakpoint next to its piece) or of
+        ``u_sel - u_q`` for a max node's selected and other candidates; its slack at
+        ``x`` is read from the trace. The radius is ``min slack / ||a||_q`` with ``q``
+        the dual norm (2 for ``"l2"``, 1 for ``"linf"``).
+
+        Parameters
+        ----------
+        norm : {"l2", "linf"}
+        method : {"exact", "bound"}
+            ``"exact"``: every ``||a||_q`` from forward-mode passes of the input's unit
+            vectors through the frozen local maps, in chunks under ``max_bytes`` (about
+            ``n_inputs`` forward passes of work, multi-threaded by BLAS, with a progress
+            bar). ``"bound"``: a sound lower bound of the radius at the cost of about
+            one forward pass, from upper bounds of ``||a||_q`` (the triangle inequality
+            through ``|A|`` element by element and, for L2, per-node operator norms
+            ``sqrt(||A||_1 ||A||_inf)``).
+        max_bytes : int
+            Work memory of the exact method's chunk of directions.
+        show_progress : bool, optional
+            Default: on a terminal.
+
+        Returns
+        -------
+        Radius
+        """
+        if norm not in NORMS:
+            raise ValueError(f"radius: norm={norm!r}; expected one of {sorted(NORMS)}")
+        if method not in ("exact", "bound"):
+            raise ValueError(f"radius: method={method!r}; expected 'exact' or 'bound'")
+        q = NORMS[norm]
+        if method == "exact":
+            norms = _exact_normal_norms(self.network, self.trace, q, max_bytes, show_progress)
+        else:
+            norms = _bound_normal_norms(self.network, self.trace, q)
+        best, count = _min_ratio(self.network, self.trace, norms)
+        if best is None:
+            return Radius(np.inf, norm, method, None, np.inf, 0.0, None, count)
+        value, slack, a_norm, boundary, side = best
+        direction = None
+        if method == "exact":
+            a = _normal(self.network, self.trace, boundary, side)
+            direction = (-a / np.linalg.norm(a) if q == 2 else -np.sign(a))
+            direction = direction.reshape(self.network.input_shape)
+        return Radius(float(value), norm, method, boundary, float(slack), float(a_norm),
+                      direction, count)
+
     def contains(self, x2):
         """Whether ``x2`` lies in ``R(x)``: the same activation pieces and the same max
         selections (SPEC section 1's piece and tie conventions)."""
@@ -134,42 +237,55 @@ class Region:
 
 def _segment(net, trace, d):
     """:meth:`Region.segment` of the region of ``trace`` (one input) along ``d``."""
-    dpre, dval = net.frozen_values(trace, d.reshape(1, -1), bias=False)
-    best = [np.inf, None]      # t_hi and its boundary
-    worst = [-np.inf, None]    # t_lo and its boundary
+    t_lo, t_hi, lo, hi = _segments(net, trace, d, boundaries=True)
+    return Segment(float(t_lo[0]), float(t_hi[0]), lo[0], hi[0])
 
-    def update(k, t_up, t_down, kind, values):
-        # t_up: crossing t >= 0 of each constraint (inf if none), t_down: t <= 0
-        if t_up.size and np.min(t_up) < best[0]:
-            e = int(np.argmin(t_up))
-            best[:] = [float(t_up.flat[e]), (k, e, kind, values(e, True))]
-        if t_down.size and np.max(t_down) > worst[0]:
-            e = int(np.argmax(t_down))
-            worst[:] = [float(t_down.flat[e]), (k, e, kind, values(e, False))]
+
+def _segments(net, trace, d, boundaries=False):
+    """The segment along ``d`` of the region of every input of ``trace`` (batch B).
+
+    Returns ``t_lo``, ``t_hi`` (B,) and, with ``boundaries``, the binding
+    :class:`Boundary` (or ``None``) on each side of each input."""
+    batch = trace.values[0].shape[0]
+    pre, val = net.frozen_values(trace, d.reshape(1, -1), bias=False)
+    rows = np.arange(batch)
+    t_hi, t_lo = np.full(batch, np.inf), np.full(batch, -np.inf)
+    hi = [None] * batch   # (node, element, kind, value) of the binding constraint
+    lo = [None] * batch
 
     for k in range(1, len(net.nodes)):
         node = net.nodes[k]
         if node.kind == "max":
-            _max_crossings(k, node, trace, dval, update)
+            found = _max_crossings(node, trace.selected[k], trace.values[node.inputs[0]],
+                                   val[node.inputs[0]])
         elif trace.pieces[k] is not None:
-            _activation_crossings(k, node, trace, dpre, update)
-    return Segment(worst[0], best[0], _boundary(worst[1]), _boundary(best[1]))
+            found = _activation_crossings(node, trace.pieces[k], trace.pre[k], pre[k])
+        else:
+            continue
+        t_up, t_down, what = found
+        for t_side, best, ends, pick, up in ((t_up, t_hi, hi, np.argmin, True),
+                                             (t_down, t_lo, lo, np.argmax, False)):
+            if not t_side.size:
+                continue
+            e = pick(t_side, axis=1)
+            t = t_side[rows, e]
+            better = t < best if up else t > best
+            best[better] = t[better]
+            if boundaries:
+                for b in np.flatnonzero(better):
+                    ends[b] = Boundary(k, int(e[b]), *what(b, int(e[b]), up))
+    return t_lo, t_hi, lo, hi
 
 
-def _boundary(b):
-    return None if b is None else Boundary(*b)
-
-
-def _activation_crossings(k, node, trace, dpre, update):
-    """Crossings of ``eta_{k-1} <= z0 + t dz <= eta_k`` for every element of node ``k``."""
+def _activation_crossings(node, pieces, z0, dz):
+    """Crossings of ``eta_{p-1} < z0 + t dz <= eta_p`` by every element (batch, size):
+    ``t_up`` (the first at ``t >= 0``, ``inf`` if none), ``t_down`` (``t <= 0``)."""
     act = node.activation
-    piece = trace.pieces[k][0].astype(np.int64)
-    z0, dz = trace.pre[k][0], dpre[k][0]
-    size = act.size
-    inf = np.full((size, 1), np.inf)
+    piece = pieces.astype(np.int64)
+    inf = np.full((act.size, 1), np.inf)
     padded = np.concatenate([-inf, act.breaks, inf], axis=1)
-    rows = np.arange(size)
-    lo, hi = padded[rows, piece], padded[rows, piece + 1]
+    cols = np.arange(act.size)
+    lo, hi = padded[cols, piece], padded[cols, piece + 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         t_hi_bound = (hi - z0) / dz   # where z reaches the upper breakpoint
         t_lo_bound = (lo - z0) / dz
@@ -180,37 +296,33 @@ def _activation_crossings(k, node, trace, dpre, update):
     t_up = np.where(np.isnan(t_up), np.inf, np.maximum(t_up, 0.0))
     t_down = np.where(np.isnan(t_down), -np.inf, np.minimum(t_down, 0.0))
 
-    def values(e, up):
-        return float(hi[e] if (dz[e] > 0) == up else lo[e])
+    def what(b, e, up):
+        return "breakpoint", float(hi[b, e] if (dz[b, e] > 0) == up else lo[b, e])
 
-    update(k, t_up, t_down, "breakpoint", values)
+    return t_up, t_down, what
 
 
-def _max_crossings(k, node, trace, dval, update):
-    """Crossings of ``u_sel(t) - u_q(t) >= 0`` for every other candidate ``q``."""
-    src = node.inputs[0]
+def _max_crossings(node, selected, u0, du):
+    """Crossings of ``u_sel(t) - u_q(t) >= 0`` for every other candidate ``q`` of every
+    output (batch, size)."""
     window = node.window
     safe = np.where(window >= 0, window, 0)
-    sel = trace.selected[k][0]
-    u0, du = trace.values[src][0], dval[src][0]
-    g0 = u0[sel][:, None] - u0[safe]
-    dg = du[sel][:, None] - du[safe]
-    other = (window >= 0) & (safe != sel[:, None])
-    g0 = np.maximum(g0, 0.0)
+    u_sel = np.take_along_axis(u0, selected, axis=1)
+    du_sel = np.take_along_axis(du, selected, axis=1)
+    g0 = np.maximum(u_sel[:, :, None] - u0[:, safe], 0.0)
+    dg = du_sel[:, :, None] - du[:, safe]
+    other = (window >= 0)[None] & (safe[None] != selected[:, :, None])
     with np.errstate(divide="ignore", invalid="ignore"):
         cross = -g0 / dg
-    t_up = np.where(other & (dg < 0), cross, np.inf)
-    t_down = np.where(other & (dg > 0), cross, -np.inf)
-    t_up, t_down = t_up.min(axis=1), t_down.max(axis=1)
-    q_up = safe[np.arange(len(sel)), np.argmin(np.where(other & (dg < 0), cross, np.inf),
-                                               axis=1)]
-    q_down = safe[np.arange(len(sel)), np.argmax(np.where(other & (dg > 0), cross, -np.inf),
-                                                 axis=1)]
+    up = np.where(other & (dg < 0), cross, np.inf)
+    down = np.where(other & (dg > 0), cross, -np.inf)
+    q_up, q_down = np.argmin(up, axis=2), np.argmax(down, axis=2)
 
-    def values(e, up):
-        return int(q_up[e] if up else q_down[e])
+    def what(b, e, side_up):
+        q = q_up[b, e] if side_up else q_down[b, e]
+        return "max candidate", int(safe[e, q])
 
-    update(k, t_up, t_down, "max candidate", values)
+    return up.min(axis=2), down.max(axis=2), what
 
 
 def region(net, x, target=None):
@@ -269,9 +381,14 @@ def _linear_scale(lin):
 
 
 def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_PIECES,
-                         tol=1e-13):
+                         tol=1e-13, max_bytes=RADIUS_BYTES):
     """Exact Integrated Gradients of ``f = v . logits`` along ``baseline + t (x -
     baseline)``, region by region (SPEC section 7).
+
+    Points of the path are probed in batches: each probe's region covers an interval
+    of ``t`` (its :meth:`Region.segment` along the path); the gaps the intervals leave
+    are probed at their midpoints until the intervals cover ``[0, 1]``. The pieces are
+    then the intervals in order, each with the gradient of its probe's region.
 
     Parameters
     ----------
@@ -282,10 +399,12 @@ def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_P
     target : as for :func:`refbbp.linearize`
         Resolved at ``x`` (``None``: the class predicted at ``x``) and kept along the path.
     max_pieces : int
-        Give up (``RuntimeError``) after this many pieces.
+        Give up (``RuntimeError``) after finding this many pieces.
     tol : float
-        Pieces shorter than this (in ``t``) are stepped over; they change the result by at
-        most ``tol * |w . (x - baseline)|``.
+        Gaps shorter than this (in ``t``) are not probed; they are given to the next
+        piece and change the result by at most ``tol * |w . (x - baseline)|`` each.
+    max_bytes : int
+        Work memory of a batch of probes (their traces and gradients).
 
     Returns
     -------
@@ -303,53 +422,294 @@ def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_P
     v = np.asarray(end.target, np.float64)
     start = linearize(net, x0, v)
     d = x - x0
-    total = np.zeros(x.size)
-    abs_total = 0.0
-    breaks = [0.0]
-    t = 0.0
-    while t < 1.0:
-        if len(breaks) > max_pieces:
-            raise RuntimeError(
-                f"integrated_gradients: the path crossed more than {max_pieces} linear "
-                "regions; raise max_pieces if that is expected")
-        t_next, w = _next_piece(net, x0, d, t, v, tol)
-        contrib = (t_next - t) * (w * d.ravel())
-        total += contrib
-        abs_total += float(np.abs(contrib).sum())
-        breaks.append(t_next)
-        t = t_next
-    attributions = total.reshape(x.shape)
+    per_probe = 8 * 3 * sum(node.size for node in net.nodes) + 1
+    batch = int(max(1, min(MAX_BATCH, max_bytes // per_probe)))
+    breaks, grads = _path_pieces(net, x0.ravel(), d.ravel(), v, tol, max_pieces, batch)
+    terms = np.diff(breaks)[:, None] * (grads * d.ravel())
+    total = terms.sum(axis=0)
     value, base_value = float(end.value), float(start.value)
-    scale = abs_total + _linear_scale(end) + _linear_scale(start)
+    scale = float(np.abs(terms).sum()) + _linear_scale(end) + _linear_scale(start)
     err = abs(float(total.sum()) - (value - base_value))
     return IntegratedGradients(
-        attributions=attributions, n_pieces=len(breaks) - 1, breaks=np.array(breaks),
+        attributions=total.reshape(x.shape), n_pieces=len(breaks) - 1, breaks=breaks,
         value=value, baseline_value=base_value,
         completeness_error=float(relative_error(err, scale)), target=v)
 
 
-def _next_piece(net, x0, d, t, v, tol):
-    """The piece of the path that starts at ``t``: its end and the gradient on it.
+#: Most probes of the path traced at once by :func:`integrated_gradients`.
+MAX_BATCH = 256
 
-    The region at the point ``x0 + t d`` itself is tried first; where its segment ends
-    (within ``tol``) at ``t`` (``t`` lies on a boundary and the path leaves the region),
-    a probe further along is taken, and moved back to halfway between ``t`` and where its
-    region starts until that region reaches back to ``t``."""
-    def gradient(trace):
-        return reverse(net, trace, v[None])[0][0]
 
-    s = t
-    for _ in range(200):
-        trace = net.trace((x0 + s * d)[None])
-        seg = _segment(net, trace, d)
-        lo, hi = s + seg.t_lo, min(1.0, s + seg.t_hi)
-        if lo <= t + tol and hi > t + tol:
-            return (1.0 if hi >= 1.0 - tol else hi), gradient(trace)
-        if hi <= t + tol:          # the region at s ends at t: look further along
-            s = t + (1.0 - t) / 2 if s == t else (t + s) / 2
-        else:                      # the region at s starts after t: look closer to t
-            s = (t + lo) / 2
-        if s - t <= tol:
-            end = min(1.0, t + tol)
-            return end, gradient(net.trace((x0 + end * d)[None]))
-    raise RuntimeError(f"integrated_gradients: no linear region found after t = {t!r}")
+def _path_pieces(net, x0, d, v, tol, max_pieces, batch):
+    """The linear pieces of ``x0 + t d`` on ``[0, 1]``: breaks ``0 = t_0 < ... < t_n
+    = 1`` and the gradient of ``v . logits`` on each piece (n, n_inputs)."""
+    found = []            # (lo, hi, gradient) of each probe's region, clipped to [0, 1]
+    todo = list((np.arange(batch) + 0.5) / batch)      # a first grid of probes
+    while todo:
+        for i in range(0, len(todo), batch):
+            t = np.array(todo[i:i + batch])
+            trace = net.trace((x0[None] + t[:, None] * d[None]).reshape(
+                (len(t),) + net.input_shape))
+            t_lo, t_hi, _, _ = _segments(net, trace, d)
+            g = reverse(net, trace, np.broadcast_to(v, (len(t), v.size)))[0]
+            found += zip(np.maximum(t + t_lo, 0.0), np.minimum(t + t_hi, 1.0), g)
+        found.sort(key=lambda f: f[0])
+        breaks, grads = _sweep(found, tol)
+        if len(grads) > max_pieces:
+            raise RuntimeError(
+                f"integrated_gradients: the path crossed more than {max_pieces} linear "
+                "regions; raise max_pieces if that is expected")
+        todo = [(a + b) / 2 for a, b in _gaps(found) if b - a > tol]
+    return np.array(breaks), np.array(grads)
+
+
+def _sweep(found, tol):
+    """Pieces from the probes' intervals (sorted by start): each interval that reaches
+    more than ``tol`` past the pieces so far ends the next piece; the others are probes
+    of a region already taken (or thinner than ``tol``)."""
+    breaks, grads = [0.0], []
+    for _lo, hi, g in found:
+        if breaks[-1] >= 1.0:
+            break
+        if hi <= breaks[-1] + tol and hi < 1.0:
+            continue
+        breaks.append(hi if hi < 1.0 - tol else 1.0)
+        grads.append(g)
+    return breaks, grads
+
+
+def _gaps(found):
+    """The parts of ``[0, 1]`` the intervals ``found`` (sorted by start) leave uncovered."""
+    covered = 0.0
+    for lo, hi, _ in found:
+        if lo > covered:
+            yield covered, lo
+        covered = max(covered, hi)
+    if covered < 1.0:
+        yield covered, 1.0
+
+
+# ------------------------------------------------------------------ radius
+def _constraint_slacks(net, trace, k):
+    """Slack of the constraints of node ``k`` at the traced input: an activation node's
+    ``(z - lo, hi - z)`` per element (the breakpoints around its piece), a max node's
+    ``u_sel - u_q`` per (output, window position), ``inf`` where there is no constraint
+    (an unbounded piece, padding, the selected candidate itself)."""
+    node = net.nodes[k]
+    if node.kind == "max":
+        window = node.window
+        safe = np.where(window >= 0, window, 0)
+        sel = trace.selected[k][0]
+        u = trace.values[node.inputs[0]][0]
+        other = (window >= 0) & (safe != sel[:, None])
+        return np.where(other, u[sel][:, None] - u[safe], np.inf)
+    act = node.activation
+    piece = trace.pieces[k][0].astype(np.int64)
+    z = trace.pre[k][0]
+    inf = np.full((act.size, 1), np.inf)
+    padded = np.concatenate([-inf, act.breaks, inf], axis=1)
+    rows = np.arange(act.size)
+    return np.stack([z - padded[rows, piece], padded[rows, piece + 1] - z], axis=1)
+
+
+def _constrained(net, trace):
+    """Nodes that carry constraints of ``R(x)``: activated affine nodes and max nodes."""
+    return [k for k in range(1, len(net.nodes))
+            if net.nodes[k].kind == "max" or trace.pieces[k] is not None]
+
+
+def _min_ratio(net, trace, norms):
+    """``min slack / norm`` over every constraint with a non-zero normal: ``(value,
+    slack, norm, Boundary, side)`` or ``None``, and how many such constraints there
+    are. ``norms[k]`` has one column (the normal shared by both breakpoints of an
+    element) or the window's shape."""
+    best = None
+    count = 0
+    for k, a_norm in norms.items():
+        slack = _constraint_slacks(net, trace, k)
+        live = (a_norm > 0) & np.isfinite(slack)
+        count += int(np.count_nonzero(live))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(live, slack / a_norm, np.inf)
+        flat = int(np.argmin(ratio))
+        if not np.isfinite(ratio.flat[flat]) or (best is not None and
+                                                 ratio.flat[flat] >= best[0]):
+            continue
+        e, side = np.unravel_index(flat, ratio.shape)
+        node = net.nodes[k]
+        if node.kind == "max":
+            boundary = Boundary(k, int(e), "max candidate", int(node.window[e, side]))
+        else:
+            brk = node.activation.breaks[e]
+            value = float(brk[trace.pieces[k][0][e] - 1 + side])
+            boundary = Boundary(k, int(e), "breakpoint", value)
+        best = (float(ratio.flat[flat]), float(slack.flat[flat]),
+                float(np.broadcast_to(a_norm, ratio.shape).flat[flat]), boundary, int(side))
+    return best, count
+
+
+def _exact_normal_norms(net, trace, q, max_bytes, show_progress):
+    """``||a||_q`` of every constraint normal, by forward-mode passes of chunks of the
+    input's unit vectors (each pass gives a block of columns of every Jacobian)."""
+    keys = _constrained(net, trace)
+    acc = {}
+    per_dir = 8 * net.n_inputs
+    for k in keys:
+        node = net.nodes[k]
+        if node.kind == "max":
+            acc[k] = np.zeros(node.window.shape)
+            per_dir += 8 * 2 * node.window.size
+        else:
+            acc[k] = np.zeros((node.size, 1))
+            per_dir += 8 * node.size
+    for node in net.nodes[1:]:
+        per_dir += 8 * node.size * (2 if node.activation is not None else 1)
+    chunk = int(max_bytes // per_dir)
+    if chunk < 1:
+        raise MemoryBudgetError(
+            f"radius: one input direction needs about {per_dir:,} bytes of work memory, "
+            f"more than max_bytes={int(max_bytes):,}; raise max_bytes or use "
+            "method='bound'")
+    chunk = min(chunk, net.n_inputs)
+    n = net.n_inputs
+    starts = range(0, n, chunk)
+    for start in progress(starts, total=len(starts), desc="radius",
+                          enabled=show_progress):
+        stop = min(n, start + chunk)
+        eye = np.zeros((stop - start, n))
+        eye[np.arange(stop - start), np.arange(start, stop)] = 1.0
+        for k, pre_k, values in net.frozen_pass(trace, eye, bias=False, keep=False):
+            if k not in acc:
+                continue
+            node = net.nodes[k]
+            if node.kind == "max":
+                window = node.window
+                du = values[node.inputs[0]]
+                safe = np.where(window >= 0, window, 0)
+                sel = trace.selected[k][0]
+                cols = du[:, sel][:, :, None] - du[:, safe]
+                acc[k] += _power_sum(cols, q)
+            else:
+                acc[k][:, 0] += _power_sum(pre_k, q)
+    return {k: (np.sqrt(a) if q == 2 else a) for k, a in acc.items()}
+
+
+def _power_sum(a, q):
+    """``sum over the batch axis of |a|^q``."""
+    return np.einsum("i...,i...->...", a, a) if q == 2 else np.abs(a).sum(axis=0)
+
+
+def _abs_matmul_rows(u, a, power=1, block=256):
+    """``u @ |A|^power .T`` (entry by entry) for a dense, CSR or window matrix."""
+    fmt = matrix_format(a)
+    if fmt == "window":
+        rs = a.row_scale
+        b = a._with(kernel=np.abs(a.kernel) ** power,
+                    row_scale=None if rs is None else np.abs(rs) ** power)
+        return b.matmul_rows(u)
+    if fmt == "csr":
+        b = a.copy()
+        b.data = np.abs(b.data) ** power
+        return matmul_rows(u, b)
+    a = np.asarray(a)
+    out = np.empty((u.shape[0], a.shape[0]))
+    for r in range(0, a.shape[0], block):   # |A| a block of rows at a time
+        out[:, r:r + block] = u @ (np.abs(a[r:r + block]) ** power).T
+    return out
+
+
+def _abs_col_sums(a, block=256):
+    """Column sums of ``|A|``."""
+    fmt = matrix_format(a)
+    if fmt == "window":
+        rs = a.row_scale
+        b = a._with(kernel=np.abs(a.kernel), row_scale=None if rs is None else np.abs(rs))
+        return b.rmatmul_rows(np.ones((1, a.shape[0])))[0]
+    if fmt == "csr":
+        return np.asarray(abs(a).sum(axis=0)).ravel()
+    a = np.asarray(a)
+    out = np.zeros(a.shape[1])
+    for r in range(0, a.shape[0], block):
+        out += np.abs(a[r:r + block]).sum(axis=0)
+    return out
+
+
+def _bound_normal_norms(net, trace, q):
+    """Upper bounds of ``||a||_q`` for every constraint normal, in one pass.
+
+    ``B_n[e] >= ||grad h_n[e]||_q`` element by element: ``B_0 = 1``; an affine node's
+    pre-activation ``z = sum_i A_i h_i + b`` has ``||grad z_e|| <= sum_i (|A_i| B_i)_e``
+    (the triangle inequality), its value ``|c| B_z``; a max node takes its selected
+    candidate's bound. For L2 also ``L_n >= ||d h_n / dx||_2`` (operator norm):
+    ``L_z <= sum_i ||A_i||_2 L_i`` with ``||A||_2 <= sqrt(||A||_1 ||A||_inf)``,
+    ``L_z <= sqrt(sum_e B_z[e]^2)`` (Frobenius), and ``||grad z_e||_2 <= sum_i
+    ||row_e(A_i)||_2 L_i``; each bound is the smaller of the two."""
+    nodes = net.nodes
+    n = len(nodes)
+    bound, lip = [None] * n, [None] * n
+    bound[0] = np.ones(net.n_inputs)
+    lip[0] = 1.0
+    norms = {}
+    for k in range(1, n):
+        node = nodes[k]
+        if node.kind == "max":
+            src = node.inputs[0]
+            sel = trace.selected[k][0]
+            bound[k] = bound[src][sel]
+            window = node.window
+            safe = np.where(window >= 0, window, 0)
+            pair = bound[src][sel][:, None] + bound[src][safe]
+            norms[k] = pair * BOUND_SLACK
+            if q == 2:
+                mult = np.bincount(sel, minlength=nodes[src].size).max(initial=0)
+                lip[k] = min(np.sqrt(mult) * lip[src], _frobenius(bound[k]))
+            continue
+        z = np.zeros(node.size)
+        for i, w in zip(node.inputs, node.weights):
+            z += _abs_matmul_rows(bound[i][None], w)[0]
+        if q == 2:
+            rows = np.zeros(node.size)
+            op = 0.0
+            for i, w in zip(node.inputs, node.weights):
+                row2 = np.sqrt(_abs_matmul_rows(np.ones((1, w.shape[1])), w, power=2)[0])
+                rows += row2 * lip[i]
+                row1 = _abs_matmul_rows(np.ones((1, w.shape[1])), w)[0]
+                op += np.sqrt(row1.max(initial=0) * _abs_col_sums(w).max(initial=0)) * lip[i]
+            z = np.minimum(z, rows)
+            lip_z = min(op, _frobenius(z))
+        cd = trace.slopes_offsets(k)
+        if cd is None:
+            bound[k] = z
+            if q == 2:
+                lip[k] = lip_z
+            continue
+        norms[k] = (z * BOUND_SLACK)[:, None]
+        c = np.abs(cd[0][0])
+        bound[k] = c * z
+        if q == 2:
+            lip[k] = min(c.max(initial=0) * lip_z, _frobenius(bound[k]))
+    return norms
+
+
+def _frobenius(b):
+    return float(np.sqrt(np.dot(b, b)))
+
+
+def _normal(net, trace, boundary, side):
+    """The normal ``a`` of a constraint, oriented as ``a . x' + c >= 0``, by one reverse
+    pass from its node."""
+    k, e = boundary.node, boundary.element
+    node = net.nodes[k]
+    grads = [np.zeros_like(v) for v in trace.values]
+    if node.kind == "max":
+        src = node.inputs[0]
+        grads[src][0, trace.selected[k][0][e]] += 1.0
+        grads[src][0, node.window[e, side]] -= 1.0
+        top = src
+    else:
+        seed = np.zeros((1, node.size))
+        seed[0, e] = 1.0 if side == 0 else -1.0      # z - lo >= 0, hi - z >= 0
+        for i, wt in zip(node.inputs, node.weights_t):
+            grads[i] += matmul_rows(seed, wt)
+        top = k - 1
+    return reverse(net, trace, None, grads=grads, top=top)[0][0]

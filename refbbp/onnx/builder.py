@@ -106,6 +106,12 @@ def diagonal(values):
                          np.arange(n + 1, dtype=np.int32)), shape=(n, n))
 
 
+def _constant_part(name, const):
+    """The bias part of a node that constant input elements (a Pad's value, a constant
+    in a Concat) contribute."""
+    return (f"{name}/constant inputs", "Constant", const)
+
+
 def _scale_rows(a, s):
     if isinstance(a, WindowMatrix):
         return a.scaled_rows(s)
@@ -201,6 +207,7 @@ class Builder:
         """
         m = int(np.prod(shape, dtype=np.int64))
         bias = np.broadcast_to(np.asarray(bias, np.float64), (m,)).copy()
+        bias_parts = [(name, op, bias.copy())]
         by_src = {}
         for var, mat in parts:
             assert mat.shape == (m, var.size), (name, mat.shape, (m, var.size))
@@ -210,13 +217,16 @@ class Builder:
             cmask = var.src < 0
             if cmask.any() and np.any(var.const[cmask] != 0):
                 cols = np.flatnonzero(cmask)
-                bias += np.asarray(mat[:, cols] @ var.const[cols]).ravel()
+                const = np.asarray(mat[:, cols] @ var.const[cols]).ravel()
+                bias += const
+                bias_parts.append(_constant_part(name, const))
         inputs = sorted(by_src)
         weights = [by_src[k] for k in inputs]
         for w in weights:
             if sp.issparse(w):
                 w.sort_indices()
-        node = Node(name, "affine", op, shape, [int(k) for k in inputs], weights, bias, activation)
+        node = Node(name, "affine", op, shape, [int(k) for k in inputs], weights, bias, activation,
+                    bias_parts=bias_parts if len(bias_parts) > 1 else None)
         k = self._add(node, activation is None, foldable and activation is None)
         return Var.of_node(k, shape)
 
@@ -254,9 +264,12 @@ class Builder:
                                self.nodes[k].size, wm.row_scale)
         m = int(np.prod(shape, dtype=np.int64))
         bias = np.broadcast_to(np.asarray(bias, np.float64), (m,)).copy()
+        bias_parts = None
         if np.any(var.const != 0):   # constant elements around the grid (a Pad's value)
-            bias += wm.matmul_rows(np.where(var.src < 0, var.const, 0.0)[None])[0]
-        node = Node(name, "affine", op, shape, [k], [on_node], bias)
+            const = wm.matmul_rows(np.where(var.src < 0, var.const, 0.0)[None])[0]
+            bias_parts = [(name, op, bias.copy()), _constant_part(name, const)]
+            bias += const
+        node = Node(name, "affine", op, shape, [k], [on_node], bias, bias_parts=bias_parts)
         k = self._add(node, True, foldable)
         return Var.of_node(k, shape)
 
@@ -368,6 +381,16 @@ class Builder:
             t = np.empty(node.size)
             s[perm], t[perm] = scale, shift
             node.weights = [_scale_rows(a, s) for a in node.weights]
+            if np.any(t != 0) or node.bias_parts is not None:
+                # where the bias comes from (Node.bias_parts): each part carried through
+                # the fold, and the shift as a part of its own
+                parts = [(n_, o_, s * p_) for n_, o_, p_ in node.bias_terms()]
+                if np.any(t != 0):
+                    parts.append((name, op, t))
+                added = 8 * node.size * (len(parts) - len(node.bias_parts or ()))
+                self.reserve(node.name, added)
+                self.total_bytes += added
+                node.bias_parts = parts
             node.bias = s * node.bias + t
             node.weights_changed()
             if name not in node.name.split("+"):

@@ -153,6 +153,7 @@ class Run:
     def __init__(self, folder, manifest, task):
         self.folder, self.manifest, self.task = folder, manifest, task
         self._gathered = {}
+        self.cache = {}     # the driver's state between chunks (e.g. a stream of tie keys)
 
     @property
     def n(self):
@@ -276,6 +277,7 @@ def run(task, model, inputs, out_dir, *, executor=None, chunk_size=CHUNK_SIZE, r
     net = load(path, input_shape)
     source = open_source(inputs, net.input_shape, labels=labels, **(image_options or {}))
     source = source.head(n).check(net.input_shape, net.n_outputs, task.needs_labels)
+    task.prepare(net, source)
     out_dir = os.fspath(out_dir)
     fresh = Manifest.new(out_dir, task.name, task.options,
                          {"file": os.path.basename(path), "sha256": sha,

@@ -5,23 +5,33 @@ Each task is one class: its ``options`` (all of them go to the manifest), its ``
 ``summary(rows)``, the reduction over the whole run's shards.
 
 * ``explain``: the local linear model and BBp of every input for each rule
-  (:func:`explain_inputs`, as ``refbbp explain``), with each input's completeness error.
-* ``oracle``: the golden fields of :func:`refbbp.io.oracle.oracle_fields`.
+  (:func:`explain_inputs`, as ``refbbp explain``), with each input's completeness error;
+  from a start node (:func:`from_start`, SPEC 8) and with exact IG (:func:`exact_ig`,
+  :func:`ig_fields`) if asked.
+* ``oracle``: the golden fields of :func:`refbbp.io.oracle.oracle_fields` (from a start
+  node if asked).
 * ``verify``: :func:`refbbp.io.verify.verify` of each chunk; the run's worst errors are
   the worst over its chunks.
 * ``evaluate``: two stages. ``maps``: each image's class and saliency maps
   (:func:`refbbp.evaluate.protocol.group_maps`; the ``"random"`` maps are drawn from the
   one seeded generator advanced to the chunk's first image, so they are those of the
   whole set). ``scans``: the removal scans (:func:`~refbbp.evaluate.protocol.removal_metrics`)
-  of each image with its own maps and the maps of its noise source, the derangement of
-  the *whole* set (:func:`refbbp.evaluate.derangement`, known up front from ``n`` and
-  the seed): the driver reads the partners' maps from the first stage's shards and sends
-  them with the chunk. The result does not depend on the executor or the number of
-  workers; it equals :func:`refbbp.evaluate.evaluate` bit for bit when the chunk size is
-  a multiple of ``group`` (32), the groups ``evaluate`` uses.
+  of each image with its own maps and the maps of its noise sources among the *whole*
+  set (:func:`refbbp.evaluate.noise_sources`, known up front from ``n``, the pool size
+  and the seed): the driver reads the partners' maps from the first stage's shards and
+  sends them with the chunk. The options that depend on the whole set are settled by the
+  driver: the ``"mean"`` baseline once before the run (:meth:`Evaluate.prepare`,
+  :func:`~refbbp.evaluate.options.channel_means` over the inputs that can be read,
+  recorded as the option ``baseline_values``), random tie keys drawn in turn from the
+  one stream (:func:`~refbbp.evaluate.options.tie_key_stream`) and sent with each chunk;
+  a ``"blur"`` baseline is per image, computed in the chunk. The result does not depend
+  on the executor or the number of workers; it equals :func:`refbbp.evaluate.evaluate`
+  with the same options bit for bit when the chunk size is a multiple of ``group`` (32),
+  the groups ``evaluate`` uses.
 * ``bias-report``: :func:`refbbp.studies.bias_study.bias_rows` per chunk (predicted
-  class of each variant, ``|b^x|``, ``|W^x x|``), reduced by
-  :func:`~refbbp.studies.bias_study.report_from_rows` over the whole set.
+  class of each variant, from ``x`` and, with a start node, from ``z``, ``|b^x|``,
+  ``|W^x x|``), reduced by :func:`~refbbp.studies.bias_study.report_from_rows` over the
+  whole set (accuracies, agreements, ``argmax_b`` counts).
 
 Float64 passes over a batch may differ in the last bits with the batch's size (BLAS), so
 a run's numbers depend on its chunk size (recorded in the manifest; resuming with another
@@ -35,16 +45,51 @@ import numpy as np
 from .._progress import progress
 from ..bbp import bbp
 from ..bbp.rules import RULE_NAMES
-from ..evaluate import DEFAULT_METHODS, derangement
-from ..evaluate.protocol import (finish_evaluation, group_maps, random_draws,
+from ..evaluate import DEFAULT_METHODS, noise_sources
+from ..evaluate.options import (baseline_images, channel_means, check_never_flip,
+                                check_ties, parse_baseline, tie_key_stream)
+from ..evaluate.protocol import (finish_evaluation, group_maps, n_pixels, random_draws,
                                  removal_metrics)
 from ..evaluate.registry import resolve
 from ..io.oracle import beta_key, oracle_fields
 from ..io.verify import verify
-from ..studies.bias_study import bias_rows, report_from_rows
+from ..network.region import integrated_gradients
+from ..network.start import cut_network, resolve_start, start_input
+from ..studies.bias_study import bias_rows, report_from_rows, start_of
 from ..tolerance import TOLERANCE
 
-__all__ = ["TASKS", "explain_inputs", "make_task"]
+__all__ = ["TASKS", "exact_ig", "explain_inputs", "from_start", "ig_fields", "make_task"]
+
+
+def from_start(net, x, start):
+    """The network and inputs to explain with ``start`` (SPEC section 8): the network
+    cut at the start node and that node's output at ``x`` (``net`` and ``x`` without)."""
+    s = resolve_start(net, start)
+    if not s:
+        return net, x
+    return start_input(net, x, s)
+
+
+def start_network(net, start):
+    """The network :func:`from_start` explains (without computing its inputs)."""
+    s = resolve_start(net, start)
+    return cut_network(net, s) if s else net
+
+
+def exact_ig(net, x, lin, baseline, enabled=None):
+    """Exact Integrated Gradients of every input, explaining the vector ``v`` BBp
+    explained (``lin.target``), from a constant ``baseline`` input."""
+    x0 = np.full(net.input_shape, float(baseline))
+    return [integrated_gradients(net, x[i], baseline=x0, target=lin.target[i])
+            for i in progress(range(len(x)), desc="exact IG", enabled=enabled)]
+
+
+def ig_fields(ig, baseline, x):
+    """The NPZ fields of exact IG (``refbbp/io/oracle.py``'s docstring)."""
+    return {"ig": np.stack([g.attributions for g in ig]),
+            "ig_baseline": np.full(x.shape, float(baseline)),
+            "ig_pieces": np.array([g.n_pieces for g in ig], np.float64),
+            "ig_completeness_error": np.array([g.completeness_error for g in ig])}
 
 
 def explain_inputs(net, x, target, rules, temperature, progress_desc="explain",
@@ -90,6 +135,11 @@ class Task:
     def __init__(self, **options):
         self.options = options
 
+    def prepare(self, net, source):
+        """Called by the driver before the run with the network and the whole input
+        source: checks the options against them and adds what is computed from them
+        once (recorded in the manifest, e.g. the evaluation's dataset-mean baseline)."""
+
     def extra(self, stage, lo, hi, run):
         """Per-input arrays the driver sends with chunk ``lo:hi`` of ``stage``."""
         return {}
@@ -115,14 +165,21 @@ class Task:
 
 class Explain(Task):
     name = "explain"
-    summary_fields = ("completeness/",)
+    summary_fields = ("completeness/", "ig_completeness_error")
 
-    def __init__(self, target=None, rule="both", temperature=1.0):
-        super().__init__(target=target, rules=_rules(rule), temperature=float(temperature))
+    def __init__(self, target=None, rule="both", temperature=1.0, start=None, method="bbp",
+                 ig_baseline=0.0):
+        if method not in ("bbp", "ig"):
+            raise ValueError(f"method must be 'bbp' or 'ig', got {method!r}")
+        super().__init__(target=target, rules=_rules(rule), temperature=float(temperature),
+                         start=start, method=method, ig_baseline=float(ig_baseline))
+
+    def prepare(self, net, source):
+        resolve_start(net, self.options["start"])         # a bad start is refused up front
 
     def compute(self, state, stage, x, labels, extra):
         o = self.options
-        net = state["net"]
+        net, x = from_start(state["net"], x, o["start"])
         lin, results, errors = explain_inputs(net, x, o["target"], o["rules"],
                                               o["temperature"], enabled=False)
         betas = {beta_key(r, o["temperature"]): np.stack([a.beta for a in results[r]])
@@ -131,26 +188,37 @@ class Explain(Task):
                             betas=betas, linear=lin)
         for r in o["rules"]:
             out[f"completeness/{r}"] = np.array([e[r] for e in errors])
+        if o["method"] == "ig":
+            out.update(ig_fields(exact_ig(net, x, lin, o["ig_baseline"], enabled=False),
+                                 o["ig_baseline"], x))
         return out, {}
 
     def summary(self, rows, run):
         worst = {r: float(rows[f"completeness/{r}"].max(initial=0.0))
                  for r in self.options["rules"]}
-        return {"n_done": int(len(rows["index"])), "completeness_error": worst,
-                "ok": all(e <= TOLERANCE for e in worst.values())}
+        out = {"n_done": int(len(rows["index"])), "completeness_error": worst}
+        if self.options["method"] == "ig":
+            out["ig_completeness_error"] = float(
+                rows.get("ig_completeness_error", np.zeros(0)).max(initial=0.0))
+        out["ok"] = all(e <= TOLERANCE for e in [*worst.values(),
+                                                 out.get("ig_completeness_error", 0.0)])
+        return out
 
 
 class Oracle(Explain):
     name = "oracle"
     summary_fields = ()
 
-    def __init__(self, target=None, rule="both", temperatures=(1.0,), layers=False):
+    def __init__(self, target=None, rule="both", temperatures=(1.0,), layers=False,
+                 start=None):
         Task.__init__(self, target=target, rules=_rules(rule),
-                      temperatures=[float(t) for t in temperatures], layers=bool(layers))
+                      temperatures=[float(t) for t in temperatures], layers=bool(layers),
+                      start=start)
 
     def compute(self, state, stage, x, labels, extra):
         o = self.options
-        return oracle_fields(state["net"], x, o["target"], o["rules"], o["temperatures"],
+        net, x = from_start(state["net"], x, o["start"])
+        return oracle_fields(net, x, o["target"], o["rules"], o["temperatures"],
                              o["layers"]), {}
 
     def summary(self, rows, run):
@@ -189,20 +257,26 @@ class BiasReport(Task):
     name = "bias-report"
     needs_labels = True
 
-    def __init__(self, scales=(), shifts=(), batch_size=256):
+    def __init__(self, scales=(), shifts=(), batch_size=256, start=None):
         super().__init__(scales=[float(a) for a in scales], shifts=[float(c) for c in shifts],
-                         batch_size=int(batch_size))
+                         batch_size=int(batch_size), start=start)
+        self.n_outputs, self.start = None, None
+
+    def prepare(self, net, source):
+        self.n_outputs, self.start = net.n_outputs, start_of(net, self.options["start"])
 
     def compute(self, state, stage, x, labels, extra):
         o = self.options
         rows = bias_rows(state["net"], x, scales=o["scales"], shifts=o["shifts"],
-                         batch_size=o["batch_size"], progress=False)
+                         batch_size=o["batch_size"], progress=False, start=o["start"])
         rows["label"] = np.asarray(labels, np.int64)
         return rows, {}
 
     def report(self, rows):
+        """The :class:`~refbbp.studies.bias_study.BiasReport` of the run's rows."""
         o = self.options
-        return report_from_rows(rows, rows["label"], scales=o["scales"], shifts=o["shifts"])
+        return report_from_rows(rows, rows["label"], n_outputs=self.n_outputs,
+                                start=self.start, scales=o["scales"], shifts=o["shifts"])
 
     def summary(self, rows, run):
         return self.report(rows).to_dict()
@@ -213,38 +287,86 @@ class Evaluate(Task):
     stages = ("maps", "scans")
     uses_runtime = True
 
-    def __init__(self, methods=DEFAULT_METHODS, baseline=0.0, seed=0, chunk=32, group=32,
-                 max_batch=4096):
+    def __init__(self, methods=DEFAULT_METHODS, baseline=0.0, ties="index",
+                 never_flip="count-as-1", noise_pool=1, seed=0, chunk=32, group=32,
+                 max_batch=4096, baseline_values=None):
         methods = list(methods)
         if not methods:
             raise ValueError("no methods to evaluate")
         resolve(methods)                              # a bad name is refused up front
-        super().__init__(methods=methods, baseline=float(baseline), seed=int(seed),
-                         chunk=int(chunk), group=int(group), max_batch=int(max_batch))
+        if parse_baseline(baseline)[0] == "value":    # JSON for the manifest
+            baseline = np.asarray(parse_baseline(baseline)[1], np.float64)
+            baseline = float(baseline) if baseline.ndim == 0 else baseline.tolist()
+        super().__init__(methods=methods, baseline=baseline, ties=check_ties(ties),
+                         never_flip=check_never_flip(never_flip), noise_pool=int(noise_pool),
+                         seed=int(seed), chunk=int(chunk), group=int(group),
+                         max_batch=int(max_batch), baseline_values=baseline_values)
+
+    def prepare(self, net, source):
+        o = self.options
+        noise_sources(len(source), o["noise_pool"], o["seed"])    # refused up front
+        kind = parse_baseline(o["baseline"])[0]
+        if kind == "value":                                       # its shape, likewise
+            baseline_images(self._baseline(), np.zeros((0,) + tuple(net.input_shape)))
+        if kind == "mean":
+            # the mean over the whole set, once, from the images that can be read
+            def read(a, b):
+                x, _, unread = source.read(a, b)
+                ok = [i for i in range(len(x)) if i not in unread
+                      and np.all(np.isfinite(x[i]))]
+                return x[ok]
+            o["baseline_values"] = [float(v) for v in channel_means(read, len(source))]
+
+    def _baseline(self):
+        b = self.options["baseline"]
+        return np.asarray(b, np.float64) if isinstance(b, list) else b
+
+    def _baseline_images(self, x):
+        return baseline_images(self._baseline(), x, self.options["baseline_values"])
 
     def names(self):
         return [name for name, _, _ in resolve(self.options["methods"])]
 
     def partners(self, n):
-        return derangement(n, self.options["seed"])
+        """Each image's noise sources, shape (n, noise_pool), as :func:`evaluate` pairs
+        them (:func:`~refbbp.evaluate.noise_sources` of the whole set)."""
+        return noise_sources(n, self.options["noise_pool"], self.options["seed"])
 
     def skip(self, stage, failed, n):
         out = super().skip(stage, failed, n)
         if stage == "scans" and failed:
             perm = self.partners(n)
-            for i in np.flatnonzero(np.isin(perm, list(failed))):
-                out.setdefault(int(i), f"its noise source, input {int(perm[i])}, failed")
+            for i in np.flatnonzero(np.isin(perm, list(failed)).any(axis=1)):
+                bad = [int(j) for j in perm[i] if int(j) in failed]
+                out.setdefault(int(i), f"its noise source, input {bad[0]}, failed")
         return out
 
     def extra(self, stage, lo, hi, run):
         if stage == "maps":
             return {"first": np.arange(lo, hi)}
-        perm = self.partners(run.n)
-        own, partner = run.rows("maps", np.arange(lo, hi)), run.rows("maps", perm[lo:hi])
+        perm = self.partners(run.n)[lo:hi]
+        own = run.rows("maps", np.arange(lo, hi))
+        partner = run.rows("maps", perm.ravel())
         out = {"predicted": own["predicted"]}
         for m in self.names():
             out[f"map/{m}"] = own[f"map/{m}"]
-            out[f"partner/{m}"] = partner[f"map/{m}"]
+            out[f"partner/{m}"] = partner[f"map/{m}"].reshape(
+                perm.shape + own[f"map/{m}"].shape[1:])
+        if self.options["ties"] == "random":
+            out["ties"] = self._tie_keys(run, lo, hi)
+        return out
+
+    def _tie_keys(self, run, lo, hi):
+        """Rows ``lo:hi`` of :func:`~refbbp.evaluate.options.tie_keys` of the whole set,
+        drawn in turn on the driver (chunks are sent in order: one pass over the keys)."""
+        pos, keys = run.cache.get("ties", (None, None))
+        if pos is None or pos > lo:
+            shape = run.manifest.data["model"]["input_shape"]
+            pos, keys = 0, tie_key_stream(n_pixels(shape), self.options["seed"])
+        for _ in range(lo - pos):
+            next(keys)
+        out = np.stack([next(keys) for _ in range(hi - lo)])
+        run.cache["ties"] = (hi, keys)
         return out
 
     def compute(self, state, stage, x, labels, extra):
@@ -260,8 +382,9 @@ class Evaluate(Task):
         metrics = removal_metrics(score, x, extra["predicted"], names,
                                   {m: extra[f"map/{m}"] for m in names},
                                   {m: extra[f"partner/{m}"] for m in names},
-                                  baseline=o["baseline"], chunk=o["chunk"],
-                                  max_batch=o["max_batch"])
+                                  baseline=self._baseline_images(x)[0],
+                                  ties=extra.get("ties"), never_flip=o["never_flip"],
+                                  chunk=o["chunk"], max_batch=o["max_batch"])
         out = {"predicted": extra["predicted"]}
         if labels is not None:
             out["label"] = np.asarray(labels, np.int64)
@@ -274,11 +397,14 @@ class Evaluate(Task):
         o, names = self.options, self.names()
         metrics = {m: {k.split("/", 2)[2]: v for k, v in rows.items()
                        if k.startswith(f"metric/{m}/")} for m in names}
+        shape = tuple(run.manifest.data["model"]["input_shape"])
         return finish_evaluation(names, metrics, rows["predicted"], rows.get("label"),
                                  self.partners(run.n)[rows["index"]],
                                  model_name=run.manifest.data["model"]["file"],
-                                 baseline=o["baseline"], seed=o["seed"], chunk=o["chunk"],
-                                 custom_scorer=False)
+                                 baseline_config=self._baseline_images(
+                                     np.zeros((0,) + shape))[1],
+                                 ties=o["ties"], never_flip=o["never_flip"], seed=o["seed"],
+                                 chunk=o["chunk"], custom_scorer=False)
 
     def summary(self, rows, run):
         res = self.evaluation(rows, run)

@@ -13,7 +13,16 @@ every class at every input:
 * **zero bias**: accuracy of the same network with every bias set to zero
   (:func:`zero_bias_network`), the companion paper's brute-force bias removal;
 * optionally, accuracy of the model and of its zero-bias copy on scaled inputs
-  ``x * a`` and shifted inputs ``x + c`` (companion paper appendix B.1).
+  ``x * a`` and shifted inputs ``x + c`` (companion paper appendix B.1);
+* with a start node ``s`` (SPEC section 8, e.g. ``"after-normalisation"``), "only wx"
+  and "only b" also from ``z``, the output of ``s``: the local linear model
+  ``logits = W^z z + b^z`` of the network cut at ``s``, whose ``b^z`` leaves out the
+  biases upstream of ``s``. A model that normalises its input inside the graph has in
+  ``b^x`` the normalisation's ``-W^z (m / s)``; the BBp paper's networks took
+  normalised inputs, so its Table 1 corresponds to the rows from ``z``.
+
+For ``b^x`` (and ``b^z``) the report also counts how often each class is its argmax: a
+"only b" accuracy near the share of one class is a constant-class predictor.
 
 Each accuracy comes with the *agreement*: the fraction of inputs where the variant
 predicts the same class as the full model.
@@ -29,8 +38,9 @@ import numpy as np
 from .._progress import progress as _progress_bar
 from .._checks import check_labels
 from ..network.graph import Network
+from ..network.start import cut_network, resolve_start, start_input
 
-__all__ = ["BiasReport", "bias_importance", "bias_rows", "report_from_rows",
+__all__ = ["BiasReport", "bias_importance", "bias_rows", "report_from_rows", "start_of",
            "zero_bias_network"]
 
 
@@ -61,7 +71,7 @@ def zero_bias_network(net, keep=()):
     """
     keep = set(int(k) for k in keep)
     nodes = [node if (k in keep or node.kind != "affine") else
-             dataclasses.replace(node, bias=np.zeros(node.size))
+             dataclasses.replace(node, bias=np.zeros(node.size), bias_parts=None)
              for k, node in enumerate(net.nodes)]
     for node, old in zip(nodes, net.nodes):
         if node is not old and "weights_t" in old.__dict__:
@@ -91,7 +101,12 @@ class BiasReport:
     bias_abs : dict of str to float
         Median over inputs of ``|b^x|`` and of ``|W^x x|`` of the predicted class, and
         the median share ``|b^x| / (|W^x x| + |b^x|)``.
-    predictions : dict of str to ndarray of int, shape (n,)
+        With a start node also ``"only_wz"`` and ``"only_bz"``.
+    argmax_b : dict of str to list of int
+        ``argmax_b["x"][c]``: for how many inputs class ``c`` is the argmax of ``b^x``;
+        with a start node, ``argmax_b["z"]`` likewise for ``b^z``.
+    start : Start or None
+        The start node of the rows from ``z`` (``None``: rows from ``x`` only).
     """
 
     n: int
@@ -101,20 +116,50 @@ class BiasReport:
     shifted: dict = field(default_factory=dict)
     bias_abs: dict = field(default_factory=dict)
     predictions: dict = field(default_factory=dict)
+    argmax_b: dict = field(default_factory=dict)
+    start: object = None
+
+    @property
+    def paper(self):
+        """Which rows correspond to the BBp paper's Table 1: ``"z"`` with a start node
+        (its networks took normalised inputs), else ``"x"``."""
+        return "x" if self.start is None else "z"
 
     def to_dict(self):
         """Plain Python (predictions left out), for JSON."""
+        start = None if self.start is None else {"index": self.start.index,
+                                                 "name": self.start.name}
         return {"n": self.n, "accuracy": self.accuracy, "agreement": self.agreement,
                 "scaled": {str(k): v for k, v in self.scaled.items()},
                 "shifted": {str(k): v for k, v in self.shifted.items()},
-                "bias_abs": self.bias_abs}
+                "bias_abs": self.bias_abs, "argmax_b": self.argmax_b, "start": start,
+                "paper": self.paper}
 
     def table(self):
         """Rows and header: one row per variant (accuracy, agreement with full)."""
         names = {"full": "full logits", "only_wx": "only W^x x", "only_b": "only b^x",
+                 "only_wz": "only W^z z", "only_bz": "only b^z",
                  "zero_bias": "every bias = 0"}
+        if self.start is not None:
+            names.update({k: f"{v} (from {f})" for k, v, f in (
+                ("only_wx", names["only_wx"], "x"), ("only_b", names["only_b"], "x"),
+                ("only_wz", names["only_wz"], "z"), ("only_bz", names["only_bz"], "z"))})
         rows = [[names[k], self.accuracy[k], self.agreement[k]] for k in self.accuracy]
         return rows, ["variant", "accuracy", "agrees with full"]
+
+    def notes(self):
+        """Lines that say what the rows are: where ``z`` comes from, which rows are the
+        paper's, and the most frequent argmax of the bias."""
+        lines = []
+        if self.start is not None:
+            lines.append(f"z = the output of {self.start}; the BBp paper's networks took "
+                         f"normalised inputs, so its Table 1 (Only wx, Only b) corresponds "
+                         f"to the rows from z")
+        for src, counts in self.argmax_b.items():
+            c = int(np.argmax(counts))
+            lines.append(f"argmax over classes of b^{src}: class {c} for {counts[c]} of "
+                         f"{self.n} inputs")
+        return lines
 
     def robustness_table(self):
         """Rows and header: accuracy on scaled and shifted inputs."""
@@ -133,8 +178,14 @@ def _predict(net, x, batch_size, desc, progress):
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def _bias_all(net, x):
+    """Logits and the local bias ``b^x`` of every class at inputs ``x`` (batch, n_outputs)."""
+    trace = net.trace(x)
+    return trace.logits, net.frozen_forward(trace, 0.0)
+
+
 def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_size=256,
-                    progress=None):
+                    progress=None, start=None):
     """Accuracy of the full logits, of ``W^x x`` alone, of ``b^x`` alone and of the model
     with every bias zeroed (BBp Table 1; SPEC section 6).
 
@@ -154,6 +205,9 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
         Inputs per forward pass.
     progress : bool, optional
         Show progress bars (default: on a terminal).
+    start : None, int or str, optional
+        Also report "only wx" and "only b" from the output ``z`` of this cut node (SPEC
+        section 8): its index or name, or ``"after-normalisation"``.
 
     Returns
     -------
@@ -165,9 +219,18 @@ def bias_importance(net, x, y, *, zero_bias=True, scales=(), shifts=(), batch_si
                          f"got one input of shape {np.shape(x)}")
     x = xb.reshape((-1,) + tuple(net.input_shape))
     y = check_labels(y, len(x), net.n_outputs)
+    s = resolve_start(net, start)
     rows = bias_rows(net, x, zero_bias=zero_bias, scales=scales, shifts=shifts,
-                     batch_size=batch_size, progress=progress)
-    return report_from_rows(rows, y, scales=scales, shifts=shifts)
+                     batch_size=batch_size, progress=progress, start=s)
+    return report_from_rows(rows, y, n_outputs=net.n_outputs, start=start_of(net, s),
+                            scales=scales, shifts=shifts)
+
+
+def start_of(net, start):
+    """The :class:`~refbbp.network.start.Start` of the rows from ``z`` for a ``start``
+    argument of :func:`bias_importance` (``None``: rows from ``x`` only)."""
+    s = resolve_start(net, start)
+    return cut_network(net, s).start if s else None
 
 
 def _variant_key(kind, v, model):
@@ -176,21 +239,23 @@ def _variant_key(kind, v, model):
 
 
 def bias_rows(net, x, *, zero_bias=True, scales=(), shifts=(), batch_size=256,
-              progress=None):
+              progress=None, start=None):
     """The per-input rows :func:`bias_importance` reduces: predicted classes of every
-    variant, and ``|b^x|``, ``|W^x x|`` of the predicted class.
+    variant (with ``start``, also from ``z``), and ``|b^x|``, ``|W^x x|`` of the
+    predicted class.
 
     Parameters
     ----------
     net : Network
     x : ndarray, shape (n, *input_shape)
-    zero_bias, scales, shifts, batch_size, progress
+    zero_bias, scales, shifts, batch_size, progress, start
         As for :func:`bias_importance`.
 
     Returns
     -------
     dict of str to ndarray, shape (n,)
-        ``"full"``, ``"only_wx"``, ``"only_b"``, ``"zero_bias"`` (if computed),
+        ``"full"``, ``"only_wx"``, ``"only_b"``, ``"only_wz"`` and ``"only_bz"`` (with a
+        start node), ``"zero_bias"`` (if computed),
         ``"abs_bias"``, ``"abs_wx"``, and ``"scale/<a>/full"``, ``"scale/<a>/zero_bias"``,
         ``"shift/<c>/..."`` likewise. Rows of different inputs are independent, so the
         rows of a set are those of its parts, concatenated (up to the last bits of the
@@ -198,18 +263,23 @@ def bias_rows(net, x, *, zero_bias=True, scales=(), shifts=(), batch_size=256,
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    s = resolve_start(net, start)
     preds = {"full": [], "only_wx": [], "only_b": []}
+    if s:
+        preds.update(only_wz=[], only_bz=[])
     b_abs, wx_abs = [], []
     for a in _progress_bar(range(0, len(x), batch_size), total=-(-len(x) // batch_size),
                            desc="local linear models", enabled=progress):
-        trace = net.trace(x[a:a + batch_size])
-        logits = trace.logits
-        bias = net.frozen_forward(trace, 0.0)                  # b^x of every class
+        logits, bias = _bias_all(net, x[a:a + batch_size])     # b^x of every class
         wx = logits - bias                                     # W^x x of every class
         k = np.argmax(logits, axis=1)
         preds["full"].append(k)
         preds["only_wx"].append(np.argmax(wx, axis=1))
         preds["only_b"].append(np.argmax(bias, axis=1))
+        if s:
+            bias_z = _bias_all(*start_input(net, x[a:a + batch_size], s))[1]
+            preds["only_wz"].append(np.argmax(logits - bias_z, axis=1))
+            preds["only_bz"].append(np.argmax(bias_z, axis=1))
         rows = np.arange(len(k))
         b_abs.append(np.abs(bias[rows, k]))
         wx_abs.append(np.abs(wx[rows, k]))
@@ -231,10 +301,16 @@ def bias_rows(net, x, *, zero_bias=True, scales=(), shifts=(), batch_size=256,
     return out
 
 
-def report_from_rows(rows, y, *, scales=(), shifts=()):
-    """The :class:`BiasReport` of the rows of :func:`bias_rows` and the labels ``y``."""
+def report_from_rows(rows, y, *, n_outputs, start=None, scales=(), shifts=()):
+    """The :class:`BiasReport` of the rows of :func:`bias_rows` and the labels ``y``.
+
+    ``n_outputs`` is the number of classes (of the ``argmax_b`` counts), ``start`` the
+    :class:`~refbbp.network.start.Start` of the rows from ``z`` (:func:`start_of`) or
+    None, ``scales`` and ``shifts`` those the rows were computed with.
+    """
     y = np.asarray(y)
-    preds = {k: rows[k] for k in ("full", "only_wx", "only_b", "zero_bias") if k in rows}
+    preds = {k: rows[k] for k in ("full", "only_wx", "only_b", "only_wz", "only_bz",
+                                  "zero_bias") if k in rows}
     accuracy = {k: float(np.mean(v == y)) for k, v in preds.items()}
     agreement = {k: float(np.mean(v == preds["full"])) for k, v in preds.items()}
     b_abs, wx_abs = rows["abs_bias"], rows["abs_wx"]
@@ -249,5 +325,8 @@ def report_from_rows(rows, y, *, scales=(), shifts=()):
             res = {model: float(np.mean(rows[_variant_key(kind, v, model)] == y))
                    for model in ("full", "zero_bias") if _variant_key(kind, v, model) in rows}
             (scaled if kind == "scale" else shifted)[float(v)] = res
+    argmax_b = {src: np.bincount(preds[key], minlength=n_outputs).tolist()
+                for src, key in (("x", "only_b"), ("z", "only_bz")) if key in preds}
     return BiasReport(n=len(y), accuracy=accuracy, agreement=agreement, scaled=scaled,
-                      shifted=shifted, bias_abs=bias_abs, predictions=preds)
+                      shifted=shifted, bias_abs=bias_abs, predictions=preds,
+                      argmax_b=argmax_b, start=start)

@@ -348,7 +348,7 @@ def test_activity_and_biasgrad_methods(small_cnn):
     n_h = dec.spatial_layers()[-1]
     n_b = [la.index for la in dec.layers if la.a_b is not None and la.spatial][0]
     res = ev.evaluate(model, x, [f"activity:{n_h}", f"biasgrad:{n_b}",
-                                 f"layers-from:{n_h}-noinput", "fullgrad-layer"],
+                                 f"layers-from:{n_h}-noinput", "fullgrad-official"],
                       net=net, progress=False)
     assert res.methods[0] == f"activity:{n_h}"
     with pytest.raises(ValueError, match="no spatial"):
@@ -472,6 +472,11 @@ def test_cli_evaluate_json(cli_files, capsys):
     ({"x": "x"}, ["--methods", "nonsense"], "unknown method"),     # bad method
     ({"x": "x"}, ["--n", "0"], "--n must be >= 1"),
     ({"x": "x1"}, [], "at least 2 images"),                        # one image: no noise
+    ({"x": "x"}, ["--baseline", "median"], "baseline must be a number"),  # no such baseline
+    ({"x": "x"}, ["--baseline", "blur:0"], "sigma must be a positive"),
+    ({"x": "x"}, ["--ties", "shuffle"], "invalid choice"),
+    ({"x": "x"}, ["--never-flip", "drop"], "invalid choice"),
+    ({"x": "x"}, ["--noise-pool", "5"], "noise_pool must be between 1 and 4"),  # 5 images
 ])
 def test_cli_evaluate_bad_input(arrays, extra, match, cli_files, tmp_path, capsys):
     from refbbp.cli import main
@@ -481,9 +486,35 @@ def test_cli_evaluate_bad_input(arrays, extra, match, cli_files, tmp_path, capsy
     if arrays is not None:
         values = {"x": x, "x3": x[:, :, :3], "x1": x[:1]}
         np.savez(data, **{k: values[v] for k, v in arrays.items()})
-    status = main(["evaluate", model, str(data), "--methods", "gradient"] + extra
-                  if "--methods" not in extra else ["evaluate", model, str(data)] + extra)
+    argv = (["evaluate", model, str(data), "--methods", "gradient"] + extra
+            if "--methods" not in extra else ["evaluate", model, str(data)] + extra)
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # a usage error, caught by argparse
+        status = exc.code
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("refbbp: error:") and match in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_evaluate_options(cli_files, capsys):
+    """--baseline, --ties, --never-flip and --noise-pool reach evaluate() and are
+    recorded in the JSON's config; the table counts the images excluded."""
+    from refbbp.cli import main
+
+    model, data, _ = cli_files
+    status = main(["evaluate", model, data, "--methods", "gradient", "random", "--json",
+                   "--baseline", "mean", "--ties", "random", "--never-flip", "exclude",
+                   "--noise-pool", "2"])
+    assert status == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert config["baseline"] == "mean" and len(config["baseline_values"]) == 1
+    assert config["ties"] == "random" and config["never_flip"] == "exclude"
+    assert config["noise_pool"] == 2 and set(config["excluded"]) == {"gradient", "random"}
+    status = main(["evaluate", model, data, "--methods", "gradient", "random",
+                   "--baseline", "blur:1.5", "--never-flip", "exclude"])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "baseline blur:1.5, ties index, never-flip exclude, noise pool 1" in text
+    assert "excluded" in text.splitlines()[1]

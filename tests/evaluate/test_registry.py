@@ -11,8 +11,9 @@ from refbbp import evaluate as ev
 from refbbp.evaluate.registry import lookup, resolve
 from tests.models import build_resnet
 
-SYNTAXES = ["gradient", "fullgrad", "fullgrad-layer", "layers-all", "layers-topK",
-            "layers-from:N", "activity:N", "biasgrad:N", "bias", "bias-deviation", "random"]
+SYNTAXES = ["gradient", "fullgrad", "fullgrad-official", "fullgrad-official-2019",
+            "layers-all", "layers-topK", "layers-from:N", "activity:N", "biasgrad:N", "bias",
+            "bias-deviation", "random"]
 
 
 def test_valid_names_come_from_the_registry():
@@ -24,7 +25,7 @@ def test_valid_names_come_from_the_registry():
 
 @pytest.mark.parametrize("name, key, decomposition, args", [
     ("gradient", "gradient", True, ()),
-    ("fullgrad-layer", "fullgrad-layer", True, ()),
+    ("fullgrad-official", "fullgrad-official", True, ()),
     ("layers-all", "layers-", True, ("all", True)),
     ("layers-top3-noinput", "layers-", True, ("top3", False)),
     ("layers-from:7", "layers-", True, (7, True)),

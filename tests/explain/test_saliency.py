@@ -79,6 +79,16 @@ def test_resize_weights_are_convex(n_in, n_out):
     np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-15)
 
 
+def test_resize_weights_align_corners():
+    """align_corners=True (FullGrad's reference code since June 2020): src = i * (n_in -
+    1) / (n_out - 1). 2 -> 4: src = 0, 1/3, 2/3, 1; 3 -> 1: src = 0 (the first pixel)."""
+    np.testing.assert_allclose(sal.resize_weights(2, 4, align_corners=True),
+                               [[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1]], rtol=1e-15)
+    np.testing.assert_array_equal(sal.resize_weights(3, 1, align_corners=True), [[1, 0, 0]])
+    np.testing.assert_allclose(sal.bilinear_upsample(A22, (4, 4), align_corners=True)[0],
+                               [1, 4 / 3, 5 / 3, 2], rtol=1e-15)
+
+
 @pytest.mark.parametrize("bad", [(0, 3), (3, 0)])
 def test_resize_weights_rejects_empty_axes(bad):
     with pytest.raises(ValueError, match="must be >= 1"):
@@ -126,35 +136,28 @@ def test_gradient_map_sums_abs_over_channels(rng):
     np.testing.assert_array_equal(sal.gradient_map(dec), expected)
 
 
-def _fullgrad_by_hand(net, dec, per):
-    """Eq. 8 written out with loops: Psi of every channel (or every layer) separately."""
+def _fullgrad_by_hand(net, dec):
+    """Eq. 8 written out with loops: Psi of the channel-summed input attribution and of
+    every channel of every conv-shaped bias attribution."""
     size = net.input_shape[1:]
     batch = len(dec.value)
     out = np.zeros((batch,) + size)
-    maps = [dec.grad_input] + [la.a_b for la in dec.layers[1:]
-                                      if la.a_b is not None and la.spatial]
+    maps = [dec.grad_input.sum(1, keepdims=True)] + [
+        la.a_b for la in dec.layers[1:] if la.a_b is not None and la.spatial]
     for a in maps:
         for i in range(batch):
-            if per == "channel":
-                for c in range(a.shape[1]):
-                    m = np.abs(a[i, c])
-                    span = m.max() - m.min()
-                    r = (m - m.min()) / span if span > 0 else np.zeros_like(m)
-                    out[i] += sal.bilinear_upsample(r, size)
-            else:
-                m = np.abs(a[i])
+            for c in range(a.shape[1]):
+                m = np.abs(a[i, c])
                 span = m.max() - m.min()
                 r = (m - m.min()) / span if span > 0 else np.zeros_like(m)
-                out[i] += sal.bilinear_upsample(r, size).sum(0)
+                out[i] += sal.bilinear_upsample(r, size)
     return out
 
 
 @pytest.mark.parametrize("builder", [build_cnn, build_resnet], ids=["cnn", "resnet"])
-@pytest.mark.parametrize("per", ["channel", "layer"])
-def test_fullgrad_matches_definition(builder, per, rng):
+def test_fullgrad_matches_definition(builder, rng):
     net, x, dec = _dec(builder, rng, channels=3)
-    expected = _fullgrad_by_hand(net, dec, per)
-    np.testing.assert_allclose(sal.fullgrad(dec, normalise=per), expected, rtol=1e-12,
+    np.testing.assert_allclose(sal.fullgrad(dec), _fullgrad_by_hand(net, dec), rtol=1e-12,
                                atol=1e-13)
 
 
@@ -165,14 +168,8 @@ def test_fullgrad_leaves_out_dense_biases(rng):
     assert np.all(dec.layers[net.output].A_b != 0)  # the target class's bias
     assert all(np.all(la.a_b == 0) for la in dec.layers[1:] if la.a_b is not None
                and la.spatial)
-    np.testing.assert_allclose(sal.fullgrad(dec), sal.psi(dec.grad_input, (8, 8))
-                               .sum(1), rtol=1e-14)
-
-
-def test_fullgrad_rejects_unknown_normalisation(rng):
-    _, _, dec = _dec(build_cnn, rng)
-    with pytest.raises(ValueError, match="normalise must be"):
-        sal.fullgrad(dec, normalise="pixel")
+    np.testing.assert_allclose(sal.fullgrad(dec), sal.psi(dec.grad_input.sum(1), (8, 8)),
+                               rtol=1e-14)
 
 
 def _layers_by_hand(net, dec, layers, include_input=True):

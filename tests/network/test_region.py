@@ -113,9 +113,16 @@ def _scale(lin):
     return s
 
 
+def assert_in_region(net, r, x2):
+    """``x2`` has the pattern of ``r`` and ``f(x2) = w . x2 + b^x`` to 1e-9 x scale."""
+    assert r.contains(x2)
+    lin = refbbp.linearize(net, x2, r.linear.target)
+    f_frozen = float(np.sum(r.w * x2)) + r.bias_x
+    assert abs(float(lin.value) - f_frozen) <= EXACT * max(_scale(lin), _scale(r.linear))
+
+
 def check_segments(net, x, rng, n_dirs=4):
     r = refbbp.region(net, x)
-    v = r.linear.target
     for _ in range(n_dirs):
         d = rng.normal(size=x.shape)
         seg = r.segment(d)
@@ -125,10 +132,7 @@ def check_segments(net, x, rng, n_dirs=4):
             if not np.isfinite(t_edge) or t_edge == 0.0:
                 continue
             inside = x + 0.999 * t_edge * d
-            assert r.contains(inside), (t_edge, b)
-            lin = refbbp.linearize(net, inside, v)
-            f_frozen = float(np.sum(r.w * inside)) + r.bias_x
-            assert abs(float(lin.value) - f_frozen) <= EXACT * max(_scale(lin), _scale(r.linear))
+            assert_in_region(net, r, inside)
             assert not r.contains(x + 1.001 * t_edge * d), (t_edge, b)
 
 
@@ -272,3 +276,188 @@ def test_ig_thin_piece():
     np.testing.assert_allclose(ig.attributions, [1.0, 2.0 + 2 * e], rtol=1e-14)
     ref, bound = riemann(net, x, x0, ig.target, ig.breaks)
     assert np.all(np.abs(ig.attributions - ref) <= bound + 1e-12)
+
+
+# ------------------------------------------------------------------ 4. radius
+def test_two_neuron_radius():
+    """At (1, 2): z1 = x1 = 1 and z2 = x2 - 1 = 1, both 1 from their breakpoint 0 along
+    a unit normal, so both radii are 1; the first constraint binds."""
+    net = two_neuron()
+    k = relu_node(net)
+    r = refbbp.region(net, np.array([1.0, 2.0]))
+    for norm in ("l2", "linf"):
+        rad = r.radius(norm)
+        assert rad.value == 1.0 and rad.slack == 1.0 and rad.normal_norm == 1.0
+        assert rad.binding == refbbp.network.Boundary(k, 0, "breakpoint", 0.0)
+        np.testing.assert_array_equal(rad.direction, [-1.0, 0.0])
+        assert r.radius(norm, method="bound").value <= rad.value
+    r = refbbp.region(net, np.array([3.0, 1.5]))   # z2 = 0.5 binds
+    assert r.radius("l2").value == 0.5 and r.radius("l2").binding.element == 1
+
+
+def test_radius_scaled_normal():
+    """``f = relu(3 x1 - 4 x2)`` at (1, 0): slack 3, normal (3, -4): L2 radius 3 / 5,
+    L-infinity radius 3 / 7, and the bound equals them (one layer)."""
+    nodes = [make_node("Gemm", ["x", "W1", "b1"], ["g1"], transB=1),
+             make_node("Relu", ["g1"], ["logits"])]
+    net = load(make_model(nodes, {"x": (2,)}, ["logits"],
+                          {"W1": np.array([[3.0, -4.0]]), "b1": np.zeros(1)}))
+    r = refbbp.region(net, np.array([1.0, 0.0]))
+    assert r.radius("l2").value == pytest.approx(0.6, rel=1e-15)
+    assert r.radius("linf").value == pytest.approx(3 / 7, rel=1e-15)
+    np.testing.assert_allclose(r.radius("l2").direction, [-0.6, 0.8], rtol=1e-15)
+    np.testing.assert_array_equal(r.radius("linf").direction, [-1.0, 1.0])
+    for norm in ("l2", "linf"):
+        exact, bound = r.radius(norm), r.radius(norm, method="bound")
+        assert bound.value <= exact.value
+        assert bound.value == pytest.approx(exact.value, rel=1e-11)
+
+
+def maxpool_net():
+    """MaxPool 2x2 over a 1x2x2 image, then a Gemm summing the single output."""
+    nodes = [make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2]),
+             make_node("Flatten", ["p"], ["f"]),
+             make_node("Gemm", ["f", "W", "b"], ["logits"], transB=1)]
+    return load(make_model(nodes, {"x": (1, 2, 2)}, ["logits"],
+                           {"W": np.ones((1, 1)), "b": np.zeros(1)}))
+
+
+def test_maxpool_radius():
+    """The region of a 2x2 max is ``x_sel >= x_q`` for the three others: slack
+    ``x_sel - x_q`` over the normal ``e_sel - e_q`` (L2 norm sqrt 2, L1 norm 2)."""
+    net = maxpool_net()
+    x = np.array([[[4.0, 1.0], [3.0, 0.0]]])
+    r = refbbp.region(net, x)
+    rad = r.radius("l2")
+    assert rad.value == pytest.approx(1 / np.sqrt(2), rel=1e-15)
+    assert rad.binding.kind == "max candidate" and rad.binding.value == 2
+    assert r.radius("linf").value == 0.5
+    assert rad.n_constraints == 3
+    bound = r.radius("linf", method="bound").value      # one layer: equal up to the slack
+    assert bound <= 0.5 and bound == pytest.approx(0.5, rel=1e-11)
+    assert r.contains(x + 0.499 * r.radius("linf").direction)
+    assert not r.contains(x + 0.501 * r.radius("linf").direction)
+
+
+def test_radius_zero_at_a_tie():
+    """A max tie between candidates with different gradients puts ``x`` on the boundary
+    of ``R(x)``: the radius is 0 (the bundled digits often have such ties after their
+    first max-pool, from runs of saturated pixels)."""
+    net = maxpool_net()
+    x = np.array([[[2.0, 2.0], [1.0, 0.0]]])
+    r = refbbp.region(net, x)
+    rad = r.radius("l2")
+    assert rad.value == 0.0 and rad.slack == 0.0 and rad.binding.value == 1
+    assert not r.contains(x + 1e-9 * rad.direction)
+
+
+def test_radius_nothing_binds():
+    net = maxpool_net()
+    nodes = [make_node("Gemm", ["x", "W", "b"], ["logits"], transB=1)]
+    net = load(make_model(nodes, {"x": (3,)}, ["logits"],
+                          {"W": np.ones((2, 3)), "b": np.zeros(2)}))
+    rad = refbbp.region(net, np.ones(3)).radius()
+    assert rad.value == np.inf and rad.binding is None and rad.n_constraints == 0
+
+
+def test_radius_arguments():
+    net = two_neuron()
+    r = refbbp.region(net, np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="norm"):
+        r.radius("l1")
+    with pytest.raises(ValueError, match="method"):
+        r.radius(method="lp")
+    with pytest.raises(refbbp.MemoryBudgetError, match="max_bytes"):
+        r.radius(max_bytes=8)
+
+
+def brute_force_radius(net, trace, q):
+    """``min slack / ||a||_q`` with every normal from its own reverse pass (one per
+    constraint), independent of the forward-mode chunks."""
+    from refbbp.network.linearize import reverse
+
+    best = np.inf
+    for k in range(1, len(net.nodes)):
+        node = net.nodes[k]
+        grads0 = [np.zeros_like(v) for v in trace.values]
+        if node.kind == "max":
+            src = node.inputs[0]
+            sel = trace.selected[k][0]
+            u = trace.values[src][0]
+            for e in range(node.size):
+                for q_idx in node.window[e]:
+                    if q_idx < 0 or q_idx == sel[e]:
+                        continue
+                    g = [a.copy() for a in grads0]
+                    g[src][0, sel[e]] += 1.0
+                    g[src][0, q_idx] -= 1.0
+                    a = reverse(net, trace, None, grads=g, top=src)[0][0]
+                    n = np.linalg.norm(a, ord=q)
+                    if n > 0:
+                        best = min(best, (u[sel[e]] - u[q_idx]) / n)
+        elif trace.pieces[k] is not None:
+            breaks = node.activation.breaks
+            for e in range(node.size):
+                g = [a.copy() for a in grads0]
+                row = np.zeros(node.size)
+                row[e] = 1.0
+                for i, a_csr in zip(node.inputs, node.to_csr()):
+                    g[i][0] += a_csr.T @ row
+                a = reverse(net, trace, None, grads=g, top=k - 1)[0][0]
+                n = np.linalg.norm(a, ord=q)
+                z, p = trace.pre[k][0, e], trace.pieces[k][0, e]
+                edges = np.concatenate([[-np.inf], breaks[e], [np.inf]])
+                slack = min(z - edges[p], edges[p + 1] - z)
+                if n > 0:
+                    best = min(best, slack / n)
+    return best
+
+
+def check_radius(net, x, rng, n_random=8):
+    r = refbbp.region(net, x)
+    for norm, q in (("l2", 2), ("linf", 1)):
+        rad = r.radius(norm)
+        bound = r.radius(norm, method="bound")
+        assert bound.value <= rad.value, (norm, bound, rad)
+        ref = brute_force_radius(net, r.trace, q)
+        assert rad.value == pytest.approx(ref, rel=1e-12, abs=0), (norm, rad, ref)
+        if not 0 < rad.value < np.inf:
+            continue
+        assert r.contains(x + 0.999 * rad.value * rad.direction)
+        assert not r.contains(x + 1.001 * rad.value * rad.direction)
+        for _ in range(n_random):
+            d = rng.normal(size=x.shape)
+            d = d / np.linalg.norm(d) if norm == "l2" else np.sign(d)
+            assert_in_region(net, r, x + 0.999 * rad.value * d)
+
+
+@settings(max_examples=20, deadline=None)
+@given(mlps(), seeds)
+def test_radius_mlp(example, seed):
+    model, x = example
+    check_radius(load(model), x, np.random.default_rng(seed))
+
+
+@settings(max_examples=8, deadline=None)
+@given(cnns(blocks=("conv", "maxpool")), seeds)
+def test_radius_cnn_maxpool(example, seed):
+    model, x = example
+    check_radius(load(model), x, np.random.default_rng(seed), n_random=3)
+
+
+def test_radius_resnet_chunks():
+    """A residual CNN, with a work budget that forces many chunks of directions: the
+    same radius and binding constraint as one chunk (the chunks change only the order
+    of the sums over directions, and BLAS's blocking)."""
+    from tests.models import BUILDERS
+
+    rng = np.random.default_rng(11)
+    model, xs = BUILDERS["resnet"](rng)
+    net = load(model)
+    r = refbbp.region(net, xs[0])
+    whole = r.radius("l2")
+    small = r.radius("l2", max_bytes=200_000)
+    assert small.value == pytest.approx(whole.value, rel=1e-14, abs=0)
+    assert small.binding == whole.binding
+    assert r.radius("l2", method="bound").value <= whole.value
+    check_radius(net, xs[0], rng, n_random=3)

@@ -81,6 +81,92 @@ def test_evaluate_run_equals_evaluate(tmp_path):
     assert os.path.isfile(tmp_path / "r" / "evaluation.csv")
 
 
+def test_evaluate_run_with_options_equals_evaluate(tmp_path, hook):
+    """The evaluation options through the runner: the dataset-mean baseline (computed
+    once by the driver, recorded), random ties (the whole set's keys, drawn in turn, also
+    on resume), never-flip exclusion and a noise pool of 2 (partners fixed up front) give
+    evaluate()'s metrics and configuration exactly."""
+    methods = ["gradient", "random"]
+    opts = dict(baseline="mean", ties="random", never_flip="exclude", noise_pool=2, seed=3)
+    ref = evaluate(MODEL, X[:16], methods, group=4, **opts)
+    stops = []
+
+    def stop_in_scans(job):
+        if job["stage"] == "scans" and job["chunk"] == 1 and not stops:
+            stops.append(job["chunk"])
+            raise KeyboardInterrupt
+    hook(stop_in_scans)
+    with pytest.raises(KeyboardInterrupt):
+        run("evaluate", MODEL, X[:16], tmp_path / "r", methods=methods, group=4,
+            chunk_size=4, progress=False, **opts)
+    r = run("evaluate", MODEL, X[:16], tmp_path / "r", methods=methods, group=4,
+            chunk_size=4, resume=True, progress=False, **opts)
+    res = r.task.evaluation(r.rows(), r)
+    assert np.array_equal(res.predicted, ref.predicted)
+    assert np.array_equal(res.noise_source, ref.noise_source)
+    for m in methods:
+        same_rows(res.metrics[m], ref.metrics[m])
+    assert {k: v for k, v in res.config.items() if k != "model"} == \
+        {k: v for k, v in ref.config.items() if k != "model"}
+    options = json.loads((tmp_path / "r" / "manifest.json").read_text())["options"]
+    assert options["baseline_values"] == ref.config["baseline_values"]
+    assert {k: options[k] for k in opts} == opts
+    # a per-image baseline is computed per chunk: the blurred copies of evaluate()
+    r = run("evaluate", MODEL, X[:8], tmp_path / "b", methods=["gradient"], group=4,
+            chunk_size=4, baseline="blur:1.5", progress=False)
+    ref = evaluate(MODEL, X[:8], ["gradient"], group=4, baseline="blur:1.5")
+    same_rows(r.task.evaluation(r.rows(), r).metrics["gradient"], ref.metrics["gradient"])
+
+
+def test_evaluate_run_refuses_bad_options_up_front(tmp_path):
+    with pytest.raises(ValueError, match="noise_pool"):
+        run("evaluate", MODEL, X[:4], tmp_path / "r", noise_pool=4, progress=False)
+    with pytest.raises(ValueError, match="ties"):
+        run("evaluate", MODEL, X[:4], tmp_path / "r", ties="left", progress=False)
+    with pytest.raises(ValueError, match="baseline"):
+        run("evaluate", MODEL, X[:4], tmp_path / "r", baseline="median", progress=False)
+    assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("start", [None, "after-normalisation"])
+def test_bias_report_run_equals_bias_importance_with_start(tmp_path, start):
+    """The sharded bias report keeps the rows from z and the argmax-of-b counts."""
+    r = run("bias-report", MODEL, X, tmp_path / "r", labels=Y, chunk_size=7, start=start,
+            scales=[0.5], progress=False)
+    rep = bias_importance(refbbp.load(MODEL), X, Y, progress=False, start=start,
+                          scales=[0.5])
+    assert r.summary == json.loads(json.dumps(rep.to_dict()))
+    assert ("only_wz" in r.summary["accuracy"]) == (start is not None)
+    assert sum(r.summary["argmax_b"]["x"]) == len(X)
+
+
+def test_explain_and_oracle_runs_with_start_and_ig(tmp_path, capsys):
+    """explain --start --method ig and oracle --start over a data set write the
+    command's fields (one chunk: bit for bit) and the start node in the oracle's meta."""
+    np.save(tmp_path / "x.npy", X[:3])
+    args = ["--rule", "sign", "--start", "after-normalisation", "--method", "ig",
+            "--ig-baseline", "0.5"]
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--out", str(tmp_path / "cmd"),
+                 *args]) == 0
+    _, golden = read_oracle(tmp_path / "cmd" / "explanations.npz")
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--out-dir",
+                 str(tmp_path / "run"), *args]) == 0
+    rows = open_run(tmp_path / "run").rows()
+    assert "ig" in golden
+    for k, v in golden.items():
+        assert np.array_equal(rows[k], v), k
+    assert open_run(tmp_path / "run").summary["ig_completeness_error"] <= 1e-9
+    for out, extra in (("g", []), ("o", ["--out-dir", str(tmp_path / "orun")])):
+        assert main(["oracle", MODEL, str(tmp_path / "x.npy"), "-o", str(tmp_path / out),
+                     "--start", "3", *extra]) == 0
+    meta_g, golden = read_oracle(tmp_path / "g.npz")
+    meta_o, got = read_oracle(tmp_path / "o.npz")
+    same_rows(got, golden)
+    assert meta_o["start"] == meta_g["start"] and meta_g["start"]["index"] == 3
+    assert meta_o["input_shape"] == meta_g["input_shape"]
+    capsys.readouterr()
+
+
 def test_verify_and_oracle_runs(tmp_path, capsys):
     np.save(tmp_path / "x.npy", X)
     assert main(["verify", MODEL, "--inputs", str(tmp_path / "x.npy"), "--out-dir",
