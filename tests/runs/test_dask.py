@@ -51,10 +51,18 @@ def test_dask_run_equals_in_process_run(tmp_path, cluster):
     _rows_equal(r.rows(), local)
     assert check_run(tmp_path / "b") == []
     methods = ["gradient", "random"]
-    ev = [run("evaluate", MODEL, X[:12], tmp_path / f"e{k}", methods=methods, group=4,
-              chunk_size=4, progress=False, executor=ex).rows()
-          for k, ex in enumerate([None, DaskExecutor(scheduler=cluster.scheduler_address)])]
-    _rows_equal(*ev)
+    for opts in ({}, dict(baseline="mean", ties="random", never_flip="exclude",
+                          noise_pool=2)):
+        ev = [run("evaluate", MODEL, X[:12], tmp_path / f"e{k}{len(opts)}", methods=methods,
+                  group=4, chunk_size=4, progress=False, executor=ex, **opts).rows()
+              for k, ex in enumerate([None,
+                                      DaskExecutor(scheduler=cluster.scheduler_address)])]
+        _rows_equal(*ev)
+    bias = [run("bias-report", MODEL, X, tmp_path / f"s{k}", labels=Y[:24], chunk_size=8,
+                start="after-normalisation", progress=False, executor=ex)
+            for k, ex in enumerate([None, DaskExecutor(scheduler=cluster.scheduler_address)])]
+    _rows_equal(bias[0].rows(), bias[1].rows())
+    assert bias[0].summary == bias[1].summary and "only_bz" in bias[1].summary["accuracy"]
 
 
 def test_killed_worker_loses_nothing(tmp_path, cluster):
