@@ -392,7 +392,6 @@ def cmd_evaluate(args):
     res = evaluate(args.model, x, args.methods, labels=y, net=net, baseline=args.baseline,
                    ties=args.ties, never_flip=args.never_flip, noise_pool=args.noise_pool,
                    seed=args.seed, chunk=args.chunk)
-    comps = res.comparisons(args.metric)
     written = []
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -410,6 +409,15 @@ def cmd_evaluate(args):
         d["written"] = written
         print(json.dumps(d, indent=2))
         return 0
+    _print_evaluation(args, res)
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def _print_evaluation(args, res):
+    """The tables of ``refbbp evaluate`` (also after a data-set run)."""
+    comps = res.comparisons(args.metric)
     base = f"{args.baseline:g}" if isinstance(args.baseline, float) else args.baseline
     print(f"model: {args.model}  ({res.n} images, baseline {base}, ties "
           f"{args.ties}, never-flip {args.never_flip}, noise pool {args.noise_pool}, seed "
@@ -421,9 +429,6 @@ def cmd_evaluate(args):
     print(text_table([[c["a"], c["b"], c["median_difference"], c["statistic"],
                        f"{c['pvalue']:.3g}", c["n"]] for c in comps],
                      ["a", "b", "median diff", "statistic", "p-value", "n"]))
-    for p in written:
-        print(f"wrote {p}")
-    return 0
 
 
 def cmd_bias_report(args):
@@ -437,6 +442,12 @@ def cmd_bias_report(args):
     if args.json:
         print(json.dumps({"model": args.model, **rep.to_dict()}, indent=2))
         return 0
+    _print_bias_report(args, rep)
+    return 0
+
+
+def _print_bias_report(args, rep):
+    """The tables of ``refbbp bias-report`` (also after a data-set run)."""
     print(f"model: {args.model}  ({rep.n} labelled inputs)")
     rows, header = rep.table()
     print(text_table(rows, header))
@@ -450,7 +461,6 @@ def cmd_bias_report(args):
         print()
         rows, header = rep.robustness_table()
         print(text_table(rows, header))
-    return 0
 
 
 # ------------------------------------------------------------------- dataset runs
@@ -516,8 +526,13 @@ def cmd_run(args):
     else:
         print(f"run: {args.out_dir}  ({task}, {r.n} inputs, chunks of {args.chunk_size}, "
               f"{executor.name}; {r.n - len(failed)} done, {len(failed)} failed)")
-        rows = [[k, json.dumps(v)] for k, v in summary.items() if k not in ("images",)]
-        print(text_table(rows, ["summary", "value"]))
+        if task == "evaluate":
+            _print_evaluation(args, r.task.evaluation(r.rows(), r))
+        elif task == "bias-report":
+            _print_bias_report(args, r.task.report(r.rows()))
+        else:
+            rows = [[k, json.dumps(v)] for k, v in summary.items() if k not in ("images",)]
+            print(text_table(rows, ["summary", "value"]))
         for i, f in sorted(failed.items())[:20]:
             print(f"failed: input {i} ({f['input']}): {f['error']}")
         if len(failed) > 20:

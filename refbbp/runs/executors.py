@@ -104,7 +104,9 @@ class DaskExecutor:
             else:
                 client = stack.enter_context(Client(self.scheduler))
             ahead = self.in_flight or 2 * max(1, sum(client.nthreads().values()))
-            data = client.scatter(shared, broadcast=True)
+            # hash=False: keys of this session only, never a key another session (same
+            # model bytes) is releasing at the same moment ("already forgotten")
+            data = client.scatter(shared, broadcast=True, hash=False)
 
             def run(fn, jobs):
                 jobs = iter(jobs)

@@ -50,6 +50,7 @@ from ..evaluate.options import (baseline_images, channel_means, check_never_flip
                                 check_ties, parse_baseline, tie_key_stream)
 from ..evaluate.protocol import (finish_evaluation, group_maps, n_pixels, random_draws,
                                  removal_metrics)
+from ..errors import RunError
 from ..evaluate.registry import resolve
 from ..io.oracle import beta_key, oracle_fields
 from ..io.verify import verify
@@ -273,7 +274,11 @@ class BiasReport(Task):
         return rows, {}
 
     def report(self, rows):
-        """The :class:`~refbbp.studies.bias_study.BiasReport` of the run's rows."""
+        """The :class:`~refbbp.studies.bias_study.BiasReport` of the run's rows (after
+        :meth:`prepare`; a reopened run has its report as ``summary``)."""
+        if self.n_outputs is None:
+            raise RunError("the bias report of a run is made by run(); a reopened run "
+                           "(open_run) has it as .summary")
         o = self.options
         return report_from_rows(rows, rows["label"], n_outputs=self.n_outputs,
                                 start=self.start, scales=o["scales"], shifts=o["shifts"])

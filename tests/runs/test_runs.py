@@ -138,6 +138,10 @@ def test_bias_report_run_equals_bias_importance_with_start(tmp_path, start):
     assert r.summary == json.loads(json.dumps(rep.to_dict()))
     assert ("only_wz" in r.summary["accuracy"]) == (start is not None)
     assert sum(r.summary["argmax_b"]["x"]) == len(X)
+    reopened = open_run(tmp_path / "r")
+    assert reopened.summary == r.summary
+    with pytest.raises(RunError, match="summary"):
+        reopened.task.report(reopened.rows())
 
 
 def test_explain_and_oracle_runs_with_start_and_ig(tmp_path, capsys):
@@ -165,6 +169,21 @@ def test_explain_and_oracle_runs_with_start_and_ig(tmp_path, capsys):
     assert meta_o["start"] == meta_g["start"] and meta_g["start"]["index"] == 3
     assert meta_o["input_shape"] == meta_g["input_shape"]
     capsys.readouterr()
+
+
+def test_run_prints_the_commands_tables(tmp_path, capsys):
+    """evaluate and bias-report with --out-dir print the command's tables (they used to
+    print the summary as a key/JSON table)."""
+    np.savez(tmp_path / "d.npz", x=X[:8], y=Y[:8])
+    for cmd in (["bias-report", MODEL, str(tmp_path / "d.npz"), "--start", "3"],
+                ["evaluate", MODEL, str(tmp_path / "d.npz"), "--methods", "gradient",
+                 "random", "--noise-pool", "2", "--baseline", "mean"]):
+        assert main(cmd) == 0
+        plain = capsys.readouterr().out.splitlines()
+        assert main([*cmd, "--out-dir", str(tmp_path / cmd[0])]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"run: {tmp_path / cmd[0]}")
+        assert [ln for ln in lines[1:] if not ln.startswith("wrote ")] == plain
 
 
 def test_verify_and_oracle_runs(tmp_path, capsys):
