@@ -136,6 +136,7 @@ class Region:
         self.network = network
         self.linear = linearize(network, x, target)
         self.x = self.linear.trace.values[0][0].reshape(network.input_shape)
+        self._exact_norms = None
 
     @property
     def trace(self):
@@ -187,10 +188,11 @@ class Region:
             ``"exact"``: every ``||a||_q`` from forward-mode passes of the input's unit
             vectors through the frozen local maps, in chunks under ``max_bytes`` (about
             ``n_inputs`` forward passes of work, multi-threaded by BLAS, with a progress
-            bar). ``"bound"``: a sound lower bound of the radius at the cost of about
-            one forward pass, from upper bounds of ``||a||_q`` (the triangle inequality
-            through ``|A|`` element by element and, for L2, per-node operator norms
-            ``sqrt(||A||_1 ||A||_inf)``).
+            bar); the passes give both norms, kept for the other one. ``"bound"``: a
+            sound lower bound of the radius at the cost of about one forward pass, from
+            upper bounds of ``||a||_q`` (the triangle inequality through ``|A|`` element
+            by element and, for L2, per-node operator norms ``sqrt(||A||_1
+            ||A||_inf)``).
         max_bytes : int
             Work memory of the exact method's chunk of directions.
         show_progress : bool, optional
@@ -206,7 +208,10 @@ class Region:
             raise ValueError(f"radius: method={method!r}; expected 'exact' or 'bound'")
         q = NORMS[norm]
         if method == "exact":
-            norms = _exact_normal_norms(self.network, self.trace, q, max_bytes, show_progress)
+            if self._exact_norms is None:     # both norms from one set of passes
+                self._exact_norms = _exact_normal_norms(self.network, self.trace, max_bytes,
+                                                        show_progress)
+            norms = self._exact_norms[q]
         else:
             norms = _bound_normal_norms(self.network, self.trace, q)
         best, count = _min_ratio(self.network, self.trace, norms)
@@ -548,20 +553,19 @@ def _min_ratio(net, trace, norms):
     return best, count
 
 
-def _exact_normal_norms(net, trace, q, max_bytes, show_progress):
-    """``||a||_q`` of every constraint normal, by forward-mode passes of chunks of the
-    input's unit vectors (each pass gives a block of columns of every Jacobian)."""
+def _exact_normal_norms(net, trace, max_bytes, show_progress):
+    """``||a||_q`` of every constraint normal for ``q`` = 1 and 2 (``{q: {node:
+    norms}}``), by forward-mode passes of chunks of the input's unit vectors (each pass
+    gives a block of columns of every Jacobian)."""
     keys = _constrained(net, trace)
-    acc = {}
+    acc = {1: {}, 2: {}}
     per_dir = 8 * net.n_inputs
     for k in keys:
         node = net.nodes[k]
-        if node.kind == "max":
-            acc[k] = np.zeros(node.window.shape)
-            per_dir += 8 * 2 * node.window.size
-        else:
-            acc[k] = np.zeros((node.size, 1))
-            per_dir += 8 * node.size
+        shape = node.window.shape if node.kind == "max" else (node.size, 1)
+        for q in acc:
+            acc[q][k] = np.zeros(shape)
+        per_dir += 8 * (2 * node.window.size if node.kind == "max" else node.size)
     for node in net.nodes[1:]:
         per_dir += 8 * node.size * (2 if node.activation is not None else 1)
     chunk = int(max_bytes // per_dir)
@@ -579,7 +583,7 @@ def _exact_normal_norms(net, trace, q, max_bytes, show_progress):
         eye = np.zeros((stop - start, n))
         eye[np.arange(stop - start), np.arange(start, stop)] = 1.0
         for k, pre_k, values in net.frozen_pass(trace, eye, bias=False, keep=False):
-            if k not in acc:
+            if k not in acc[1]:
                 continue
             node = net.nodes[k]
             if node.kind == "max":
@@ -588,10 +592,11 @@ def _exact_normal_norms(net, trace, q, max_bytes, show_progress):
                 safe = np.where(window >= 0, window, 0)
                 sel = trace.selected[k][0]
                 cols = du[:, sel][:, :, None] - du[:, safe]
-                acc[k] += _power_sum(cols, q)
             else:
-                acc[k][:, 0] += _power_sum(pre_k, q)
-    return {k: (np.sqrt(a) if q == 2 else a) for k, a in acc.items()}
+                cols = pre_k[:, :, None]
+            for q in acc:
+                acc[q][k] += _power_sum(cols, q)
+    return {1: acc[1], 2: {k: np.sqrt(a) for k, a in acc[2].items()}}
 
 
 def _power_sum(a, q):
