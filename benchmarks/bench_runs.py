@@ -8,9 +8,11 @@ Usage::
 
     python benchmarks/bench_runs.py [--n-bbp 64] [--n-eval 64] [--chunk-size 16]
 
-The plain loop of ``explain`` is :func:`refbbp.runs.tasks.explain_inputs` over the
-chunks (the function each chunk calls, without shards, manifest or executor); that of
-``evaluate`` is :func:`refbbp.evaluate.evaluate` on the whole set. The kernel runs with
+The plain loop of ``explain`` loads the network and calls the ``explain`` task's
+``compute`` on each chunk (BBp and the golden fields a shard holds, without shards,
+manifest or executor); that of ``evaluate`` is :func:`refbbp.evaluate.evaluate` on the
+whole set. Both the plain loop and the in-process runner get one warm-up call on the
+first chunk. The kernel runs with
 1 thread everywhere (``threadpoolctl``), so that 1 and 2 workers are comparable; a Dask
 cluster's start-up (a few seconds) is outside the timing, inputs/s is of the run itself.
 """
@@ -34,7 +36,7 @@ from refbbp import data  # noqa: E402
 from refbbp._tables import text_table  # noqa: E402
 from refbbp.evaluate import evaluate  # noqa: E402
 from refbbp.runs import InProcess, run  # noqa: E402
-from refbbp.runs.tasks import explain_inputs  # noqa: E402
+from refbbp.runs.tasks import Explain  # noqa: E402
 
 METHODS = ["gradient", "bias", "random"]
 
@@ -42,8 +44,9 @@ METHODS = ["gradient", "bias", "random"]
 def _plain(task, model, x, chunk_size):
     if task == "explain":
         net = refbbp.load(model)
+        explain = Explain(rule="sign")
         for a in range(0, len(x), chunk_size):
-            explain_inputs(net, x[a:a + chunk_size], None, ["sign"], 1.0, enabled=False)
+            explain.compute({"net": net}, 0, x[a:a + chunk_size], None, {})
     else:
         evaluate(model, x, METHODS, group=chunk_size)
 
@@ -96,6 +99,7 @@ def main(argv=None):
             start = time.perf_counter()
             _plain(task, model, x, cs)
             plain = time.perf_counter() - start
+            _timed_run(task, model, x[:cs], cs, InProcess(threads=1), tmp)   # warm-up
             inproc = _timed_run(task, model, x, cs, InProcess(threads=1), tmp)
         times = {"plain loop": plain, "runner, in-process": inproc}
         for w in args.workers:

@@ -285,24 +285,24 @@ def _segments(net, trace, d, boundaries=False):
 def _activation_crossings(node, pieces, z0, dz):
     """Crossings of ``eta_{p-1} < z0 + t dz <= eta_p`` by every element (batch, size):
     ``t_up`` (the first at ``t >= 0``, ``inf`` if none), ``t_down`` (``t <= 0``)."""
-    act = node.activation
-    piece = pieces.astype(np.int64)
-    inf = np.full((act.size, 1), np.inf)
-    padded = np.concatenate([-inf, act.breaks, inf], axis=1)
-    cols = np.arange(act.size)
-    lo, hi = padded[cols, piece], padded[cols, piece + 1]
+    breaks = node.activation.breaks
+    size, nb = breaks.shape
+    edges = np.empty((size, nb + 2))        # -inf, the breakpoints, inf
+    edges[:, 0], edges[:, -1] = -np.inf, np.inf
+    edges[:, 1:-1] = breaks
+    edges = edges.ravel()
+    rising = dz > 0
+    lower = np.arange(size) * (nb + 2) + pieces     # index of the piece's lower edge
+    # moving up in t: z rises to the upper edge if dz > 0, falls to the lower one if not
+    up_edge = edges[lower + rising]
+    down_edge = edges[lower + ~rising]
+    flat = dz == 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        t_hi_bound = (hi - z0) / dz   # where z reaches the upper breakpoint
-        t_lo_bound = (lo - z0) / dz
-    pos, neg = dz > 0, dz < 0
-    # moving up: dz > 0 reaches hi at t >= 0 and lo at t <= 0; dz < 0 the other way
-    t_up = np.where(pos, t_hi_bound, np.where(neg, t_lo_bound, np.inf))
-    t_down = np.where(pos, t_lo_bound, np.where(neg, t_hi_bound, -np.inf))
-    t_up = np.where(np.isnan(t_up), np.inf, np.maximum(t_up, 0.0))
-    t_down = np.where(np.isnan(t_down), -np.inf, np.minimum(t_down, 0.0))
+        t_up = np.where(flat, np.inf, np.maximum((up_edge - z0) / dz, 0.0))
+        t_down = np.where(flat, -np.inf, np.minimum((down_edge - z0) / dz, 0.0))
 
     def what(b, e, up):
-        return "breakpoint", float(hi[b, e] if (dz[b, e] > 0) == up else lo[b, e])
+        return "breakpoint", float(up_edge[b, e] if up else down_edge[b, e])
 
     return t_up, t_down, what
 
@@ -312,19 +312,17 @@ def _max_crossings(node, selected, u0, du):
     output (batch, size)."""
     window = node.window
     safe = np.where(window >= 0, window, 0)
-    u_sel = np.take_along_axis(u0, selected, axis=1)
-    du_sel = np.take_along_axis(du, selected, axis=1)
-    g0 = np.maximum(u_sel[:, :, None] - u0[:, safe], 0.0)
-    dg = du_sel[:, :, None] - du[:, safe]
-    other = (window >= 0)[None] & (safe[None] != selected[:, :, None])
+    g0 = np.take_along_axis(u0, selected, axis=1)[:, :, None] - u0[:, safe]
+    np.maximum(g0, 0.0, out=g0)
+    dg = np.take_along_axis(du, selected, axis=1)[:, :, None] - du[:, safe]
+    dg[~((window >= 0)[None] & (safe[None] != selected[:, :, None]))] = 0.0  # no constraint
     with np.errstate(divide="ignore", invalid="ignore"):
         cross = -g0 / dg
-    up = np.where(other & (dg < 0), cross, np.inf)
-    down = np.where(other & (dg > 0), cross, -np.inf)
-    q_up, q_down = np.argmin(up, axis=2), np.argmax(down, axis=2)
+    up = np.where(dg < 0, cross, np.inf)
+    down = np.where(dg > 0, cross, -np.inf)
 
     def what(b, e, side_up):
-        q = q_up[b, e] if side_up else q_down[b, e]
+        q = np.argmin(up[b, e]) if side_up else np.argmax(down[b, e])
         return "max candidate", int(safe[e, q])
 
     return up.min(axis=2), down.max(axis=2), what
