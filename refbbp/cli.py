@@ -32,6 +32,7 @@ from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
 from .network.region import region
+from .runs.executors import keep_freed_memory
 from .runs.tasks import exact_ig as _exact_ig
 from .runs.tasks import explain_inputs as _explain_inputs
 from .runs.tasks import from_start as _from_start
@@ -793,6 +794,7 @@ def main(argv=None):
     for name in ("mean", "std"):
         if hasattr(args, name) and len(getattr(args, name)) == 1:
             setattr(args, name, getattr(args, name)[0])
+    keep_freed_memory()    # the CLI owns its process: glibc keeps BBp's buffers warm
     try:
         return args.func(args)
     except KeyboardInterrupt:

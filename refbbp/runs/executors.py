@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 
-__all__ = ["DaskExecutor", "InProcess", "dask_missing_message", "make_executor"]
+__all__ = ["DaskExecutor", "InProcess", "dask_missing_message", "keep_freed_memory",
+           "make_executor"]
 
 #: What ``--workers`` / ``--scheduler`` say when Dask is not installed.
 DASK_INSTALL = 'pip install "refbbp[dask]"'
@@ -114,7 +115,7 @@ class DaskExecutor:
 
                 def submit():
                     for job in jobs:
-                        pending.add(client.submit(fn, data, job, pure=False,
+                        pending.add(client.submit(_on_worker, fn, data, job, pure=False,
                                                   retries=self.retries))
                         return True
                     return False
@@ -137,3 +138,34 @@ def make_executor(workers=None, scheduler=None, threads=None):
         return InProcess(threads)
     return DaskExecutor(workers=workers, scheduler=scheduler,
                         threads=1 if threads is None else threads)
+
+
+def keep_freed_memory():
+    """Let glibc keep up to 64 MiB of freed memory and serve blocks up to 32 MiB from
+    its heap (``mallopt``), on Linux; returns whether it applied.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, so that freed
+    memory goes back to the system at once; every large array a BBp pass allocates then
+    faults its pages in afresh, and BBp on the STL-10 network took 1.6x as long in a
+    worker as in a plain process (0.135 s vs 0.084 s, 1 thread). These two thresholds
+    are glibc's own dynamic ones at their upper ends (which an explicit trim threshold
+    switches off), so a worker runs as fast as a plain process."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
+                and libc.mallopt(m_trim_threshold, 64 << 20))
+
+
+def _on_worker(fn, data, job):
+    """``fn(data, job)`` on a Dask worker, with :func:`keep_freed_memory` (cheap; applied
+    before every chunk, so also on a worker that replaced one that died)."""
+    keep_freed_memory()
+    return fn(data, job)
