@@ -32,6 +32,7 @@ from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
 from .network.region import region
+from .network.start import resolve_start, start_input
 from .runs.executors import keep_freed_memory
 from .runs.tasks import exact_ig as _exact_ig
 from .runs.tasks import explain_inputs as _explain_inputs
@@ -205,12 +206,15 @@ def cmd_explain(args, demo=False):
 
 # --------------------------------------------------------------------------- certify
 def _boundary_text(net, b):
+    """A binding constraint, its node numbered as in the full model (``net`` may be cut
+    at a start node; ``net.origin`` maps back)."""
     if b is None:
         return "none"
     node = net.nodes[b.node]
+    index = b.node if net.origin is None else net.origin[b.node]
     what = (f"breakpoint {b.value:g}" if b.kind == "breakpoint"
             else f"candidate {b.value} overtakes")
-    return f"node {b.node} ({node.op}) element {b.element}: {what}"
+    return f"node {index} ({node.op}) element {b.element}: {what}"
 
 
 def cmd_certify(args):
@@ -218,29 +222,35 @@ def cmd_certify(args):
     x, names = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
                            args.layout)
     x0 = np.full(net.input_shape, float(args.baseline))
+    s = resolve_start(net, args.start)
+    z0 = start_input(net, x0, s)[1] if s else x0
     rows, report = [], []
     for i in progress(range(len(x)), desc="certify"):
-        r = region(net, x[i], args.target)
+        r = region(net, x[i], args.target, start=s)
+        sub = r.network
         entry = {"input": names[i], "pred": int(np.argmax(r.trace.logits[0]))}
         row = [names[i], entry["pred"]]
         for norm in ("l2", "linf"):
             rad = r.radius(norm, method=args.method)
             entry[norm] = {"radius": rad.value, "method": rad.method,
-                           "binding": _boundary_text(net, rad.binding),
+                           "binding": _boundary_text(sub, rad.binding),
                            "constraints": rad.n_constraints}
-            row += [rad.value, _boundary_text(net, rad.binding)]
-        seg = r.segment(x0 - x[i])
+            row += [rad.value, _boundary_text(sub, rad.binding)]
+        seg = r.segment(z0 - r.x)
         entry["segment_to_baseline"] = {"t_lo": seg.t_lo, "t_hi": seg.t_hi,
-                                        "binding": _boundary_text(net, seg.hi)}
-        row += [min(seg.t_hi, 1.0), _boundary_text(net, seg.hi)]
+                                        "binding": _boundary_text(sub, seg.hi)}
+        row += [min(seg.t_hi, 1.0), _boundary_text(sub, seg.hi)]
         rows.append(row)
         report.append(entry)
     if args.json:
         print(json.dumps({"model": args.model, "method": args.method,
-                          "baseline": float(args.baseline), "inputs": report}, indent=1))
+                          "baseline": float(args.baseline), "start": s,
+                          "inputs": report}, indent=1))
         return 0
     kind = "radius" if args.method == "exact" else "radius >="
     print(f"model: {args.model}  ({len(net.nodes)} nodes, input {net.input_shape})")
+    if s:
+        print(f"from node {s} ({net.nodes[s].name!r}): balls and segments in its output z")
     print(f"linear region R(x) of each input (SPEC 7): the largest L2 / L-inf ball inside "
           f"it ({'exact' if args.method == 'exact' else 'a sound lower bound'}), and how "
           f"far towards the constant input {float(args.baseline):g} it reaches")
@@ -647,6 +657,9 @@ def build_parser():
                         "sound lower bound, about one forward pass)")
     p.add_argument("--baseline", type=float, default=0.0,
                    help="constant input the segment heads towards (default 0)")
+    p.add_argument("--start", default=None, metavar="NODE",
+                   help="the region over this cut node's output instead of the input "
+                        "(SPEC 8): a node index or name, or 'after-normalisation'")
     p.add_argument("--target", type=_target, default=None,
                    help="class index, 'pred' (default) or 'top2'")
     p.add_argument("--json", action="store_true")

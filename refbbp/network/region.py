@@ -23,6 +23,7 @@ from ..errors import InputShapeError, MemoryBudgetError
 from ..tolerance import relative_error
 from .linearize import linearize, reverse
 from .nodes import matrix_format
+from .start import resolve_start, start_input
 from .trace import matmul_rows
 
 __all__ = ["Boundary", "IntegratedGradients", "Radius", "Region", "Segment",
@@ -328,7 +329,7 @@ def _max_crossings(node, selected, u0, du):
     return up.min(axis=2), down.max(axis=2), what
 
 
-def region(net, x, target=None):
+def region(net, x, target=None, start=None):
     """The linear region ``R(x)`` of ``net`` at one input ``x`` (SPEC section 7).
 
     Parameters
@@ -336,11 +337,18 @@ def region(net, x, target=None):
     net : Network
     x : array_like, shape net.input_shape
     target : as for :func:`refbbp.linearize` (default: the predicted class)
+    start : None, int or str, optional
+        A cut node (SPEC section 8; as for :func:`refbbp.linearize`): the region is then
+        the set of that node's outputs ``z'`` around ``z``, its output at ``x``, of the
+        network cut there (``Region.network``, ``Region.x`` is ``z``).
 
     Returns
     -------
     Region
     """
+    s = resolve_start(net, start)
+    if s:
+        return Region(*start_input(net, np.asarray(x, np.float64), s), target)
     return Region(net, x, target)
 
 
@@ -383,8 +391,8 @@ def _linear_scale(lin):
     return float(s)
 
 
-def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_PIECES,
-                         tol=1e-13, max_bytes=RADIUS_BYTES):
+def integrated_gradients(net, x, baseline=None, target=None, *, start=None,
+                         max_pieces=MAX_PIECES, tol=1e-13, max_bytes=RADIUS_BYTES):
     """Exact Integrated Gradients of ``f = v . logits`` along ``baseline + t (x -
     baseline)``, region by region (SPEC section 7).
 
@@ -401,6 +409,10 @@ def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_P
         Default zeros.
     target : as for :func:`refbbp.linearize`
         Resolved at ``x`` (``None``: the class predicted at ``x``) and kept along the path.
+    start : None, int or str, optional
+        A cut node (SPEC section 8): IG of the network cut there, along the straight path
+        from the node's output at ``baseline`` to its output at ``x``; the attributions
+        are over that node's elements.
     max_pieces : int
         Give up (``RuntimeError``) after finding this many pieces.
     tol : float
@@ -421,6 +433,12 @@ def integrated_gradients(net, x, baseline=None, target=None, *, max_pieces=MAX_P
     if x0.shape != x.shape:
         raise InputShapeError(f"integrated_gradients: baseline of shape {x0.shape}, "
                               f"expected {x.shape}")
+    s = resolve_start(net, start)
+    if s:
+        sub, z = start_input(net, x, s)
+        z0 = start_input(net, x0, s)[1]
+        return integrated_gradients(sub, z, z0, target, max_pieces=max_pieces, tol=tol,
+                                    max_bytes=max_bytes)
     end = linearize(net, x, target)
     v = np.asarray(end.target, np.float64)
     start = linearize(net, x0, v)

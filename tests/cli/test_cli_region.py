@@ -85,3 +85,25 @@ def test_certify_bad_method(model_and_inputs, capsys):
         run(capsys, "certify", model, path, "--method", "guess")
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "refbbp: error:" in err and "guess" in err
+
+
+def test_certify_from_a_start_node(tmp_path, capsys):
+    """--start: the region over the normalisation's output z; the segment heads towards
+    the baseline's z, and binding nodes are numbered as in the full model."""
+    model = str(refbbp.data.model_path())
+    x = refbbp.data.load_samples()[0][:1]
+    np.save(tmp_path / "d.npy", x)
+    code, out, _ = run(capsys, "certify", model, tmp_path / "d.npy", "--start",
+                       "after-normalisation", "--method", "bound", "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["start"] == 1
+    net = refbbp.load(model)
+    r = refbbp.region(net, x[0], start=1)
+    z0 = refbbp.region(net, np.zeros_like(x[0]), start=1).x
+    seg = r.segment(z0 - r.x)
+    entry = payload["inputs"][0]
+    assert entry["segment_to_baseline"]["t_hi"] == seg.t_hi
+    assert entry["l2"]["radius"] == r.radius("l2", method="bound").value
+    node = int(entry["segment_to_baseline"]["binding"].split()[1])
+    assert node == r.network.origin[seg.hi.node] >= 2

@@ -461,3 +461,26 @@ def test_radius_resnet_chunks():
     assert small.binding == whole.binding
     assert r.radius("l2", method="bound").value <= whole.value
     check_radius(net, xs[0], rng, n_random=3)
+
+
+# ------------------------------------------------------------- 5. from a start node
+def test_region_and_ig_from_the_normalisation():
+    """SPEC 8 for SPEC 7: from the bundled model's input normalisation z = (x - m) / s
+    the region is over z, its local model is linearize's from z, and IG over z equals IG
+    over x element by element (an elementwise affine map moves gradient and step in
+    opposite ratios)."""
+    net = load(refbbp.data.model_path())
+    x = refbbp.data.load_samples()[0][3]
+    r = refbbp.region(net, x, start="after-normalisation")
+    lin = refbbp.linearize(net, x, start="after-normalisation")
+    assert r.network.start.index == 1 and r.x.shape == lin.w.shape
+    np.testing.assert_array_equal(r.w, lin.w)
+    assert r.bias_x == float(lin.bias_x)
+    x0 = 0.8 * x
+    ig_x = refbbp.integrated_gradients(net, x, x0)
+    ig_z = refbbp.integrated_gradients(net, x, x0, start="after-normalisation")
+    assert ig_z.n_pieces == ig_x.n_pieces and ig_z.completeness_error <= EXACT
+    np.testing.assert_allclose(ig_z.attributions, ig_x.attributions, rtol=1e-9,
+                               atol=1e-12 * np.abs(ig_x.attributions).max())
+    with pytest.raises(ValueError):
+        refbbp.region(net, x, start="no such node")
