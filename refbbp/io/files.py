@@ -12,6 +12,7 @@ decompressed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 import zlib
@@ -21,7 +22,8 @@ import numpy.lib.format as npformat
 from .._checks import not_regular
 from ..errors import InputFileError
 
-__all__ = ["MAX_ARRAY_BYTES", "MAX_FILE_BYTES", "read_npy", "read_npz", "regular_file"]
+__all__ = ["MAX_ARRAY_BYTES", "MAX_FILE_BYTES", "read_npy", "read_npz", "regular_file",
+           "sha256_file"]
 
 #: Largest file refbbp reads as inputs, data or oracle fields (bytes on disk; 4 GiB).
 MAX_FILE_BYTES = 4 << 30
@@ -200,3 +202,11 @@ def read_npz(path, what="input file", max_bytes=MAX_ARRAY_BYTES):
                     else " (the file is empty)" if not head else "")
         raise InputFileError(f"{where}: not a readable .npz archive{hint}: {detail}") from None
 
+
+def sha256_file(path):
+    """Hex sha256 of a file's bytes, read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -38,7 +38,6 @@ so :func:`compare` accepts a version-1 file on either side.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -48,7 +47,7 @@ from .._checks import check_real
 from .._version import __version__
 from ..bbp import bbp
 from ..errors import InputFileError
-from .files import read_npz
+from .files import read_npz, sha256_file
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "beta_key", "compare", "oracle_path", "read_oracle",
            "save_oracle", "write_oracle"]
@@ -63,14 +62,6 @@ _V1_NAMES = {"bias": "bias_x", "bias_all": "bias_x_all"}
 def beta_key(rule, temperature):
     """Field name of a bias attribution: ``beta/<rule>/T=<T>``."""
     return f"beta/{rule}/T={float(temperature)!r}"
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def oracle_fields(net, x, target=None, rules=("sign", "deviation"), temperatures=(1.0,),
@@ -156,7 +147,7 @@ def save_oracle(path, net, fields, model_path=None, target=None, rules=("sign", 
         "format": FORMAT, "format_version": FORMAT_VERSION, "refbbp_version": __version__,
         "spec": "SPEC.md sections 2 (local linear model) and 3 (BBp)",
         "model": {"file": os.path.basename(model_path) if model_path else None,
-                  "sha256": _sha256(model_path) if model_path else None},
+                  "sha256": sha256_file(model_path) if model_path else None},
         "input_shape": list(net.input_shape), "n_outputs": net.n_outputs,
         "start": {"index": net.start.index, "name": net.start.name},
         "target": target if target is None or isinstance(target, (str, int)) else "vector",

@@ -30,10 +30,10 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import RunError
-from ..io.files import read_npz
+from ..io.files import read_npz, sha256_file
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "Manifest", "atomic_write", "check_run",
-           "read_shard", "sha256_bytes", "sha256_file", "shard_name", "write_shard"]
+           "read_shard", "sha256_bytes", "shard_name", "write_shard"]
 
 FORMAT = "refbbp-run"
 FORMAT_VERSION = 1
@@ -43,15 +43,6 @@ MANIFEST = "manifest.json"
 def sha256_bytes(data):
     """Hex sha256 of ``data`` (bytes)."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path):
-    """Hex sha256 of a file's bytes, read a MiB at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write(path, write):
