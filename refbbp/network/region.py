@@ -283,20 +283,33 @@ def _segments(net, trace, d, boundaries=False):
     return t_lo, t_hi, lo, hi
 
 
-def _activation_crossings(node, pieces, z0, dz):
-    """Crossings of ``eta_{p-1} < z0 + t dz <= eta_p`` by every element (batch, size):
-    ``t_up`` (the first at ``t >= 0``, ``inf`` if none), ``t_down`` (``t <= 0``)."""
-    breaks = node.activation.breaks
+def _piece_edges(breaks, pieces):
+    """The lower and upper edge of each element's piece (``-inf`` below the first
+    breakpoint, ``inf`` above the last), shaped like ``pieces`` (..., size)."""
     size, nb = breaks.shape
     edges = np.empty((size, nb + 2))        # -inf, the breakpoints, inf
     edges[:, 0], edges[:, -1] = -np.inf, np.inf
     edges[:, 1:-1] = breaks
-    edges = edges.ravel()
-    rising = dz > 0
-    lower = np.arange(size) * (nb + 2) + pieces     # index of the piece's lower edge
+    lower = np.arange(size) * (nb + 2) + pieces
+    return edges.ravel()[lower], edges.ravel()[lower + 1]
+
+
+def _candidates(window, selected):
+    """A max node's candidates as input elements (padding read as element 0), and which
+    of them are constraints of ``R(x)``: real ones other than the selected candidate.
+    ``selected`` (..., size) broadcasts against the window (size, K)."""
+    safe = np.where(window >= 0, window, 0)
+    return safe, (window >= 0) & (safe != selected[..., None])
+
+
+def _activation_crossings(node, pieces, z0, dz):
+    """Crossings of ``eta_{p-1} < z0 + t dz <= eta_p`` by every element (batch, size):
+    ``t_up`` (the first at ``t >= 0``, ``inf`` if none), ``t_down`` (``t <= 0``)."""
+    lower, upper = _piece_edges(node.activation.breaks, pieces)
     # moving up in t: z rises to the upper edge if dz > 0, falls to the lower one if not
-    up_edge = edges[lower + rising]
-    down_edge = edges[lower + ~rising]
+    rising = dz > 0
+    up_edge = np.where(rising, upper, lower)
+    down_edge = np.where(rising, lower, upper)
     flat = dz == 0
     with np.errstate(divide="ignore", invalid="ignore"):
         t_up = np.where(flat, np.inf, np.maximum((up_edge - z0) / dz, 0.0))
@@ -311,12 +324,11 @@ def _activation_crossings(node, pieces, z0, dz):
 def _max_crossings(node, selected, u0, du):
     """Crossings of ``u_sel(t) - u_q(t) >= 0`` for every other candidate ``q`` of every
     output (batch, size)."""
-    window = node.window
-    safe = np.where(window >= 0, window, 0)
+    safe, other = _candidates(node.window, selected)
     g0 = np.take_along_axis(u0, selected, axis=1)[:, :, None] - u0[:, safe]
     np.maximum(g0, 0.0, out=g0)
     dg = np.take_along_axis(du, selected, axis=1)[:, :, None] - du[:, safe]
-    dg[~((window >= 0)[None] & (safe[None] != selected[:, :, None]))] = 0.0  # no constraint
+    dg[~other] = 0.0                                           # no constraint
     with np.errstate(divide="ignore", invalid="ignore"):
         cross = -g0 / dg
     up = np.where(dg < 0, cross, np.inf)
@@ -518,19 +530,13 @@ def _constraint_slacks(net, trace, k):
     (an unbounded piece, padding, the selected candidate itself)."""
     node = net.nodes[k]
     if node.kind == "max":
-        window = node.window
-        safe = np.where(window >= 0, window, 0)
         sel = trace.selected[k][0]
+        safe, other = _candidates(node.window, sel)
         u = trace.values[node.inputs[0]][0]
-        other = (window >= 0) & (safe != sel[:, None])
         return np.where(other, u[sel][:, None] - u[safe], np.inf)
-    act = node.activation
-    piece = trace.pieces[k][0].astype(np.int64)
     z = trace.pre[k][0]
-    inf = np.full((act.size, 1), np.inf)
-    padded = np.concatenate([-inf, act.breaks, inf], axis=1)
-    rows = np.arange(act.size)
-    return np.stack([z - padded[rows, piece], padded[rows, piece + 1] - z], axis=1)
+    lower, upper = _piece_edges(node.activation.breaks, trace.pieces[k][0])
+    return np.stack([z - lower, upper - z], axis=1)
 
 
 def _constrained(net, trace):
@@ -561,9 +567,8 @@ def _min_ratio(net, trace, norms):
         if node.kind == "max":
             boundary = Boundary(k, int(e), "max candidate", int(node.window[e, side]))
         else:
-            brk = node.activation.breaks[e]
-            value = float(brk[trace.pieces[k][0][e] - 1 + side])
-            boundary = Boundary(k, int(e), "breakpoint", value)
+            edges = _piece_edges(node.activation.breaks[e:e + 1], trace.pieces[k][0][e:e + 1])
+            boundary = Boundary(k, int(e), "breakpoint", float(edges[side][0]))
         best = (float(ratio.flat[flat]), float(slack.flat[flat]),
                 float(np.broadcast_to(a_norm, ratio.shape).flat[flat]), boundary, int(side))
     return best, count
@@ -603,10 +608,9 @@ def _exact_normal_norms(net, trace, max_bytes, show_progress):
                 continue
             node = net.nodes[k]
             if node.kind == "max":
-                window = node.window
                 du = values[node.inputs[0]]
-                safe = np.where(window >= 0, window, 0)
                 sel = trace.selected[k][0]
+                safe = _candidates(node.window, sel)[0]
                 cols = du[:, sel][:, :, None] - du[:, safe]
             else:
                 cols = pre_k[:, :, None]
@@ -620,18 +624,19 @@ def _power_sum(a, q):
     return np.einsum("i...,i...->...", a, a) if q == 2 else np.abs(a).sum(axis=0)
 
 
+def _abs_power(a, power):
+    """``|A|^power`` entry by entry, for a CSR or window matrix (same structure)."""
+    if matrix_format(a) == "window":
+        return a.abs_power(power)
+    b = a.copy()
+    b.data = np.abs(b.data) ** power
+    return b
+
+
 def _abs_matmul_rows(u, a, power=1, block=256):
-    """``u @ |A|^power .T`` (entry by entry) for a dense, CSR or window matrix."""
-    fmt = matrix_format(a)
-    if fmt == "window":
-        rs = a.row_scale
-        b = a._with(kernel=np.abs(a.kernel) ** power,
-                    row_scale=None if rs is None else np.abs(rs) ** power)
-        return b.matmul_rows(u)
-    if fmt == "csr":
-        b = a.copy()
-        b.data = np.abs(b.data) ** power
-        return matmul_rows(u, b)
+    """``u @ (|A|^power).T`` (entry by entry) for a dense, CSR or window matrix."""
+    if matrix_format(a) != "dense":
+        return matmul_rows(u, _abs_power(a, power))
     a = np.asarray(a)
     out = np.empty((u.shape[0], a.shape[0]))
     for r in range(0, a.shape[0], block):   # |A| a block of rows at a time
@@ -641,13 +646,8 @@ def _abs_matmul_rows(u, a, power=1, block=256):
 
 def _abs_col_sums(a, block=256):
     """Column sums of ``|A|``."""
-    fmt = matrix_format(a)
-    if fmt == "window":
-        rs = a.row_scale
-        b = a._with(kernel=np.abs(a.kernel), row_scale=None if rs is None else np.abs(rs))
-        return b.rmatmul_rows(np.ones((1, a.shape[0])))[0]
-    if fmt == "csr":
-        return np.asarray(abs(a).sum(axis=0)).ravel()
+    if matrix_format(a) != "dense":
+        return matmul_rows(np.ones((1, a.shape[0])), _abs_power(a, 1).T)[0]
     a = np.asarray(a)
     out = np.zeros(a.shape[1])
     for r in range(0, a.shape[0], block):
@@ -677,8 +677,7 @@ def _bound_normal_norms(net, trace, q):
             src = node.inputs[0]
             sel = trace.selected[k][0]
             bound[k] = bound[src][sel]
-            window = node.window
-            safe = np.where(window >= 0, window, 0)
+            safe = _candidates(node.window, sel)[0]
             pair = bound[src][sel][:, None] + bound[src][safe]
             norms[k] = pair * BOUND_SLACK
             if q == 2:

@@ -388,6 +388,12 @@ class WindowMatrix:
         rs = s.copy() if self.row_scale is None else self.row_scale * s
         return self._with(row_scale=rs)
 
+    def abs_power(self, p=1):
+        """The matrix of ``|a_ij|^p``, entry by entry (the same windows)."""
+        rs = self.row_scale
+        return self._with(kernel=np.abs(self.kernel) ** p,
+                          row_scale=None if rs is None else np.abs(rs) ** p)
+
     def copy(self):
         """A copy that shares no array with this one."""
         return self._with(kernel=self.kernel.copy(), tables=[t.copy() for t in self.tables],

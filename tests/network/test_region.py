@@ -484,3 +484,18 @@ def test_region_and_ig_from_the_normalisation():
                                atol=1e-12 * np.abs(ig_x.attributions).max())
     with pytest.raises(ValueError):
         refbbp.region(net, x, start="no such node")
+
+
+def test_radius_same_for_every_storage():
+    """SPEC 1, storage does not change the numbers: the radius and its bound of a
+    residual CNN loaded with window matrices and loaded as explicit CSR agree."""
+    from tests.models import BUILDERS
+
+    rng = np.random.default_rng(11)
+    model, xs = BUILDERS["resnet"](rng)
+    nets = [load(model), refbbp.load(model, storage="csr")]
+    for norm in ("l2", "linf"):
+        for method in ("exact", "bound"):
+            a, b = (refbbp.region(n, xs[0]).radius(norm, method=method) for n in nets)
+            assert b.value == pytest.approx(a.value, rel=1e-12, abs=0)
+            assert b.binding == a.binding
