@@ -177,13 +177,14 @@ def cmd_explain(args, demo=False):
         with open(path, "w") as fh:
             json.dump(payload, fh)
         written.append(path)
-    if args.figure or demo:
+    if (args.figure or demo) and images.shape != x.shape:
+        print(f"note: no figure: beta over {net.start} does not have the images' shape",
+              file=sys.stderr)
+    elif args.figure or demo:
         try:
             from .figures import bbp_figure
 
             n_fig = min(len(x), args.figure_rows)
-            if images.shape != x.shape:
-                raise ImportError(f"beta over {net.start} does not have the images' shape")
             images = images[:n_fig]
             gi = np.stack([results[rules[0]][i].grad_input for i in range(n_fig)])
             betas = {r: np.stack([results[r][i].beta for i in range(n_fig)]) for r in rules}

@@ -384,6 +384,9 @@ class IntegratedGradients:
         linear models at both ends.
     target : ndarray, shape (n_outputs,)
         The vector ``v`` over the outputs that was explained (fixed at ``x``).
+    start : Start
+        The node the attributions are over (SPEC section 8; the input unless a start
+        node was given).
     """
 
     attributions: np.ndarray
@@ -393,6 +396,7 @@ class IntegratedGradients:
     baseline_value: float
     completeness_error: float
     target: np.ndarray
+    start: object
 
 
 def _linear_scale(lin):
@@ -466,7 +470,7 @@ def integrated_gradients(net, x, baseline=None, target=None, *, start=None,
     return IntegratedGradients(
         attributions=total.reshape(x.shape), n_pieces=len(breaks) - 1, breaks=breaks,
         value=value, baseline_value=base_value,
-        completeness_error=float(relative_error(err, scale)), target=v)
+        completeness_error=float(relative_error(err, scale)), target=v, start=net.start)
 
 
 #: Most probes of the path traced at once by :func:`integrated_gradients`.

@@ -62,3 +62,16 @@ def test_explain_start_not_a_cut_is_one_line(tmp_path, capsys):
     assert status == 2 and err.count("\n") == 1
     assert err.startswith("refbbp: error: start=4: node 4 ('/res_conv1/Conv+/Relu_1') is "
                           "not a cut")
+
+
+def test_explain_start_inside_the_network_writes_no_figure(tmp_path, capsys):
+    """From a node whose output is not image-shaped (node 2, Conv+Relu 8x28x28) there is
+    no figure to draw over the images: a note says so and the arrays are written."""
+    _, xpath = _inputs(tmp_path)
+    out = tmp_path / "out"
+    status = main(["explain", str(data.model_path()), xpath, "--start", "2", "--out",
+                   str(out), "--rule", "sign", "--figure"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "note: no figure: beta over node 2" in captured.err
+    assert (out / "explanations.npz").exists() and not (out / "bbp.png").exists()

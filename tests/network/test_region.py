@@ -480,6 +480,7 @@ def test_region_and_ig_from_the_normalisation():
     ig_x = refbbp.integrated_gradients(net, x, x0)
     ig_z = refbbp.integrated_gradients(net, x, x0, start="after-normalisation")
     assert ig_z.n_pieces == ig_x.n_pieces and ig_z.completeness_error <= EXACT
+    assert ig_z.start.index == 1 and ig_x.start.index == 0
     np.testing.assert_allclose(ig_z.attributions, ig_x.attributions, rtol=1e-9,
                                atol=1e-12 * np.abs(ig_x.attributions).max())
     with pytest.raises(ValueError):
