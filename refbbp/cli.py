@@ -32,11 +32,10 @@ from .io.inputs import read_inputs
 from .io.oracle import beta_key, compare, oracle_path, write_oracle
 from .io.verify import MAX_RANDOM_INPUTS, RandomInputs, in_chunks, nonlinear_nodes, verify
 from .network.region import region
-from .network.start import resolve_start, start_input
+from .network.start import from_start, resolve_start
 from .runs.executors import keep_freed_memory
 from .runs.tasks import exact_ig as _exact_ig
 from .runs.tasks import explain_inputs as _explain_inputs
-from .runs.tasks import from_start as _from_start
 from .runs.tasks import ig_fields as _ig_fields
 from .studies.bias_study import bias_importance
 from .tolerance import FORWARD_ATOL, FORWARD_RTOL, TOLERANCE, as_text
@@ -136,7 +135,7 @@ def cmd_explain(args, demo=False):
         labels = None
     rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
     images = x
-    net, x = _from_start(net, x, args.start)
+    net, x = from_start(net, x, args.start)
     lin, results, errors = _explain_inputs(net, x, args.target, rules, args.temperature)
     rows, header, ok = _completeness_rows(names, lin, results, errors, rules)
     ig = None
@@ -222,9 +221,8 @@ def cmd_certify(args):
     net = _load(args.model, args.input_shape)
     x, names = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
                            args.layout)
-    x0 = np.full(net.input_shape, float(args.baseline))
     s = resolve_start(net, args.start)
-    z0 = start_input(net, x0, s)[1] if s else x0
+    z0 = from_start(net, np.full(net.input_shape, float(args.baseline)), s)[1]
     rows, report = [], []
     for i in progress(range(len(x)), desc="certify"):
         r = region(net, x[i], args.target, start=s)
@@ -339,7 +337,7 @@ def cmd_oracle(args):
     net = _load(args.model, args.input_shape)
     x, _ = read_inputs(args.inputs, net.input_shape, args.size, args.mean, args.std,
                        args.layout)
-    net, x = _from_start(net, x, args.start)
+    net, x = from_start(net, x, args.start)
     rules = list(RULE_NAMES) if args.rule == "both" else [args.rule]
     fields = write_oracle(args.output, net, x, args.model, target=args.target, rules=rules,
                           temperatures=args.temperatures, layers=args.layers,
@@ -520,11 +518,8 @@ def cmd_run(args):
         print(f"note: {w.message}", file=sys.stderr)
     if task == "oracle":
         from .io.oracle import oracle_path, save_oracle
-        from .runs.tasks import start_network
-
         fields = {k: v for k, v in r.rows().items() if k != "index"}
-        net = start_network(_load(args.model, getattr(args, "input_shape", None)),
-                            args.start)
+        net = _load(args.model, getattr(args, "input_shape", None)).from_node(args.start)
         save_oracle(oracle_path(args.output), net, fields, args.model, args.target,
                     options["rule"] if options["rule"] != "both" else list(RULE_NAMES),
                     args.temperatures)

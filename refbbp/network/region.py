@@ -23,7 +23,7 @@ from ..errors import InputShapeError, MemoryBudgetError
 from ..tolerance import relative_error
 from .linearize import linearize, reverse
 from .nodes import matrix_format
-from .start import resolve_start, start_input
+from .start import from_start, resolve_start, start_input
 from .trace import matmul_rows
 
 __all__ = ["Boundary", "IntegratedGradients", "Radius", "Region", "Segment",
@@ -358,10 +358,7 @@ def region(net, x, target=None, start=None):
     -------
     Region
     """
-    s = resolve_start(net, start)
-    if s:
-        return Region(*start_input(net, np.asarray(x, np.float64), s), target)
-    return Region(net, x, target)
+    return Region(*from_start(net, np.asarray(x, np.float64), start), target)
 
 
 @dataclass(eq=False)

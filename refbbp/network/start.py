@@ -26,8 +26,8 @@ import numpy as np
 
 from .nodes import live_nodes
 
-__all__ = ["NORMALISATION", "Start", "cut_network", "normalisation_node", "resolve_start",
-           "sample_shape", "start_input"]
+__all__ = ["NORMALISATION", "Start", "cut_network", "from_start", "normalisation_node",
+           "resolve_start", "sample_shape", "start_input"]
 
 #: The alias of the node after the input normalisation (:func:`normalisation_node`).
 NORMALISATION = "after-normalisation"
@@ -290,3 +290,11 @@ def start_input(net, x, s):
     trace = net.trace(x, until=s)
     z = trace.values[s].reshape((-1,) + sub.input_shape)
     return sub, (z if trace.batched else z[0])
+
+
+def from_start(net, x, start):
+    """The network and inputs to explain with ``start`` (any form :func:`resolve_start`
+    takes): the cut network and the start node's output at ``x``, or ``net`` and ``x``
+    themselves for the input."""
+    s = resolve_start(net, start)
+    return start_input(net, x, s) if s else (net, x)

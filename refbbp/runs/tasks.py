@@ -6,8 +6,8 @@ Each task is one class: its ``options`` (all of them go to the manifest), its ``
 
 * ``explain``: the local linear model and BBp of every input for each rule
   (:func:`explain_inputs`, as ``refbbp explain``), with each input's completeness error;
-  from a start node (:func:`from_start`, SPEC 8) and with exact IG (:func:`exact_ig`,
-  :func:`ig_fields`) if asked.
+  from a start node (:func:`refbbp.network.start.from_start`, SPEC 8) and with exact
+  IG (:func:`exact_ig`, :func:`ig_fields`) if asked.
 * ``oracle``: the golden fields of :func:`refbbp.io.oracle.oracle_fields` (from a start
   node if asked).
 * ``verify``: :func:`refbbp.io.verify.verify` of each chunk; the run's worst errors are
@@ -55,26 +55,11 @@ from ..evaluate.registry import resolve
 from ..io.oracle import beta_key, oracle_fields
 from ..io.verify import verify
 from ..network.region import integrated_gradients
-from ..network.start import cut_network, resolve_start, start_input
+from ..network.start import from_start, resolve_start
 from ..studies.bias_study import bias_rows, report_from_rows, start_of
 from ..tolerance import TOLERANCE
 
-__all__ = ["TASKS", "exact_ig", "explain_inputs", "from_start", "ig_fields", "make_task"]
-
-
-def from_start(net, x, start):
-    """The network and inputs to explain with ``start`` (SPEC section 8): the network
-    cut at the start node and that node's output at ``x`` (``net`` and ``x`` without)."""
-    s = resolve_start(net, start)
-    if not s:
-        return net, x
-    return start_input(net, x, s)
-
-
-def start_network(net, start):
-    """The network :func:`from_start` explains (without computing its inputs)."""
-    s = resolve_start(net, start)
-    return cut_network(net, s) if s else net
+__all__ = ["TASKS", "exact_ig", "explain_inputs", "ig_fields", "make_task"]
 
 
 def exact_ig(net, x, lin, baseline, enabled=None):
