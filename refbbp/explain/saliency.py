@@ -41,7 +41,8 @@ batch, and returns maps shaped ``spatial`` or ``(batch, *spatial)``):
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
+
+from ..network.start import normalisation_chain
 
 __all__ = ["FULLGRAD_VARIANTS", "bilinear_upsample", "fullgrad", "gradient_map",
            "input_normalisation", "layer_aggregate", "layer_map", "map_shape", "psi",
@@ -236,9 +237,9 @@ def _official_rescale(a, batched):
 
 def input_normalisation(dec):
     """Nodes of an in-graph input normalisation: the chain of elementwise affine nodes
-    (one diagonal matrix, no activation, the input's shape) that starts at the input,
-    each the only reader of the one before (e.g. ``(x - mean) / std`` folded into one
-    node).
+    that starts at the input (:func:`refbbp.network.start.normalisation_chain`, the
+    definition ``start="after-normalisation"`` uses), as far as its nodes keep the
+    input's shape (e.g. ``(x - mean) / std`` folded into one node).
 
     FullGrad's reference code has the normalisation outside the model (in the data
     transform), so the :func:`fullgrad` ``"official"`` variants start after it.
@@ -252,20 +253,11 @@ def input_normalisation(dec):
     list of int
         Node indices in order (empty when the model starts with a layer).
     """
-    consumers = dec.network.consumers()
-    chain, n = [], 0
-    while len(consumers[n]) == 1:
-        k = consumers[n][0]
-        node = dec.network.nodes[k]
-        w = node.weights[0] if node.kind == "affine" and len(node.weights) == 1 else None
-        if (w is None or node.activation is not None or node.inputs != [n]
-                or dec.layers[k].a_h is None
-                or dec.layers[k].shape != tuple(dec.network.input_shape)
-                or not sp.issparse(w) or w.nnz != w.shape[0]
-                or not np.array_equal(w.tocsr().indices, np.arange(w.shape[0]))):
+    chain = []
+    for k in normalisation_chain(dec.network):
+        if dec.layers[k].a_h is None or dec.layers[k].shape != tuple(dec.network.input_shape):
             break
         chain.append(k)
-        n = k
     return chain
 
 

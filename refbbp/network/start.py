@@ -26,8 +26,8 @@ import numpy as np
 
 from .nodes import live_nodes
 
-__all__ = ["NORMALISATION", "Start", "cut_network", "from_start", "normalisation_node",
-           "resolve_start", "sample_shape", "start_input"]
+__all__ = ["NORMALISATION", "Start", "cut_network", "from_start", "normalisation_chain",
+           "normalisation_node", "resolve_start", "sample_shape", "start_input"]
 
 #: The alias of the node after the input normalisation (:func:`normalisation_node`).
 NORMALISATION = "after-normalisation"
@@ -96,6 +96,27 @@ def _is_elementwise(node, src, size):
     return not np.any(w[~np.eye(node.size, dtype=bool)])
 
 
+def normalisation_chain(net):
+    """The nodes of the input normalisation, in order (:func:`normalisation_node`'s
+    definition; empty when the input's reader is not an elementwise affine map).
+
+    Parameters
+    ----------
+    net : Network
+
+    Returns
+    -------
+    list of int
+    """
+    consumers = net.consumers()
+    chain, k = [], 0
+    while len(consumers[k]) == 1 and _is_elementwise(net.nodes[consumers[k][0]], k,
+                                                      net.nodes[k].size):
+        k = consumers[k][0]
+        chain.append(k)
+    return chain
+
+
 def normalisation_node(net):
     """The node ``"after-normalisation"`` names: the output of the input normalisation.
 
@@ -123,14 +144,10 @@ def normalisation_node(net):
         The model has no such node: the message names what reads the input and why it
         is not a normalisation.
     """
-    consumers = net.consumers()
-    k = 0
-    while len(consumers[k]) == 1 and _is_elementwise(net.nodes[consumers[k][0]], k,
-                                                      net.nodes[k].size):
-        k = consumers[k][0]
-    if k > 0:
-        return k
-    readers = consumers[0]
+    chain = normalisation_chain(net)
+    if chain:
+        return chain[-1]
+    readers = net.consumers()[0]
     if len(readers) != 1:
         why = f"the input is read by {len(readers)} nodes ({', '.join(map(str, readers))})"
     else:
